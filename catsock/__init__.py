@@ -1,0 +1,1 @@
+"""catsock: the trio runtime of the gateway."""

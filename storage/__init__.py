@@ -1,0 +1,60 @@
+"""catsock's SQLite storage: schema, credentials, and connection/message logs.
+
+Plain synchronous code with no trio import: the gateway calls it through trio.to_thread.
+"""
+
+from storage.credentials import (
+    Credential,
+    CredentialError,
+    create_token,
+    data_version,
+    generate_token,
+    hash_token,
+    list_tokens,
+    load_active,
+    revoke_token,
+    verify,
+)
+from storage.db import SCHEMA_VERSION, SchemaVersionError, iso, migrate, open_db
+from storage.logs import (
+    ConnectionClosed,
+    ConnectionHeartbeat,
+    ConnectionOpened,
+    LogPolicy,
+    LogRow,
+    MessageLogged,
+    prune,
+    recent_connections,
+    recent_messages,
+    redact,
+    write_batch,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ConnectionClosed",
+    "ConnectionHeartbeat",
+    "ConnectionOpened",
+    "Credential",
+    "CredentialError",
+    "LogPolicy",
+    "LogRow",
+    "MessageLogged",
+    "SchemaVersionError",
+    "create_token",
+    "data_version",
+    "generate_token",
+    "hash_token",
+    "iso",
+    "list_tokens",
+    "load_active",
+    "migrate",
+    "open_db",
+    "prune",
+    "recent_connections",
+    "recent_messages",
+    "redact",
+    "revoke_token",
+    "verify",
+    "write_batch",
+]

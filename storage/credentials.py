@@ -1,0 +1,145 @@
+"""Client credentials: named bearer tokens, stored only as hashes.
+
+The CLI creates and revokes tokens; the gateway loads the active set and verifies clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Mapping
+
+import attrs
+import sqlite_utils
+
+from storage.db import iso
+
+__all__ = [
+    "Credential",
+    "CredentialError",
+    "create_token",
+    "data_version",
+    "generate_token",
+    "hash_token",
+    "list_tokens",
+    "load_active",
+    "revoke_token",
+    "verify",
+]
+
+TOKEN_PREFIX = "cs_"
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CLIENT_TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+_COLUMNS = "name, client_type, user_id, token_hash, created_at, revoked_at"
+
+
+@attrs.frozen
+class Credential:
+    """One row of the credentials table."""
+
+    name: str
+    client_type: str
+    user_id: str | None
+    token_hash: str
+    created_at: str
+    revoked_at: str | None
+
+
+class CredentialError(Exception):
+    """A credential could not be created: bad name or client type, or the name is taken."""
+
+
+def generate_token() -> str:
+    """Return a new random token; the prefix makes leaked tokens easy to grep for."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """Return the hex SHA-256 of `token`, the only form in which tokens are stored."""
+    # A fast unsalted hash is right here: tokens carry 256 random bits, so there is nothing
+    # to brute-force or look up in a table, and verification runs on every connection.
+    # surrogatepass: a client can send any str; hashing it must not raise.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _row_to_credential(row: tuple[str, str, str | None, str, str, str | None]) -> Credential:
+    return Credential(*row)
+
+
+def create_token(
+    db: sqlite_utils.Database,
+    *,
+    name: str,
+    client_type: str,
+    user_id: str | None = None,
+    now: float | None = None,
+) -> str:
+    """Create a credential and return its plain token; this is the only time it exists."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise CredentialError(f"invalid credential name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    if not isinstance(client_type, str) or not _CLIENT_TYPE_RE.fullmatch(client_type):
+        raise CredentialError(
+            f"invalid client type {client_type!r}: use A-Z, 0-9 and _, starting with a letter,"
+            " at most 32 characters"
+        )
+    token = generate_token()
+    created_at = iso(time.time() if now is None else now)
+    try:
+        with db.atomic():
+            db.conn.execute(
+                f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
+                (name, client_type, user_id, hash_token(token), created_at),
+            )
+    except sqlite3.IntegrityError as exc:
+        # Names are never reused, even once revoked, so logs keep meaning one client.
+        raise CredentialError(f"a credential named {name!r} already exists") from exc
+    return token
+
+
+def list_tokens(db: sqlite_utils.Database) -> list[Credential]:
+    """Return every credential, revoked ones included, oldest first."""
+    rows = db.conn.execute(f"SELECT {_COLUMNS} FROM credentials ORDER BY created_at, name")
+    return [_row_to_credential(row) for row in rows]
+
+
+def revoke_token(db: sqlite_utils.Database, name: str, now: float | None = None) -> bool:
+    """Revoke the credential `name`; False if there is no such active credential."""
+    revoked_at = iso(time.time() if now is None else now)
+    with db.atomic():
+        cursor = db.conn.execute(
+            "UPDATE credentials SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+            (revoked_at, name),
+        )
+    return cursor.rowcount == 1
+
+
+def load_active(db: sqlite_utils.Database) -> dict[str, Credential]:
+    """Return the unrevoked credentials keyed by token hash, ready for `verify`."""
+    rows = db.conn.execute(f"SELECT {_COLUMNS} FROM credentials WHERE revoked_at IS NULL")
+    return {cred.token_hash: cred for cred in map(_row_to_credential, rows)}
+
+
+def verify(active: Mapping[str, Credential], token: str) -> Credential | None:
+    """Return the active credential for `token`, or None if it does not authenticate."""
+    if not isinstance(token, str) or not token:
+        return None
+    token_hash = hash_token(token)
+    cred = active.get(token_hash)
+    if cred is None or cred.revoked_at is not None:
+        return None
+    # The dict lookup is keyed by a hash, which leaks nothing usable about the token; the
+    # constant-time compare is defence in depth should the mapping ever be keyed otherwise.
+    if not hmac.compare_digest(cred.token_hash, token_hash):
+        return None
+    return cred
+
+
+def data_version(db: sqlite_utils.Database) -> int:
+    """Return SQLite's data_version: it changes when another connection commits a change."""
+    # Cheap enough to poll: the gateway reloads credentials only when this number moves.
+    row = db.conn.execute("PRAGMA data_version").fetchone()
+    return int(row[0])

@@ -1,0 +1,127 @@
+"""Opening catsock's SQLite database and keeping its schema current.
+
+Every process (gateway, CLI) goes through `open_db`, so pragmas and migrations live in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import UTC, datetime
+
+import sqlite_utils
+
+__all__ = ["SCHEMA_VERSION", "SchemaVersionError", "iso", "migrate", "open_db"]
+
+# One entry per schema version; entry N moves a database from user_version N to N + 1.
+# Statements use IF NOT EXISTS so a half-applied or hand-created schema still converges.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE IF NOT EXISTS credentials (
+            name TEXT PRIMARY KEY,
+            client_type TEXT NOT NULL,
+            user_id TEXT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT NULL
+        )
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS connections (
+            id TEXT PRIMARY KEY,
+            client_type TEXT,
+            identity TEXT,
+            remote_addr TEXT,
+            connected_at TEXT NOT NULL,
+            last_heartbeat_at TEXT,
+            disconnected_at TEXT,
+            close_code INTEGER,
+            close_reason TEXT
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS idx_connections_connected_at ON connections (connected_at)",
+        "CREATE INDEX IF NOT EXISTS idx_connections_identity ON connections (identity)",
+        """
+        CREATE TABLE IF NOT EXISTS messages (
+            id INTEGER PRIMARY KEY,
+            direction TEXT NOT NULL,
+            type TEXT NOT NULL,
+            message_id TEXT,
+            connection_id TEXT,
+            size INTEGER NOT NULL,
+            payload TEXT NULL,
+            created_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS idx_messages_created_at ON messages (created_at)",
+        "CREATE INDEX IF NOT EXISTS idx_messages_type_created_at ON messages (type, created_at)",
+        "CREATE INDEX IF NOT EXISTS idx_messages_connection_id ON messages (connection_id)",
+        "CREATE INDEX IF NOT EXISTS idx_messages_message_id ON messages (message_id)",
+    ),
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class SchemaVersionError(Exception):
+    """The database was written by a newer catsock than this one."""
+
+
+def iso(ts: float) -> str:
+    """Format a unix time as ISO-8601 UTC with milliseconds, e.g. ``2026-11-23T12:34:56.789Z``."""
+    # Fixed width and a literal Z keep stored times sortable as plain text.
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Bring the schema up to `SCHEMA_VERSION`; a no-op when it is already there."""
+    conn = db.conn
+    if _user_version(conn) == SCHEMA_VERSION:
+        return
+    # BEGIN IMMEDIATE takes the write lock before re-reading the version, so a gateway and
+    # a CLI starting together cannot both apply the same step. executescript() is avoided
+    # because it commits any open transaction first.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _user_version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"database schema version {version} is newer than this catsock "
+                f"supports ({SCHEMA_VERSION})"
+            )
+        for step in _MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        # PRAGMA cannot take a bound parameter; SCHEMA_VERSION is our own int.
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at `path`, tuned for one writer and many readers."""
+    # check_same_thread=False: the log writer runs its transactions in trio worker threads,
+    # one at a time, and its callers serialize access to the connection.
+    conn = sqlite3.connect(os.fspath(path), check_same_thread=False)
+    try:
+        # busy_timeout first, so the pragmas and migration below wait for another process's
+        # lock instead of failing straight away.
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable across application crashes in WAL mode; only an OS crash or power
+        # loss can drop the last commits, which is an acceptable trade for log throughput.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        db = sqlite_utils.Database(conn)
+        migrate(db)
+    except BaseException:
+        conn.close()
+        raise
+    return db

@@ -1,0 +1,252 @@
+"""Connection and message logs: row types, batched writes, redaction, retention and queries.
+
+Rows are built on the event loop and written here in a worker thread, one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import orjson
+import sqlite_utils
+
+from storage.db import iso
+
+__all__ = [
+    "ConnectionClosed",
+    "ConnectionHeartbeat",
+    "ConnectionOpened",
+    "LogPolicy",
+    "LogRow",
+    "MessageLogged",
+    "prune",
+    "recent_connections",
+    "recent_messages",
+    "redact",
+    "write_batch",
+]
+
+REDACTED = "[redacted]"
+UNPARSEABLE = "[unparseable]"
+
+
+@attrs.frozen
+class ConnectionOpened:
+    id: str
+    client_type: str | None
+    identity: str | None
+    remote_addr: str | None
+    at: float
+
+
+@attrs.frozen
+class ConnectionHeartbeat:
+    id: str
+    at: float
+
+
+@attrs.frozen
+class ConnectionClosed:
+    id: str
+    at: float
+    close_code: int | None
+    close_reason: str | None
+
+
+@attrs.frozen
+class MessageLogged:
+    direction: str  # "in" (from a client) or "out" (to a client)
+    type: str
+    message_id: str | None
+    connection_id: str | None
+    size: int
+    payload: str | None
+    at: float
+
+
+LogRow = ConnectionOpened | ConnectionHeartbeat | ConnectionClosed | MessageLogged
+
+
+class LogPolicy(enum.StrEnum):
+    """How much of each message to keep: everything, metadata only, or nothing."""
+
+    FULL = "full"
+    METADATA = "metadata"
+    OFF = "off"
+
+
+def redact(payload_json: str, fields: frozenset[str]) -> str:
+    """Replace the value of every key in `fields`, at any depth, with "[redacted]".
+
+    Key order is preserved. Text that is not JSON (or nests too deep to re-encode) becomes
+    "[unparseable]": this never raises, because it runs on untrusted client input.
+    """
+    try:
+        root = orjson.loads(payload_json)
+    except orjson.JSONDecodeError:
+        return UNPARSEABLE
+    # An explicit stack rather than recursion: orjson accepts nesting deeper than Python's
+    # recursion limit, and a hostile payload must not be able to raise RecursionError here.
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in fields:
+                    node[key] = REDACTED  # replacing a value keeps the key's position
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
+    try:
+        return orjson.dumps(root).decode()
+    except orjson.JSONEncodeError:
+        return UNPARSEABLE
+
+
+def _stored_payload(payload: str | None, policy: LogPolicy, fields: frozenset[str]) -> str | None:
+    if policy is not LogPolicy.FULL or payload is None:
+        return None
+    # With nothing to redact the text is stored as received, sparing a parse and re-encode.
+    return redact(payload, fields) if fields else payload
+
+
+def write_batch(
+    db: sqlite_utils.Database,
+    rows: Sequence[LogRow],
+    *,
+    policy: LogPolicy,
+    redact_fields: frozenset[str],
+) -> None:
+    """Write `rows` in one transaction; meant to run in a worker thread."""
+    opened: list[tuple[str, str | None, str | None, str | None, str]] = []
+    # Keyed by connection id: several heartbeats in one batch collapse into the last one.
+    heartbeats: dict[str, str] = {}
+    closed: list[tuple[str, int | None, str | None, str]] = []
+    messages: list[tuple[str, str, str | None, str | None, int, str | None, str]] = []
+    for row in rows:
+        if isinstance(row, MessageLogged):
+            if policy is not LogPolicy.OFF:
+                payload = _stored_payload(row.payload, policy, redact_fields)
+                messages.append(
+                    (row.direction, row.type, row.message_id, row.connection_id, row.size,
+                     payload, iso(row.at))
+                )
+        elif isinstance(row, ConnectionOpened):
+            opened.append((row.id, row.client_type, row.identity, row.remote_addr, iso(row.at)))
+        elif isinstance(row, ConnectionHeartbeat):
+            heartbeats[row.id] = iso(row.at)
+        else:
+            closed.append((iso(row.at), row.close_code, row.close_reason, row.id))
+    conn = db.conn
+    # Grouping by kind keeps the batch's meaning: the only cross-row dependency is that a
+    # heartbeat or close updates a connection row, and opens are inserted first.
+    with db.atomic():
+        if opened:
+            # OR IGNORE: a duplicate id must not cost the whole batch its rows.
+            conn.executemany(
+                "INSERT OR IGNORE INTO connections"
+                " (id, client_type, identity, remote_addr, connected_at) VALUES (?, ?, ?, ?, ?)",
+                opened,
+            )
+        if heartbeats:
+            conn.executemany(
+                "UPDATE connections SET last_heartbeat_at = ? WHERE id = ?",
+                [(at, conn_id) for conn_id, at in heartbeats.items()],
+            )
+        if closed:
+            conn.executemany(
+                "UPDATE connections SET disconnected_at = ?, close_code = ?, close_reason = ?"
+                " WHERE id = ?",
+                closed,
+            )
+        if messages:
+            conn.executemany(
+                "INSERT INTO messages"
+                " (direction, type, message_id, connection_id, size, payload, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                messages,
+            )
+
+
+def prune(
+    db: sqlite_utils.Database,
+    *,
+    max_age: float | None,
+    max_rows: int | None,
+    now: float | None = None,
+) -> int:
+    """Apply retention: drop messages older than `max_age` seconds or beyond the newest
+    `max_rows`, and connections closed before the age cut. Returns the rows deleted."""
+    if max_age is not None and max_age < 0:
+        raise ValueError("max_age must be >= 0")
+    if max_rows is not None and max_rows < 0:
+        raise ValueError("max_rows must be >= 0")
+    deleted = 0
+    conn = db.conn
+    with db.atomic():
+        if max_age is not None:
+            cut = iso((time.time() if now is None else now) - max_age)
+            deleted += conn.execute("DELETE FROM messages WHERE created_at < ?", (cut,)).rowcount
+            # Open connections are kept however old: they are still live.
+            deleted += conn.execute(
+                "DELETE FROM connections WHERE disconnected_at IS NOT NULL AND disconnected_at < ?",
+                (cut,),
+            ).rowcount
+        if max_rows is not None:
+            # Ids grow with insertion, so "newest" is the highest ids; when there are fewer
+            # than max_rows the subquery is NULL and nothing matches.
+            deleted += conn.execute(
+                "DELETE FROM messages WHERE id <="
+                " (SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (max_rows,),
+            ).rowcount
+    return deleted
+
+
+def _select(
+    db: sqlite_utils.Database, table: str, filters: dict[str, Any], order: str, limit: int
+) -> list[dict[str, Any]]:
+    active = {column: value for column, value in filters.items() if value is not None}
+    # Column and table names come from this module, never from callers; values are bound.
+    where = " AND ".join(f"{column} = ?" for column in active)
+    sql = f"SELECT * FROM {table}"
+    if where:
+        sql += f" WHERE {where}"
+    sql += f" ORDER BY {order} LIMIT ?"
+    return list(db.query(sql, [*active.values(), max(limit, 0)]))
+
+
+def recent_connections(
+    db: sqlite_utils.Database,
+    *,
+    limit: int = 50,
+    client_type: str | None = None,
+    identity: str | None = None,
+) -> list[dict[str, Any]]:
+    """The newest connections first, optionally filtered."""
+    filters = {"client_type": client_type, "identity": identity}
+    return _select(db, "connections", filters, "connected_at DESC, rowid DESC", limit)
+
+
+def recent_messages(
+    db: sqlite_utils.Database,
+    *,
+    limit: int = 50,
+    type: str | None = None,
+    connection_id: str | None = None,
+    direction: str | None = None,
+    message_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The newest messages first, optionally filtered."""
+    filters = {
+        "type": type,
+        "connection_id": connection_id,
+        "direction": direction,
+        "message_id": message_id,
+    }
+    return _select(db, "messages", filters, "created_at DESC, id DESC", limit)

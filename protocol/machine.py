@@ -293,13 +293,16 @@ class ConnectionMachine:
             actions.append(StartHeartbeat(heartbeat["interval"]))
         return actions
 
-    def auth_rejected(self, detail: str = "invalid authentication token") -> list[Action]:
-        """The token of the pending ``Verify`` is bad (seed: error, then close)."""
+    def auth_rejected(
+        self,
+        detail: str = "invalid authentication token",
+        code: ErrorCode = ErrorCode.AUTH_FAILED,
+    ) -> list[Action]:
+        """The pending ``Verify`` failed (seed: error, then close 1008). ``code`` is
+        ``AUTH_FAILED`` for a bad token, ``CONNECTION_LIMIT`` when the identity
+        already holds as many connections as it may."""
         self._move(Input.AUTH_REJECTED)
-        return [
-            self._error(ErrorCode.AUTH_FAILED, detail),
-            Close(CloseCode.POLICY_VIOLATION, ErrorCode.AUTH_FAILED.value),
-        ]
+        return [self._error(code, detail), Close(CloseCode.POLICY_VIOLATION, code.value)]
 
     def timeout(self) -> list[Action]:
         """A deadline passed: auth not completed in time, or heartbeat silence."""

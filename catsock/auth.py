@@ -1,0 +1,89 @@
+"""Token checks for the gateway, served from memory and kept fresh from SQLite.
+
+The active credentials are held in memory so an auth never waits on the
+database. ``PRAGMA data_version`` tells cheaply when another process (the
+``token`` CLI) changed the table; then the set is reloaded off the event loop.
+A token the cache does not know triggers one refresh before it is refused, so a
+token created a moment ago works at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Set
+
+import trio
+
+import storage
+from protocol import Principal
+
+__all__ = ["Authenticator"]
+
+#: The seed's shared token was a plain environment value; require some length
+#: so a placeholder like "changeme" cannot open the gateway.
+MIN_SHARED_TOKEN_LENGTH = 16
+
+
+class Authenticator:
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        *,
+        shared_token: str | None = None,
+        shared_client_types: Set[str] = frozenset(),
+    ) -> None:
+        if shared_token is not None and len(shared_token) < MIN_SHARED_TOKEN_LENGTH:
+            raise ValueError(
+                f"the shared token must be at least {MIN_SHARED_TOKEN_LENGTH} characters"
+            )
+        self._db = storage.open_db(db_path)
+        self._shared = shared_token
+        self._shared_types = shared_client_types
+        self._active: dict[str, storage.Credential] = {}
+        self._version: int | None = None
+        self._lock = trio.Lock()
+
+    async def refresh(self) -> bool:
+        """Reload the credentials if the table may have changed; True if it did."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._reload)
+
+    def _reload(self) -> bool:
+        version = storage.data_version(self._db)
+        if version == self._version:
+            return False
+        self._active = storage.load_active(self._db)
+        self._version = version
+        return True
+
+    async def verify(self, token: str, client_type: str) -> Principal | None:
+        """The principal for a good token whose client type matches, else ``None``."""
+        credential = storage.verify(self._active, token)
+        if credential is None and await self.refresh():
+            credential = storage.verify(self._active, token)
+        if credential is not None:
+            if credential.client_type != client_type:
+                return None
+            return Principal(credential.name, credential.client_type, credential.user_id)
+        if (
+            self._shared is not None
+            and client_type in self._shared_types
+            and hmac.compare_digest(token.encode(), self._shared.encode())
+        ):
+            # The seed granted whatever type the client claimed; so do we, within
+            # the known types, under one identity per type.
+            return Principal(f"shared:{client_type}", client_type)
+        return None
+
+    def is_active(self, identity: str) -> bool:
+        """Whether ``identity`` still has an unrevoked token (shared ones always do)."""
+        if identity.startswith("shared:"):
+            return self._shared is not None
+        return any(c.name == identity for c in self._active.values())
+
+    def has_tokens(self) -> bool:
+        return bool(self._active) or self._shared is not None
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,250 @@
+"""The command line: ``python -m catsock serve | config | token | logs | conformance``.
+
+Every command takes ``--config FILE`` (or ``$CATSOCK_CONFIG``); settings then
+come from ``CATSOCK_*`` variables and the command's own flags, in that order.
+Bad input ends with a one-line message and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+import trio
+
+import storage
+
+from .config import Config, ConfigError, load_config, to_toml
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _config_option(func: F) -> F:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML config file (default: $CATSOCK_CONFIG, else built-in defaults).",
+    )(func)
+
+
+def _database_option(func: F) -> F:
+    return click.option("--database", "--db", help="SQLite file (overrides config).")(func)
+
+
+def _load(config_path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    try:
+        return load_config(config_path, overrides={k: v for k, v in (overrides or {}).items()})
+    except ConfigError as exc:
+        raise click.ClickException(f"config: {exc}") from None
+
+
+def _flags(**values: Any) -> dict[str, Any]:
+    """Flags as a nested override dict (``a__b`` → ``{"a": {"b": ...}}``), unset ones dropped."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split("__")
+        target = out
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """catsock: a real-time event gateway (WebSocket, typed events, SQLite logs)."""
+
+
+@main.command()
+@_config_option
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (default 8765; 0 picks a free one).")
+@_database_option
+@click.option("--log-policy", type=click.Choice(["full", "metadata", "off"]), help="Message log.")
+@click.option("--tls-cert", help="PEM certificate chain: serve wss://.")
+@click.option("--tls-key", help="PEM private key for --tls-cert.")
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    database: str | None,
+    log_policy: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
+    """Run the gateway until SIGINT or SIGTERM (then shut down gracefully)."""
+    config = _load(
+        config_path,
+        _flags(
+            host=host,
+            port=port,
+            database=database,
+            log__policy=log_policy,
+            tls__cert=tls_cert,
+            tls__key=tls_key,
+        ),
+    )
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from None
+    except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during shutdown
+        sys.exit(130)
+
+
+async def _serve(config: Config) -> None:
+    from .server import Gateway
+
+    gateway = Gateway(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            host, port = await nursery.start(gateway.serve)
+            scheme = "wss" if config.tls.cert else "ws"
+            shown = f"[{host}]" if ":" in host else host
+            click.echo(f"catsock: listening on {scheme}://{shown}:{port}/ws", err=True)
+            if not gateway.auth.has_tokens():
+                click.echo(
+                    "catsock: no tokens yet; create one (printed once) with:\n"
+                    "  python -m catsock token create --client-type CATS --name cats-1",
+                    err=True,
+                )
+            async for _ in signals:
+                break
+        click.echo("catsock: shutting down", err=True)
+        await gateway.shutdown()
+
+
+@main.command("config")
+@_config_option
+def show_config(config_path: str | None) -> None:
+    """Print the effective configuration as TOML."""
+    click.echo(to_toml(_load(config_path)))
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke client tokens."""
+
+
+def _open(config_path: str | None, database: str | None) -> Any:
+    config = _load(config_path, _flags(database=database))
+    try:
+        return storage.open_db(config.database)
+    except Exception as exc:  # sqlite3 errors, bad paths, a newer schema
+        raise click.ClickException(f"cannot open database {config.database!r}: {exc}") from None
+
+
+@token.command("create")
+@_config_option
+@_database_option
+@click.option("--client-type", required=True, help="CATS, AFAD, DASHBOARD or your own type.")
+@click.option("--name", required=True, help="Identity name, e.g. afad-prod (unique).")
+@click.option("--user-id", help="Bind to one user: the token then sees only user:<id>.")
+def token_create(
+    config_path: str | None, database: str | None, client_type: str, name: str, user_id: str | None
+) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    db = _open(config_path, database)
+    try:
+        plain = storage.create_token(db, name=name, client_type=client_type, user_id=user_id)
+    except storage.CredentialError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(plain)
+    click.echo(f"token for {name} ({client_type}); store it now, it is not shown again", err=True)
+
+
+@token.command("list")
+@_config_option
+@_database_option
+def token_list(config_path: str | None, database: str | None) -> None:
+    """List tokens (names and types; never the tokens themselves)."""
+    rows = storage.list_tokens(_open(config_path, database))
+    click.echo(f"{'NAME':<24} {'TYPE':<10} {'USER':<10} {'CREATED':<25} REVOKED")
+    for c in rows:
+        click.echo(
+            f"{c.name:<24} {c.client_type:<10} {c.user_id or '-':<10} "
+            f"{c.created_at:<25} {c.revoked_at or '-'}"
+        )
+
+
+@token.command("revoke")
+@_config_option
+@_database_option
+@click.argument("name")
+def token_revoke(config_path: str | None, database: str | None, name: str) -> None:
+    """Revoke a token; a running gateway cuts its connections within seconds."""
+    if not storage.revoke_token(_open(config_path, database), name):
+        raise click.ClickException(f"no active token named {name!r}")
+    click.echo(f"revoked {name}", err=True)
+
+
+@main.command()
+@_config_option
+@_database_option
+@click.option("--connections", is_flag=True, help="Show connections instead of messages.")
+@click.option(
+    "--type", "type_", help="Only messages of this type / connections of this client type."
+)
+@click.option("--identity", help="Only connections of this identity.")
+@click.option("--connection", "connection_id", help="Only messages of this connection.")
+@click.option(
+    "--direction", type=click.Choice(["in", "out"]), help="Only in- or outbound messages."
+)
+@click.option("--message-id", help="Only this message_id.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def logs(
+    config_path: str | None,
+    database: str | None,
+    connections: bool,
+    type_: str | None,
+    identity: str | None,
+    connection_id: str | None,
+    direction: str | None,
+    message_id: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show recent connections or messages from the log, newest first."""
+    db = _open(config_path, database)
+    if connections:
+        rows = storage.recent_connections(db, limit=limit, client_type=type_, identity=identity)
+        columns = [
+            "id",
+            "client_type",
+            "identity",
+            "remote_addr",
+            "connected_at",
+            "disconnected_at",
+            "close_code",
+            "close_reason",
+        ]
+    else:
+        rows = storage.recent_messages(
+            db,
+            limit=limit,
+            type=type_,
+            connection_id=connection_id,
+            direction=direction,
+            message_id=message_id,
+        )
+        columns = ["created_at", "direction", "type", "message_id", "connection_id", "size"]
+    if as_json:
+        for row in rows:
+            click.echo(orjson.dumps(row).decode())
+        return
+    click.echo("  ".join(c.upper() for c in columns))
+    for row in rows:
+        click.echo("  ".join("-" if row.get(c) is None else str(row[c]) for c in columns))

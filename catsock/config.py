@@ -1,0 +1,300 @@
+"""The gateway's configuration: defaults < TOML file < ``CATSOCK_*`` env < CLI flags.
+
+Every setting lives in one attrs tree (``Config``). Environment variables name a
+setting by its path with ``__`` between levels: ``CATSOCK_PORT=9000``,
+``CATSOCK_LOG__POLICY=metadata``, ``CATSOCK_ALLOW__IPS=10.0.0.0/8,127.0.0.1``.
+Secrets are never part of it: the optional shared token is read from the
+environment variable the seed used (``SOCKET_AUTH_TOKEN``) and never printed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import attrs
+import cattrs
+
+from protocol import DEFAULT_RATE_LIMITS, RateLimit, Route
+from protocol.registry import valid_type_name
+
+__all__ = ["Config", "ConfigError", "load_config", "to_toml"]
+
+SHARED_TOKEN_ENV = "SOCKET_AUTH_TOKEN"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or contradicts another."""
+
+
+@attrs.frozen
+class HeartbeatConfig:
+    """Offered to clients that negotiate it; seed clients never get protocol pings."""
+
+    enabled: bool = True
+    interval: float = 30.0
+    min_interval: float = 5.0
+    max_interval: float = 300.0
+
+
+@attrs.frozen
+class KeepaliveConfig:
+    """TCP keepalive finds dead peers that never ping (the seed's PHP receiver)."""
+
+    enabled: bool = True
+    idle: int = 60
+    interval: int = 15
+    count: int = 4
+
+
+@attrs.frozen
+class RateConfig:
+    per_minute: float
+    burst: int
+
+
+def _default_rates() -> dict[str, RateConfig]:
+    return {k: RateConfig(v.per_minute, v.burst) for k, v in DEFAULT_RATE_LIMITS.items()}
+
+
+@attrs.frozen
+class LimitsConfig:
+    max_message_size: int = 64 * 1024
+    max_connections: int = 10_000
+    #: Connections one token may hold at once, by client type (seed 002: 3 per
+    #: user for dashboards); client types not listed get ``per_identity_default``.
+    per_identity: dict[str, int] = attrs.Factory(lambda: {"DASHBOARD": 3})
+    per_identity_default: int = 100
+    #: Messages waiting for one connection's writer before it counts as too slow.
+    send_queue: int = 10_000
+    rate_limits_enabled: bool = True
+    rate: dict[str, RateConfig] = attrs.Factory(_default_rates)
+    #: Rate-limit rejections tolerated (refilled at the client's rate) before close 1008.
+    abuse_limit: int = 100
+
+
+@attrs.frozen
+class LogConfig:
+    policy: str = "full"
+    redact: list[str] = attrs.Factory(lambda: ["ipaddress", "useragent"])
+    retention_days: float = 30.0
+    retention_rows: int = 1_000_000
+
+
+@attrs.frozen
+class TlsConfig:
+    cert: str = ""
+    key: str = ""
+
+
+@attrs.frozen
+class AllowConfig:
+    """CIDRs allowed to connect (seed 000 §8.3); empty allows everyone."""
+
+    ips: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class RouteConfig:
+    """An operator route; a name the registry lacks becomes a free-form event type."""
+
+    senders: list[str]
+    to: list[str] = attrs.Factory(list)
+    user_fields: list[str] = attrs.Factory(list)
+    channels: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    database: str = "catsock.db"
+    auth_timeout: float = 10.0
+    shutdown_timeout: float = 10.0
+    #: Accept the seed's single shared token from $SOCKET_AUTH_TOKEN (migration aid).
+    allow_shared_token: bool = False
+    heartbeat: HeartbeatConfig = attrs.Factory(HeartbeatConfig)
+    keepalive: KeepaliveConfig = attrs.Factory(KeepaliveConfig)
+    limits: LimitsConfig = attrs.Factory(LimitsConfig)
+    log: LogConfig = attrs.Factory(LogConfig)
+    tls: TlsConfig = attrs.Factory(TlsConfig)
+    allow: AllowConfig = attrs.Factory(AllowConfig)
+    routes: dict[str, RouteConfig] = attrs.Factory(dict)
+
+    def rate_limits(self) -> dict[str, RateLimit] | None:
+        if not self.limits.rate_limits_enabled:
+            return None
+        return {k: RateLimit(v.per_minute, v.burst) for k, v in self.limits.rate.items()}
+
+    def extra_routes(self) -> list[Route]:
+        return [
+            Route(
+                name,
+                frozenset(r.senders),
+                tuple(r.to),
+                tuple(r.user_fields),
+                tuple(r.channels),
+            )
+            for name, r in self.routes.items()
+        ]
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in self.allow.ips]
+
+
+_conv = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _validate(config: Config) -> Config:
+    problems = []
+    if not 0 <= config.port <= 65535:
+        problems.append(f"port {config.port} is not in 0-65535")
+    if config.log.policy not in ("full", "metadata", "off"):
+        problems.append(f"log.policy must be full, metadata or off, not {config.log.policy!r}")
+    if bool(config.tls.cert) != bool(config.tls.key):
+        problems.append("tls.cert and tls.key go together")
+    for cidr in config.allow.ips:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(f"allow.ips: {cidr!r} is not an IP address or CIDR")
+    for name, route in config.routes.items():
+        if not valid_type_name(name):
+            problems.append(f"routes.{name}: not a valid event type name")
+        if not route.senders:
+            problems.append(f"routes.{name}: needs at least one sender client type")
+    for field in ("auth_timeout", "shutdown_timeout"):
+        if getattr(config, field) <= 0:
+            problems.append(f"{field} must be positive")
+    if config.limits.max_message_size < 256:
+        problems.append("limits.max_message_size must be at least 256")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
+
+
+def _parse_env_value(raw: str, kind: Any, name: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return raw
+        if get_origin(kind) is list:
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        return tomllib.loads(f"v = {raw}")["v"]
+    except (ValueError, tomllib.TOMLDecodeError):
+        raise ConfigError(f"{name}={raw!r}: expected {getattr(kind, '__name__', kind)}") from None
+
+
+def _env_overrides(environ: Mapping[str, str], cls: type, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        name = f"{prefix}{field.name.upper()}"
+        kind = field.type
+        if attrs.has(kind):
+            nested = _env_overrides(environ, kind, name + "__")
+            if nested:
+                out[field.name] = nested
+        elif name in environ:
+            out[field.name] = _parse_env_value(environ[name], kind, name)
+        elif get_origin(kind) is dict and (sub := _dict_env(environ, name + "__", kind)):
+            out[field.name] = sub
+    return out
+
+
+def _dict_env(environ: Mapping[str, str], prefix: str, kind: Any) -> dict[str, Any]:
+    _, value_kind = get_args(kind)
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            if attrs.has(value_kind):
+                head, _, field = rest.partition("__")
+                out.setdefault(head, {})[field.lower()] = _parse_env_value(raw, Any, key)
+            else:
+                out[rest] = _parse_env_value(raw, value_kind, key)
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config. ``path=None`` uses ``$CATSOCK_CONFIG`` if set,
+    else defaults. ``overrides`` are CLI flags (a nested dict). Raises ``ConfigError``."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("CATSOCK_CONFIG") or None
+    data: dict[str, Any] = _conv.unstructure(Config())
+    if path is not None:
+        try:
+            file_data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {os.fspath(path)!r}: {exc}") from None
+        data = _merge(data, file_data)
+    data = _merge(data, _env_overrides(environ, Config, "CATSOCK_"))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        config = _conv.structure(data, Config)
+    except cattrs.BaseValidationError as exc:
+        raise ConfigError("; ".join(cattrs.transform_error(exc, path="config"))) from None
+    return _validate(config)
+
+
+def to_toml(config: Config) -> str:
+    """The effective config as TOML (what ``python -m catsock config`` prints)."""
+    return _emit(_conv.unstructure(config), [])
+
+
+def _emit(table: Mapping[str, Any], path: list[str]) -> str:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    lines = [f"[{'.'.join(path)}]"] if path and (scalars or not tables) else []
+    lines += [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
+    out = "\n".join(lines)
+    for key, sub in tables.items():
+        chunk = _emit(sub, [*path, _key(key)])
+        out = f"{out}\n\n{chunk}" if out else chunk
+    return out
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,319 @@
+"""The gateway: one nursery holding the listener, the log writer and every connection.
+
+``Gateway.serve`` binds, starts accepting and reports the bound address through
+``task_status``; ``Gateway.shutdown`` stops accepting, closes every connection
+with 1001, flushes the log and ends ``serve``. Before a WebSocket handshake a
+TCP connection is checked against the IP allow-list and given TCP keepalive.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable
+
+import attrs
+import trio
+from trio_websocket import wrap_server_stream
+
+import storage
+from protocol import (
+    Codec,
+    ErrorCode,
+    EventRegistry,
+    HeartbeatOffer,
+    MachineConfig,
+    Principal,
+    RoutingTable,
+    TokenBucket,
+)
+from protocol import messages as m
+
+from .auth import Authenticator
+from .config import SHARED_TOKEN_ENV, Config
+from .connection import Connection
+from .hub import Hub
+from .logsink import LogSink
+
+__all__ = ["Gateway", "GatewayStats"]
+
+logger = logging.getLogger("catsock.server")
+
+HANDSHAKE_TIMEOUT = 10.0
+CREDENTIAL_REFRESH = 2.0
+#: Identities whose rate-limit bucket is remembered after they disconnect, so
+#: reconnecting is no way around the limiter.
+MAX_REMEMBERED_BUCKETS = 10_000
+#: Beyond our own limit (which answers with an error first), trio-websocket
+#: closes 1009 by itself without buffering more.
+HARD_SIZE_FACTOR = 4
+
+
+@attrs.define
+class GatewayStats:
+    """Counters for ``statistics()``; every label set is bounded by config."""
+
+    accepted: int = 0
+    refused_ip: int = 0
+    refused_full: int = 0
+    auth_failures: int = 0
+    published: int = 0
+    delivered: int = 0
+    slow_consumers: int = 0
+    errors: dict[str, int] = attrs.Factory(dict)
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class Gateway:
+    def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.wall_clock = wall_clock
+        routes = config.extra_routes()
+        registry = EventRegistry()
+        registry = registry.with_types(r.event_type for r in routes if r.event_type not in registry)
+        self.codec = Codec(registry, max_size=config.limits.max_message_size)
+        hb = config.heartbeat
+        self.machine_config = MachineConfig(
+            routing=RoutingTable().with_routes(routes),
+            rate_limits=config.rate_limits(),
+            abuse_limit=config.limits.abuse_limit,
+            heartbeat=HeartbeatOffer(hb.interval, hb.min_interval, hb.max_interval)
+            if hb.enabled
+            else None,
+        )
+        shared = os.environ.get(SHARED_TOKEN_ENV) if config.allow_shared_token else None
+        known_types = {"CATS", "AFAD", "DASHBOARD"}
+        for route in self.machine_config.routing.values():
+            known_types |= route.senders | set(route.to_types)
+        self.auth = Authenticator(
+            config.database, shared_token=shared or None, shared_client_types=known_types
+        )
+        self.log = LogSink(
+            storage.open_db(config.database),
+            policy=storage.LogPolicy(config.log.policy),
+            redact_fields=frozenset(config.log.redact),
+            retention_max_age=config.log.retention_days * 86400,
+            retention_max_rows=config.log.retention_rows,
+        )
+        self.hub = Hub()
+        self.stats = GatewayStats()
+        self.connections: set[Connection] = set()
+        self._identities: dict[str, set[Connection]] = {}
+        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        self._networks = config.networks()
+        self._closing = False
+        self._drained = trio.Event()
+        self._accept_scope = trio.CancelScope()
+        self._serve_scope = trio.CancelScope()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until ``shutdown`` (or cancellation). Reports ``(host, port)`` bound."""
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(
+            await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        )
+        sock = listeners[0].socket  # type: ignore[attr-defined]
+        host, port = sock.getsockname()[:2]
+        if self.config.tls.cert:
+            context = self._tls_context()
+            listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
+        await self.auth.refresh()
+        try:
+            with self._serve_scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.log.run)
+                    nursery.start_soon(self._watch_credentials)
+                    await nursery.start(self._accept, listeners, nursery)
+                    task_status.started((host, port))
+        finally:
+            self.auth.close()
+
+    async def _accept(
+        self,
+        listeners: list[trio.abc.Listener[trio.abc.Stream]],
+        nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[list[trio.abc.Listener[trio.abc.Stream]]] = (
+            trio.TASK_STATUS_IGNORED
+        ),
+    ) -> None:
+        with self._accept_scope:
+            await trio.serve_listeners(
+                self._handle_stream, listeners, handler_nursery=nursery, task_status=task_status
+            )
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every connection with 1001, flush logs, end ``serve``.
+
+        Bounded by ``config.shutdown_timeout``; connections still open then are cut.
+        """
+        self._closing = True
+        self._accept_scope.cancel()
+        with trio.move_on_after(self.config.shutdown_timeout):
+            for conn in list(self.connections):
+                conn.close(1001, "server shutting down")
+            if self.connections:
+                await self._drained.wait()
+            await self.log.flush()
+        self._serve_scope.cancel()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.config.tls.cert, self.config.tls.key)
+        return context
+
+    async def _watch_credentials(self) -> None:
+        """Pick up tokens created or revoked by the CLI; revoked ones are cut off."""
+        while True:
+            await trio.sleep(CREDENTIAL_REFRESH)
+            if await self.auth.refresh():
+                for conn in list(self.connections):
+                    p = conn.principal
+                    if p is not None and not self.auth.is_active(p.identity):
+                        conn.close(1008, "token revoked")
+
+    # -- one TCP connection --------------------------------------------------------------
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        sock = _socket_of(stream)
+        remote = _peer(sock)
+        if self._closing or not self._allowed(remote):
+            self.stats.refused_ip += not self._closing
+            await trio.aclose_forcefully(stream)
+            return
+        self._keepalive(sock)
+        limits = self.config.limits
+        request = None
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                request = await wrap_server_stream(
+                    nursery,
+                    stream,
+                    max_message_size=limits.max_message_size * HARD_SIZE_FACTOR,
+                    receive_buffer_size=64 * 1024,
+                )
+            if request is None or not _ws_path(request.path):
+                if request is not None:
+                    await request.reject(404, body=b"catsock: WebSocket endpoint is /ws\n")
+                nursery.cancel_scope.cancel()
+                await trio.aclose_forcefully(stream)
+                return
+            if len(self.connections) >= limits.max_connections:
+                self.stats.refused_full += 1
+                await request.reject(503, body=b"catsock: connection limit reached\n")
+                nursery.cancel_scope.cancel()
+                return
+            ws = await request.accept()
+            conn = Connection(self, ws, f"conn_{secrets.token_hex(8)}", remote)
+            self.connections.add(conn)
+            self.stats.accepted += 1
+            try:
+                await conn.run()
+            except Exception:
+                # A bug in one connection must never take the gateway down.
+                logger.exception("connection %s failed", conn.id)
+            nursery.cancel_scope.cancel()
+
+    def _allowed(self, remote: str) -> bool:
+        if not self._networks:
+            return True
+        try:
+            address = ipaddress.ip_address(remote.rsplit(":", 1)[0].strip("[]"))
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+    def _keepalive(self, sock: socket.socket | None) -> None:
+        ka = self.config.keepalive
+        if sock is None or not ka.enabled:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, ka.idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, ka.interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka.count)
+
+    # -- called by connections -----------------------------------------------------------
+
+    async def authenticate(
+        self, conn: Connection, token: str, client_type: str
+    ) -> Principal | tuple[str, ErrorCode]:
+        principal = await self.auth.verify(token, client_type)
+        if principal is None:
+            self.stats.auth_failures += 1
+            return ("invalid authentication token", ErrorCode.AUTH_FAILED)
+        limits = self.config.limits
+        allowed = limits.per_identity.get(principal.client_type, limits.per_identity_default)
+        held = self._identities.setdefault(principal.identity, set())
+        if len(held) >= allowed:
+            return (f"this token already holds {allowed} connections", ErrorCode.CONNECTION_LIMIT)
+        held.add(conn)
+        return principal
+
+    def identity_bucket(self, principal: Principal) -> TokenBucket | None:
+        limit = self.machine_config.rate_limit(principal.client_type)
+        if limit is None:
+            return None
+        bucket = self._buckets.get(principal.identity)
+        if bucket is None:
+            bucket = self._buckets[principal.identity] = limit.bucket(trio.current_time())
+            if len(self._buckets) > MAX_REMEMBERED_BUCKETS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(principal.identity)
+        return bucket
+
+    def subscribe(self, conn: Connection, channels: Iterable[str]) -> None:
+        self.hub.subscribe(conn, channels)
+
+    def publish(self, event: m.Event, channels: Iterable[str], sender: Connection | None) -> int:
+        self.stats.published += 1
+        return self.hub.publish(self.codec.encode(event), channels, sender)
+
+    def connection_ended(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.hub.unsubscribe(conn)
+        p = conn.principal
+        if p is not None:
+            held = self._identities.get(p.identity)
+            if held is not None:
+                held.discard(conn)
+                if not held:
+                    del self._identities[p.identity]
+        if self._closing and not self.connections:
+            self._drained.set()
+
+    def statistics(self) -> GatewayStats:
+        return self.stats
+
+
+def _socket_of(stream: trio.abc.Stream) -> socket.socket | None:
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
+    return sock if isinstance(sock, socket.socket | trio.socket.SocketType) else None  # type: ignore[return-value]
+
+
+def _peer(sock: socket.socket | None) -> str:
+    try:
+        host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ws_path(path: str) -> bool:
+    return path.split("?", 1)[0].rstrip("/") == "/ws"

@@ -196,6 +196,19 @@ class Gateway:
         self._keepalive(sock)
         limits = self.config.limits
         request = None
+        if isinstance(stream, trio.SSLStream):
+            # Done here, not lazily inside trio-websocket, so a peer that does not
+            # speak TLS is dropped at once instead of holding a slot until timeout.
+            secured = False
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                try:
+                    await stream.do_handshake()
+                    secured = True
+                except trio.BrokenResourceError:
+                    pass
+            if not secured:
+                await trio.aclose_forcefully(stream)
+                return
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
                 request = await wrap_server_stream(

@@ -1,0 +1,1 @@
+"""catsock test suite; the rules are in conftest.py."""

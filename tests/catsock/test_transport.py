@@ -1,0 +1,129 @@
+"""Heartbeats, TLS and keepalive: the transport-level behaviour of a connection."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from pathlib import Path
+
+import trio
+import trio.testing
+import trio_websocket
+import trustme
+import wsproto.events as ev
+
+from .harness import GatewayFactory, RawClient
+
+
+async def _raw_auth(gw_port: int, token: str, extensions: dict[str, object] | None) -> RawClient:
+    raw = await RawClient.connect(gw_port)
+    auth: dict[str, object] = {"type": "auth", "token": token, "client_type": "AFAD"}
+    if extensions is not None:
+        auth["extensions"] = extensions
+    await raw.send_text(json.dumps(auth))
+    reply = await raw.next_event()
+    assert isinstance(reply, ev.TextMessage)
+    assert json.loads(reply.data)["type"] == "auth_success"
+    return raw
+
+
+async def test_negotiated_heartbeat_pings_and_closes_a_silent_peer(
+    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    gw = await start_gateway()
+    token = gw.token("afad", "AFAD")
+    with trio.fail_after(120):
+        raw = await _raw_auth(gw.port, token, {"heartbeat": {"interval": 5}})
+        start = trio.current_time()
+        pings = 0
+        while True:
+            event = await raw.next_event()
+            if isinstance(event, ev.Ping):
+                pings += 1  # deliberately never answered
+            elif isinstance(event, ev.CloseConnection):
+                break
+        assert event.code == 4000
+        assert pings >= 1
+        # Two intervals of silence, give or take one ping round.
+        assert 10 <= trio.current_time() - start <= 15
+        await raw.aclose()
+
+
+async def test_negotiated_heartbeat_keeps_a_responsive_peer(
+    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(600):
+        async with gw.client("AFAD", extensions={"heartbeat": {"interval": 1}}) as afad:
+            # Clamped to the configured minimum (5 s).
+            assert afad.auth_reply == {
+                **afad.auth_reply,
+                "extensions": {"heartbeat": {"interval": 5.0}},
+            }
+            # trio-websocket answers pings by itself; 100 s is 20 intervals.
+            await trio.sleep(100)
+            await afad.send({"type": "ping"})
+            assert (await afad.recv())["type"] == "pong"
+
+
+async def test_legacy_client_gets_no_protocol_pings_and_may_idle_for_hours(
+    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Seed 000's PHP client answers a protocol ping with an unmasked pong, which
+    # breaks the connection; its receiver idles for hours. Neither may hurt it.
+    gw = await start_gateway()
+    token = gw.token("afad", "AFAD")
+    with trio.fail_after(4 * 3600):
+        raw = await _raw_auth(gw.port, token, None)
+        with trio.move_on_after(3 * 3600):
+            event = await raw.next_event()
+            raise AssertionError(f"a legacy client received {event!r}")
+        await raw.send_text('{"type":"ping"}')
+        reply = await raw.next_event()
+        assert isinstance(reply, ev.TextMessage)
+        assert json.loads(reply.data)["type"] == "pong"
+        await raw.aclose()
+
+
+async def test_tcp_keepalive_is_set_on_accepted_sockets(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway(keepalive={"idle": 42, "interval": 7, "count": 3})
+    with trio.fail_after(10):
+        async with gw.client("AFAD"):
+            (conn,) = gw.gateway.connections
+            sock = conn.ws._stream.socket
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 42
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+
+
+async def test_tls_serves_wss_and_refuses_plain_text(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_file)
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(cert_file, append=True)
+    cert.private_key_pem.write_to_path(key_file)
+    gw = await start_gateway(tls={"cert": str(cert_file), "key": str(key_file)})
+    token = gw.token("cats", "CATS")
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    url = f"wss://127.0.0.1:{gw.port}/ws"
+    with trio.fail_after(10):
+        async with trio_websocket.open_websocket_url(url, ssl_context=client_context) as ws:
+            await ws.send_message(
+                json.dumps({"type": "auth", "token": token, "client_type": "CATS"})
+            )
+            assert json.loads(await ws.get_message())["type"] == "auth_success"
+        # A client that does not speak TLS gets no WebSocket.
+        async with await trio.open_tcp_stream("127.0.0.1", gw.port) as plain:
+            await plain.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                reply = await plain.receive_some(1024)
+            except trio.BrokenResourceError:
+                reply = b""
+            assert b"101" not in reply

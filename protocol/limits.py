@@ -50,11 +50,15 @@ class TokenBucket:
     def take(self, now: float, n: float = 1.0) -> float:
         """Take ``n`` tokens if there are enough and return 0.0; otherwise take
         nothing and return the seconds to wait until ``n`` would be there."""
-        self._refill(now)
-        if self._tokens >= n:
+        wait = self.wait(now, n)
+        if not wait:
             self._tokens -= n
-            return 0.0
-        return (n - self._tokens) / self.rate
+        return wait
+
+    def wait(self, now: float, n: float = 1.0) -> float:
+        """Seconds until ``n`` tokens are there (0.0: now); takes nothing."""
+        self._refill(now)
+        return 0.0 if self._tokens >= n else (n - self._tokens) / self.rate
 
     def peek(self, now: float) -> float:
         """Tokens available at ``now`` (for introspection and tests)."""

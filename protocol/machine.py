@@ -228,6 +228,8 @@ class ConnectionMachine:
     def receive(self, message: m.Message) -> list[Action]:
         """Feed one decoded message from the peer."""
         kind = _PEER_KIND[type(message)]
+        if self.state in (State.AUTHENTICATING, State.CLOSED):
+            self._move(kind)  # raises: the runtime must settle auth / stop feeding first
         if self.state is State.ACTIVE:
             limited = self._charge()
             if limited is not None:
@@ -255,6 +257,8 @@ class ConnectionMachine:
         if error.close_code is not None:
             self._move(Input.FATAL)
             return [self._reply(error), Close(error.close_code, error.code.value)]
+        if self.state in (State.AUTHENTICATING, State.CLOSED):
+            self._move(Input.INVALID)  # raises, as in receive()
         if self.state is State.ACTIVE:
             limited = self._charge()
             if limited is not None:
@@ -372,12 +376,11 @@ class ConnectionMachine:
         if not self._buckets:
             return None
         now = self._clock()
-        wait = 0.0
-        for bucket in self._buckets:
-            wait = bucket.take(now)
-            if wait:
-                break
+        # Check every bucket before taking from any: a refused message costs nothing.
+        wait = max(bucket.wait(now) for bucket in self._buckets)
         if not wait:
+            for bucket in self._buckets:
+                bucket.take(now)
             return None
         assert self._violations is not None
         if self._violations.take(now):

@@ -205,14 +205,16 @@ def _utf8_size(text: str, limit: int) -> int:
 
 
 #: Keys whose value decides validation or routing. Repeating one of them, or
-#: spelling any key with a \u escape, sends the text through the exact check.
+#: a \u00XX escape (which could spell one), sends the text through the exact check.
 _WATCHED_KEYS: Final = re.compile(
     r'"(?:type|sender|message_id|version|payload|owner_id|user_id|token|client_type)"'
 )
 
 
 def _may_repeat_keys(text: str) -> bool:
-    if "\\u" in text:
+    # Watched keys are ASCII, so only an escape below U+0100 can spell one; PHP's
+    # default \uXXXX escaping of Japanese text does not trigger the slow check.
+    if "\\u00" in text:
         return True
     found = _WATCHED_KEYS.findall(text)
     return len(found) != len(set(found))

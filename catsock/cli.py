@@ -8,6 +8,7 @@ Bad input ends with a one-line message and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -96,12 +97,28 @@ def serve(
     )
     try:
         trio.run(_serve, config)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot serve on {config.host}:{config.port}: {exc.strerror or exc}"
-        ) from None
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during shutdown
         sys.exit(130)
+    except Exception as exc:
+        message = _startup_failure(exc, config)
+        if message is None:
+            raise
+        raise click.ClickException(message) from None
+
+
+def _startup_failure(exc: BaseException, config: Config) -> str | None:
+    """A one-line explanation for the ways ``serve`` fails to start, else None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    from .server import StartupError
+
+    if isinstance(exc, StartupError | ValueError):
+        return str(exc)
+    if isinstance(exc, sqlite3.Error | storage.SchemaVersionError):
+        return f"cannot open database {config.database!r}: {exc}"
+    if isinstance(exc, OSError):
+        return f"cannot serve on {config.host}:{config.port}: {exc.strerror or exc}"
+    return None
 
 
 async def _serve(config: Config) -> None:

@@ -10,6 +10,7 @@ environment variable the seed used (``SOCKET_AUTH_TOKEN``) and never printed.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -296,5 +297,5 @@ def _value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    # A JSON string is a valid TOML basic string (same escapes), control chars included.
+    return json.dumps(str(value), ensure_ascii=False)

@@ -41,7 +41,7 @@ from .connection import Connection
 from .hub import Hub
 from .logsink import LogSink
 
-__all__ = ["Gateway", "GatewayStats"]
+__all__ = ["Gateway", "GatewayStats", "StartupError"]
 
 logger = logging.getLogger("catsock.server")
 
@@ -53,6 +53,10 @@ MAX_REMEMBERED_BUCKETS = 10_000
 #: Beyond our own limit (which answers with an error first), trio-websocket
 #: closes 1009 by itself without buffering more.
 HARD_SIZE_FACTOR = 4
+
+
+class StartupError(Exception):
+    """The gateway cannot start as configured (the message says why)."""
 
 
 @attrs.define
@@ -109,6 +113,8 @@ class Gateway:
         self._identities: dict[str, set[Connection]] = {}
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
         self._networks = config.networks()
+        # Built now so a bad certificate fails before anything binds.
+        self._ssl_context = self._tls_context() if config.tls.cert else None
         self._closing = False
         self._drained = trio.Event()
         self._accept_scope = trio.CancelScope()
@@ -125,8 +131,8 @@ class Gateway:
         )
         sock = listeners[0].socket  # type: ignore[attr-defined]
         host, port = sock.getsockname()[:2]
-        if self.config.tls.cert:
-            context = self._tls_context()
+        if self._ssl_context is not None:
+            context = self._ssl_context
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         await self.auth.refresh()
         try:
@@ -169,9 +175,15 @@ class Gateway:
         self._serve_scope.cancel()
 
     def _tls_context(self) -> ssl.SSLContext:
+        tls = self.config.tls
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.config.tls.cert, self.config.tls.key)
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(
+                f"cannot load tls.cert {tls.cert!r} / tls.key {tls.key!r}: {exc}"
+            ) from None
         return context
 
     async def _watch_credentials(self) -> None:

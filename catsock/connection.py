@@ -35,7 +35,7 @@ from protocol import messages as m
 from storage import ConnectionClosed as ClosedRow
 from storage import ConnectionHeartbeat, ConnectionOpened, MessageLogged
 
-from .wsadapter import send_texts
+from .wsadapter import check_internals, send_frames, text_frame
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -65,7 +65,7 @@ class Connection:
             wall_clock=gateway.wall_clock,
         )
         self.connected_at = gateway.wall_clock()
-        self._queue: deque[str] = deque()
+        self._queue: deque[bytes] = deque()
         self._max_queue = gateway.config.limits.send_queue
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._close: Close | None = None
@@ -82,8 +82,8 @@ class Connection:
 
     # -- called by others --------------------------------------------------------
 
-    def deliver(self, text: str) -> None:
-        """Queue ``text``; never blocks. A recipient whose queue is full is too slow
+    def deliver(self, frame: bytes) -> None:
+        """Queue an encoded frame; never blocks. A recipient whose queue is full is too slow
         to keep up and is disconnected (close 4001) rather than grow memory."""
         if self._close is not None:
             return
@@ -100,7 +100,7 @@ class Connection:
             )
             self.close(CloseCode.SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value)
             return
-        self._queue.append(text)
+        self._queue.append(frame)
         self._writer_lot.unpark()
 
     def close(self, code: int, reason: str) -> None:
@@ -114,6 +114,7 @@ class Connection:
     # -- the connection's life ---------------------------------------------------------
 
     async def run(self) -> None:
+        check_internals(self.ws)
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -191,7 +192,7 @@ class Connection:
                     "out", "error", None, self.id, len(text), text, self.gateway.wall_clock()
                 )
             )
-        self._queue.append(text)
+        self._queue.append(text_frame(text))
         self._writer_lot.unpark()
 
     async def _writer(self) -> None:
@@ -201,7 +202,7 @@ class Connection:
                 if queue:
                     batch = list(queue)
                     queue.clear()
-                    await send_texts(self.ws, batch)
+                    await send_frames(self.ws, batch)
                     self.gateway.stats.delivered += len(batch)
                 elif self._close is not None:
                     break

@@ -1,7 +1,7 @@
 """The delivery hub: which local connections listen on which channels.
 
-Publishing hands the same already-encoded text to every recipient's queue
-(encode once, never per recipient); the routing decision itself is
+Publishing hands the same already-framed bytes to every recipient's queue
+(encode and frame once, never per recipient); the routing decision itself is
 ``protocol.fan_out``, so the hub holds state and nothing else.
 """
 
@@ -16,8 +16,8 @@ __all__ = ["Hub", "Subscriber"]
 
 
 class Subscriber(Protocol):
-    def deliver(self, text: str) -> None:
-        """Queue ``text`` for sending; must not block."""
+    def deliver(self, frame: bytes) -> None:
+        """Queue an encoded WebSocket frame for sending; must not block."""
 
 
 class Hub:
@@ -39,11 +39,11 @@ class Hub:
                 if not members:
                     del self._channels[channel]
 
-    def publish(self, text: str, channels: Iterable[str], sender: Subscriber | None) -> int:
-        """Queue ``text`` for everyone on ``channels`` but ``sender``; returns how many."""
+    def publish(self, frame: bytes, channels: Iterable[str], sender: Subscriber | None) -> int:
+        """Queue ``frame`` for everyone on ``channels`` but ``sender``; returns how many."""
         recipients = fan_out(channels, self._channels, sender)
         for recipient in recipients:
-            recipient.deliver(text)
+            recipient.deliver(frame)
         return len(recipients)
 
     def subscribers(self, channel: str) -> int:

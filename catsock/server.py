@@ -40,6 +40,7 @@ from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
 from .hub import Hub
 from .logsink import LogSink
+from .wsadapter import text_frame
 
 __all__ = ["Gateway", "GatewayStats", "StartupError"]
 
@@ -307,7 +308,7 @@ class Gateway:
 
     def publish(self, event: m.Event, channels: Iterable[str], sender: Connection | None) -> int:
         self.stats.published += 1
-        return self.hub.publish(self.codec.encode(event), channels, sender)
+        return self.hub.publish(text_frame(self.codec.encode(event)), channels, sender)
 
     def connection_ended(self, conn: Connection) -> None:
         self.connections.discard(conn)

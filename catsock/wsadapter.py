@@ -2,27 +2,28 @@
 
 trio-websocket's public API sends one frame per ``send_message`` call, each its
 own ``send_all``; a relay that fans out that way spends its time in syscalls.
-This module frames every pending message with the connection's own wsproto
-object and writes them all at once, under the connection's send lock so it
-never interleaves with frames the library sends itself (pongs, close).
+Here a message is framed once (``text_frame``; server frames are unmasked, so
+every recipient gets the same bytes) and a connection's pending frames go out
+in one write, under the connection's send lock so they never interleave with
+frames the library sends itself (pongs, close).
 
 It is the only module that touches trio-websocket's private attributes; the
 versions it was tested with are pinned in pyproject.toml and ``check_internals``
-(run by the test suite and at gateway start) fails loudly if they change.
+(run by the test suite and for every connection) fails loudly if they change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import struct
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import TextMessage
 
-__all__ = ["InternalsChanged", "check_internals", "send_texts"]
+__all__ = ["InternalsChanged", "check_internals", "send_frames", "text_frame"]
 
 _REQUIRED = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
+_FIN_TEXT = 0x81
 
 
 class InternalsChanged(RuntimeError):
@@ -30,25 +31,38 @@ class InternalsChanged(RuntimeError):
 
 
 def check_internals(ws: WebSocketConnection) -> None:
-    """Raise ``InternalsChanged`` unless ``ws`` has the private attributes used here."""
+    """Raise ``InternalsChanged`` unless ``ws`` has what this module relies on:
+    its private attributes, and no negotiated extension (which would make
+    frames differ from ``text_frame``'s plain RFC 6455 framing)."""
     missing = [name for name in _REQUIRED if not hasattr(ws, name)]
-    if missing:
+    proto = getattr(getattr(getattr(ws, "_wsproto", None), "connection", None), "_proto", None)
+    if missing or getattr(proto, "extensions", None) != []:
         raise InternalsChanged(
-            f"trio-websocket internals changed (missing {', '.join(missing)}); "
-            "catsock/wsadapter.py must be updated for this version"
+            f"trio-websocket internals changed (missing {', '.join(missing) or 'frame protocol'}"
+            "); catsock/wsadapter.py must be updated for this version"
         )
 
 
-async def send_texts(ws: WebSocketConnection, texts: Iterable[str]) -> None:
-    """Send each text as its own text frame, all in one ``send_all``.
+def text_frame(text: str) -> bytes:
+    """One unfragmented, unmasked text frame (RFC 6455 §5.2), as a server sends it."""
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        return bytes((_FIN_TEXT, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", _FIN_TEXT, 126, n) + payload
+    return struct.pack("!BBQ", _FIN_TEXT, 127, n) + payload
+
+
+async def send_frames(ws: WebSocketConnection, frames: list[bytes]) -> None:
+    """Write ``frames`` (from ``text_frame``) in one ``send_all``.
 
     Raises ``ConnectionClosed`` like ``send_message`` if the connection is closed
     or closing, or breaks during the write.
     """
     if ws._close_reason is not None or ws._wsproto.state is not ConnectionState.OPEN:
         raise ConnectionClosed(ws._close_reason)
-    frame = ws._wsproto.send
-    data = b"".join([frame(TextMessage(data=text)) for text in texts])
+    data = frames[0] if len(frames) == 1 else b"".join(frames)
     async with ws._stream_lock:
         try:
             await ws._stream.send_all(data)

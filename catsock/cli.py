@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import click
@@ -265,3 +266,105 @@ def logs(
     click.echo("  ".join(c.upper() for c in columns))
     for row in rows:
         click.echo("  ".join("-" if row.get(c) is None else str(row[c]) for c in columns))
+
+
+class _UsageProblem(click.ClickException):
+    """One ``Error:`` line and exit status 2 (bad arguments, unreachable gateway)."""
+
+    exit_code = 2
+
+
+@main.command()
+@click.argument("url")
+@click.option(
+    "--token",
+    "token_specs",
+    multiple=True,
+    metavar="KIND=TOKEN",
+    help="A token per kind: CATS, AFAD, DASHBOARD (admin) and optionally DASHBOARD@500 "
+    "(bound to user 500). Checks needing a missing token are skipped. Repeatable.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds each check may take.",
+)
+@click.option(
+    "--only", multiple=True, metavar="PREFIX", help="Run the checks whose name starts so."
+)
+@click.option("--insecure", is_flag=True, help="wss://: do not verify the certificate.")
+@click.option(
+    "--cafile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="wss://: trust the CA certificates in this PEM file.",
+)
+def conformance(
+    url: str,
+    token_specs: tuple[str, ...],
+    timeout: float,
+    only: tuple[str, ...],
+    insecure: bool,
+    cafile: str | None,
+) -> None:
+    """Check the gateway at URL (ws://HOST:PORT/ws) against docs/protocol.md.
+
+    Prints a PASS/FAIL/SKIP table and a summary; exits 1 if any check failed.
+    """
+    import ssl
+
+    from . import conformance as conf
+
+    tokens: dict[str, str] = {}
+    for spec in token_specs:
+        kind, sep, value = spec.partition("=")
+        if not sep or not value:
+            raise _UsageProblem(f"--token {spec!r}: expected KIND=TOKEN")
+        if kind not in conf.TOKEN_KINDS:
+            raise _UsageProblem(
+                f"--token {spec.split('=')[0]!r}: the kind must be one of "
+                + ", ".join(conf.TOKEN_KINDS)
+            )
+        if kind in tokens:
+            raise _UsageProblem(f"--token {kind}: given twice")
+        tokens[kind] = value
+    if insecure and cafile:
+        raise _UsageProblem("--insecure and --cafile exclude each other")
+    context: ssl.SSLContext | None = None
+    if url.lower().startswith("wss://"):
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise _UsageProblem(f"--cafile {cafile}: {exc}") from None
+        if insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    elif insecure or cafile:
+        raise _UsageProblem("--insecure and --cafile apply to wss:// URLs only")
+    try:
+        results = trio.run(
+            partial(
+                conf.run_conformance, url, tokens, timeout=timeout, ssl_context=context, only=only
+            )
+        )
+    except ValueError as exc:
+        raise _UsageProblem(str(exc)) from None
+    except conf.GatewayUnreachable as exc:
+        raise _UsageProblem(f"cannot reach the gateway: {exc}") from None
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if not results:
+        raise _UsageProblem(f"no check name starts with {' or '.join(map(repr, only))}")
+    width = max(len(r.name) for r in results)
+    click.echo(f"{'CHECK':<{width}}  STATUS  SECONDS  DETAIL")
+    for r in results:
+        detail = r.detail if r.status is not conf.Status.PASS else ""
+        click.echo(f"{r.name:<{width}}  {r.status:<6}  {r.seconds:7.3f}  {detail}".rstrip())
+    counts = {s: sum(r.status is s for r in results) for s in conf.Status}
+    click.echo(
+        f"{counts[conf.Status.PASS]} passed, {counts[conf.Status.FAIL]} failed, "
+        f"{counts[conf.Status.SKIP]} skipped"
+    )
+    if counts[conf.Status.FAIL]:
+        sys.exit(1)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 import attrs
 import trio
+import wsproto.utilities
 from trio_websocket import wrap_server_stream
 
 import storage
@@ -71,6 +72,7 @@ class GatewayStats:
     published: int = 0
     delivered: int = 0
     slow_consumers: int = 0
+    internal_errors: int = 0
     errors: dict[str, int] = attrs.Factory(dict)
 
     def count_error(self, code: str) -> None:
@@ -200,6 +202,21 @@ class Gateway:
     # -- one TCP connection --------------------------------------------------------------
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        try:
+            await self._serve_stream(stream)
+        except* wsproto.utilities.LocalProtocolError as group:
+            # trio-websocket's reader answers a peer's oversize message or ping
+            # with a frame even after our close went out; wsproto refuses it.
+            # Harmless: the connection is closing anyway.
+            logger.debug("late frame on a closing connection", exc_info=group)
+            await trio.aclose_forcefully(stream)
+        except* Exception as group:
+            # Any other fault in one connection ends that connection only.
+            logger.warning("connection ended by an internal error", exc_info=group)
+            self.stats.internal_errors += 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         sock = _socket_of(stream)
         remote = _peer(sock)
         if self._closing or not self._allowed(remote):
@@ -247,10 +264,8 @@ class Gateway:
             self.stats.accepted += 1
             try:
                 await conn.run()
-            except Exception:
-                # A bug in one connection must never take the gateway down.
-                logger.exception("connection %s failed", conn.id)
-            nursery.cancel_scope.cancel()
+            finally:
+                nursery.cancel_scope.cancel()
 
     def _allowed(self, remote: str) -> bool:
         if not self._networks:

@@ -180,20 +180,23 @@ def _make_converter(*, detailed: bool) -> cattrs.Converter:
     return conv
 
 
-def _too_deep(text: str, value: Any, limit: int) -> bool:
-    # Nesting needs brackets: with no more of them than the limit, no walk is needed.
-    if text.count("{") + text.count("[") <= limit:
-        return False
+def _shape(value: Any) -> tuple[int, int]:
+    """(nesting depth, number of object keys) of a parsed document, in one walk."""
+    depth = keys = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
+        item, level = pop()
+        depth = max(depth, level)
         if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
-    return False
+            keys += len(item)
+            children: Any = item.values()
+        else:
+            children = item
+        for child in children:
+            if isinstance(child, dict | list):
+                push((child, level + 1))
+    return depth, keys
 
 
 def _utf8_size(text: str, limit: int) -> int:
@@ -204,20 +207,14 @@ def _utf8_size(text: str, limit: int) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-#: Keys whose value decides validation or routing. Repeating one of them, or
-#: a \u00XX escape (which could spell one), sends the text through the exact check.
-_WATCHED_KEYS: Final = re.compile(
-    r'"(?:type|sender|message_id|version|payload|owner_id|user_id|token|client_type)"'
-)
+_SPACE_BEFORE_COLON: Final = re.compile(r'"\s+:')
 
 
-def _may_repeat_keys(text: str) -> bool:
-    # Watched keys are ASCII, so only an escape below U+0100 can spell one; PHP's
-    # default \uXXXX escaping of Japanese text does not trigger the slow check.
-    if "\\u00" in text:
-        return True
-    found = _WATCHED_KEYS.findall(text)
-    return len(found) != len(set(found))
+def _may_repeat_keys(text: str, keys: int) -> bool:
+    """False only if no object can repeat a key. Every key is written ``"...":``
+    unless space precedes the colon; fewer such marks than keys parsed means a
+    repeat (string values holding ``":`` only ever make the check run)."""
+    return text.count('":') != keys or _SPACE_BEFORE_COLON.search(text) is not None
 
 
 def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -308,11 +305,12 @@ class Codec:
         kind = obj.get("type")
         if not isinstance(kind, str):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message has no string field 'type'")
-        if _too_deep(text, obj, self.max_depth):
+        depth, keys = _shape(obj)
+        if depth > self.max_depth:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, f"message is nested deeper than {self.max_depth}"
             )
-        if _may_repeat_keys(text) and _repeats_keys(text):
+        if _may_repeat_keys(text, keys) and _repeats_keys(text):
             # Parsers disagree on repeated keys (most keep the last, some the first);
             # a recipient must never read a different sender or owner than we checked.
             raise ProtocolError(

@@ -13,6 +13,9 @@ import attrs
 
 __all__ = ["DEFAULT_RATE_LIMITS", "FALLBACK_RATE_LIMIT", "RateLimit", "TokenBucket"]
 
+#: Float dust, in tokens: far below one message, far above rounding error.
+_EPSILON = 1e-6
+
 
 @attrs.frozen(slots=True)
 class RateLimit:
@@ -52,13 +55,15 @@ class TokenBucket:
         nothing and return the seconds to wait until ``n`` would be there."""
         wait = self.wait(now, n)
         if not wait:
-            self._tokens -= n
+            self._tokens = max(0.0, self._tokens - n)
         return wait
 
     def wait(self, now: float, n: float = 1.0) -> float:
         """Seconds until ``n`` tokens are there (0.0: now); takes nothing."""
         self._refill(now)
-        return 0.0 if self._tokens >= n else (n - self._tokens) / self.rate
+        # Tolerate float dust: a client that waited exactly the hint must pass.
+        missing = n - self._tokens
+        return 0.0 if missing <= _EPSILON else missing / self.rate
 
     def peek(self, now: float) -> float:
         """Tokens available at ``now`` (for introspection and tests)."""

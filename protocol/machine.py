@@ -24,6 +24,7 @@ generated from it (``python -m protocol.diagram``), so the two cannot drift.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -390,7 +391,8 @@ class ConnectionMachine:
                 Close(CloseCode.POLICY_VIOLATION, ErrorCode.RATE_LIMIT_EXCEEDED.value),
             ]
         self._move(Input.RATE_LIMITED)
-        retry = round(wait, 3)
+        # Rounded up to the millisecond: a client that waits this long gets through.
+        retry = math.ceil(wait * 1000) / 1000
         return [self._error(ErrorCode.RATE_LIMIT_EXCEEDED, "rate limit exceeded", None, retry)]
 
     def _auth(self, message: m.Auth) -> list[Action]:

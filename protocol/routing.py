@@ -81,7 +81,9 @@ class Route:
 def _get(obj: Any, name: str) -> Any:
     if isinstance(obj, dict):
         return obj.get(name)
-    return getattr(obj, name, None)
+    if attrs.has(type(obj)):  # a typed payload; never a number's ``.real``
+        return getattr(obj, name, None)
+    return None
 
 
 def _user_ids(payload: Any, path: str) -> Iterator[int | str]:

@@ -103,8 +103,9 @@ class Gateway:
         self.auth = Authenticator(
             config.database, shared_token=shared or None, shared_client_types=known_types
         )
+        self._log_db = storage.open_db(config.database)
         self.log = LogSink(
-            storage.open_db(config.database),
+            self._log_db,
             policy=storage.LogPolicy(config.log.policy),
             redact_fields=frozenset(config.log.redact),
             retention_max_age=config.log.retention_days * 86400,
@@ -138,6 +139,8 @@ class Gateway:
             context = self._ssl_context
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         await self.auth.refresh()
+        # Before the log writer starts, so the two never share the connection.
+        await trio.to_thread.run_sync(storage.close_dangling, self._log_db)
         try:
             with self._serve_scope:
                 async with trio.open_nursery() as nursery:

@@ -23,6 +23,7 @@ __all__ = [
     "LogPolicy",
     "LogRow",
     "MessageLogged",
+    "close_dangling",
     "prune",
     "recent_connections",
     "recent_messages",
@@ -206,6 +207,18 @@ def prune(
                 (max_rows,),
             ).rowcount
     return deleted
+
+
+def close_dangling(db: sqlite_utils.Database, *, now: float | None = None) -> int:
+    """Mark connections a previous gateway process left open (it crashed or was
+    killed) as closed now, with reason ``gateway restarted``; returns how many.
+    Run once at start-up, before any connection of this process is logged."""
+    with db.atomic():
+        return db.conn.execute(
+            "UPDATE connections SET disconnected_at = ?, close_reason = 'gateway restarted'"
+            " WHERE disconnected_at IS NULL",
+            (iso(time.time() if now is None else now),),
+        ).rowcount
 
 
 def _select(

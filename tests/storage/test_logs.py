@@ -24,6 +24,7 @@ from storage.logs import (
     LogPolicy,
     LogRow,
     MessageLogged,
+    close_dangling,
     prune,
     recent_connections,
     recent_messages,
@@ -376,3 +377,23 @@ def test_recent_connections_newest_first_with_filters(db: sqlite_utils.Database)
     assert [r["id"] for r in recent_connections(db, client_type="BOT")] == ["c3", "c2", "c0"]
     assert [r["id"] for r in recent_connections(db, identity="bot-1")] == ["c3", "c0"]
     assert recent_connections(db, client_type="APP", identity="bot-1") == []
+
+
+def test_close_dangling_closes_only_rows_left_open(tmp_path: Path) -> None:
+    db = open_db(tmp_path / "dangling.db")
+    write_batch(
+        db,
+        [
+            ConnectionOpened("open", "CATS", "cats", "127.0.0.1:1", 1.0),
+            ConnectionOpened("done", "AFAD", "afad", "127.0.0.1:2", 1.0),
+            ConnectionClosed("done", 2.0, 1000, None),
+        ],
+        policy=LogPolicy.FULL,
+        redact_fields=frozenset(),
+    )
+    assert close_dangling(db, now=3.0) == 1
+    rows = {r["id"]: r for r in db["connections"].rows}
+    assert rows["open"]["close_reason"] == "gateway restarted"
+    assert rows["open"]["disconnected_at"] == iso(3.0)
+    assert rows["done"]["close_code"] == 1000
+    assert close_dangling(db, now=4.0) == 0

@@ -1,0 +1,1 @@
+"""Peer relays the benchmark compares catsock with; each is a standalone script (``--port``)."""

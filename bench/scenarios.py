@@ -1,0 +1,349 @@
+"""The five scenarios of issue 4 and the plan that sizes them (full run or ``--quick``).
+
+``Runner.run`` walks the plan peer by peer: each scenario gets a freshly started
+server, each step prints one progress line to stderr, and every step — failed ones
+included, with their error — becomes one record in ``Runner.records``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import loadgen
+from .report import loss_text
+from .servers import PEERS, CatsockTokens, Server, ServerFailed
+from .wsclient import ConnectFailed
+
+__all__ = ["SCENARIOS", "Plan", "Runner"]
+
+SCENARIOS = ("throughput", "latency", "storm", "memory", "durability")
+
+
+@dataclass
+class Plan:
+    peers: list[str]
+    scenarios: list[str]
+    quick: bool = False
+    publishers: int = 2
+    throughput_subscribers: list[int] = field(default_factory=lambda: [1, 10, 100, 1000])
+    throughput_duration: float = 5.0
+    latency_rates: list[int] = field(default_factory=lambda: [1000, 5000, 10000])
+    latency_subscribers: int = 10
+    latency_publishers: int = 1
+    latency_duration: float = 5.0
+    storm_sizes: list[int] = field(default_factory=lambda: [1000, 10000])
+    storm_wave: int = 100
+    storm_timeout: float = 60.0
+    memory_levels: list[int] = field(default_factory=lambda: [0, 1000, 10000])
+    durability_subscribers: list[int] = field(default_factory=lambda: [1, 100])
+    step_timeout: float = 300.0
+    server_cpu: int | None = 0
+    generator_cpu: int | None = 1
+
+    @classmethod
+    def make(cls, *, quick: bool, peers: list[str], scenarios: list[str]) -> Plan:
+        if not quick:
+            return cls(peers=peers, scenarios=scenarios)
+        return cls(
+            peers=peers,
+            scenarios=scenarios,
+            quick=True,
+            throughput_subscribers=[1, 10],
+            throughput_duration=1.0,
+            latency_rates=[1000],
+            latency_subscribers=5,
+            latency_duration=1.5,
+            storm_sizes=[200],
+            storm_timeout=20.0,
+            memory_levels=[0, 200],
+            durability_subscribers=[10],
+            step_timeout=60.0,
+        )
+
+    def steps(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Every (scenario, peer, params) in the order they run."""
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for scenario in self.scenarios:
+            peers = ["catsock"] if scenario == "durability" else self.peers
+            for peer in peers:
+                out.extend((scenario, peer, p) for p in self._params(scenario))
+        return out
+
+    def _params(self, scenario: str) -> list[dict[str, Any]]:
+        if scenario == "throughput":
+            return [
+                {"publishers": self.publishers, "subscribers": s}
+                for s in self.throughput_subscribers
+            ]
+        if scenario == "latency":
+            return [
+                {
+                    "publishers": self.latency_publishers,
+                    "subscribers": self.latency_subscribers,
+                    "rate": r,
+                }
+                for r in self.latency_rates
+            ]
+        if scenario == "storm":
+            return [
+                {"clients": n, "wave": w} for n in self.storm_sizes for w in (None, self.storm_wave)
+            ]
+        if scenario == "memory":
+            return [{"levels": self.memory_levels}]
+        if scenario == "durability":
+            return [
+                {"log_policy": policy, "publishers": self.publishers, "subscribers": s}
+                for policy in ("full", "off")
+                for s in self.durability_subscribers
+            ]
+        raise ValueError(f"unknown scenario {scenario!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _describe(params: dict[str, Any]) -> str:
+    parts = []
+    for key, value in params.items():
+        if key == "levels":
+            parts.append("idle " + "/".join(f"{v:,}" for v in value))
+        elif key == "wave":
+            parts.append("all at once" if value is None else f"waves of {value}")
+        elif key == "log_policy":
+            parts.append(f"log={value}")
+        else:
+            short = {"publishers": "P", "subscribers": "S", "clients": "N", "rate": "msg/s"}
+            parts.append(
+                f"{short.get(key, key)}={value:,}" if isinstance(value, int) else str(value)
+            )
+    return " ".join(parts)
+
+
+def _summary(scenario: str, m: dict[str, Any]) -> str:
+    cpu = f"srv {m.get('server_cpu_pct', 0):.0f}% gen {m.get('generator_cpu_pct', 0):.0f}%"
+    if m.get("cpu_pressure_pct") is not None:
+        cpu += f" cpu-wait {m['cpu_pressure_pct']:.0f}%"
+    if scenario in ("throughput", "durability"):
+        loss = "lossless" if m["lossless"] else f"NOT LOSSLESS ({loss_text(m)})"
+        rates = f"{m['msgs_per_s']:,.0f} msg/s, {m['deliveries_per_s']:,.0f} deliveries/s"
+        return f"{rates}, {loss}, {cpu}"
+    if scenario == "latency":
+        loss = "lossless" if m["lossless"] else f"NOT LOSSLESS ({loss_text(m)})"
+        p50, p99 = m.get("p50_ms"), m.get("p99_ms")
+        lat = "no samples" if p50 is None else f"p50 {p50:.1f} ms p99 {p99:.1f} ms"
+        unsent = f" ({m['unsent']:,} unsent)" if m["unsent"] else ""
+        return f"{lat}, {m['achieved_msgs_per_s']:,.0f} msg/s sent{unsent}, {loss}, {cpu}"
+    if scenario == "storm":
+        return (
+            f"{m['ok']:,} ok {m['failed']:,} failed, p50 {m['setup_p50_ms']:.0f} ms "
+            f"p99 {m['setup_p99_ms']:.0f} ms, {m['connections_per_s']:,.0f} conn/s, {cpu}"
+        )
+    if scenario == "memory":
+        levels = m["levels"]
+        last = levels[-1]
+        per = last.get("kib_per_conn")
+        per_text = f", {per:.1f} KiB/conn" if per is not None else ""
+        return f"RSS {levels[0]['rss_kib'] / 1024:.1f} → {last['rss_kib'] / 1024:.1f} MiB{per_text}"
+    return ""
+
+
+class Runner:
+    def __init__(self, plan: Plan, run_dir: Path, log: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.run_dir = run_dir
+        self.log = log
+        self.records: list[dict[str, Any]] = []
+        self._tokens: CatsockTokens | None = None
+        self._steps = plan.steps()
+        self._done = 0
+        self.skipped: dict[str, str] = {}
+
+    async def run(self) -> list[dict[str, Any]]:
+        # The token database lives outside the results: it holds real (if throwaway) tokens.
+        with tempfile.TemporaryDirectory(prefix="catsock-bench-tokens-") as tokens_dir:
+            if "catsock" in self.plan.peers or "durability" in self.plan.scenarios:
+                self._tokens = await trio.to_thread.run_sync(CatsockTokens.create, Path(tokens_dir))
+            await self._run_all()
+        return self.records
+
+    async def _run_all(self) -> None:
+        for scenario in self.plan.scenarios:
+            peers = ["catsock"] if scenario == "durability" else self.plan.peers
+            for peer in peers:
+                params = [p for s, q, p in self._steps if s == scenario and q == peer]
+                if scenario == "durability":
+                    for policy in ("full", "off"):
+                        mine = [p for p in params if p["log_policy"] == policy]
+                        await self._scenario(scenario, peer, mine, {"CATSOCK_LOG__POLICY": policy})
+                else:
+                    await self._scenario(scenario, peer, params, {})
+
+    async def _scenario(
+        self, scenario: str, peer: str, steps: list[dict[str, Any]], env: dict[str, str]
+    ) -> None:
+        spec = PEERS[peer]
+        tag = f"{peer}-{scenario}" + (f"-{env['CATSOCK_LOG__POLICY']}" if env else "")
+        server: Server | None = None
+        try:
+            server = await Server.start(
+                spec,
+                log_dir=self.run_dir / "logs",
+                tag=tag,
+                cpu=self.plan.server_cpu,
+                tokens=self._tokens,
+                env=env,
+            )
+            target = loadgen.Target(server.port, spec.sio, server.cats_token, server.afad_token)
+            await loadgen.preflight(target)
+        except Exception as exc:
+            for params in steps:
+                self._record(scenario, peer, params, None, f"server: {_explain(exc)}", 0.0)
+            if server is not None:
+                await server.stop()
+            return
+        try:
+            for params in steps:
+                started = time.perf_counter()
+                error = None
+                metrics: dict[str, Any] | None = None
+                if not server.alive():
+                    error = f"server died: {server.log_tail()}"
+                else:
+                    try:
+                        with trio.fail_after(self.plan.step_timeout):
+                            metrics = await self._step(scenario, server, target, params)
+                    except Exception as exc:  # one failed step must not end the run
+                        error = _explain(exc)
+                    if not server.alive():
+                        error = (error or "") + f" server died: {server.log_tail()}"
+                self._record(scenario, peer, params, metrics, error, time.perf_counter() - started)
+        finally:
+            await server.stop()
+
+    async def _step(
+        self, scenario: str, server: Server, target: loadgen.Target, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        plan = self.plan
+        if scenario in ("throughput", "durability"):
+            return await loadgen.run_closed_loop(
+                target,
+                publishers=params["publishers"],
+                subscribers=params["subscribers"],
+                duration=plan.throughput_duration,
+                server_cpu=server.cpu_seconds,
+            )
+        if scenario == "latency":
+            return await loadgen.run_open_loop(
+                target,
+                publishers=params["publishers"],
+                subscribers=params["subscribers"],
+                rate=params["rate"],
+                duration=plan.latency_duration,
+                server_cpu=server.cpu_seconds,
+            )
+        if scenario == "storm":
+
+            async def rss() -> dict[str, Any]:
+                return {"server_rss_kib": server.rss_kib()}
+
+            return await loadgen.storm(
+                target,
+                clients=params["clients"],
+                wave=params["wave"],
+                per_client_limit=plan.storm_timeout,
+                server_cpu=server.cpu_seconds,
+                after=rss,
+            )
+        if scenario == "memory":
+            return await _memory(target, server, params["levels"], quick=plan.quick)
+        raise ValueError(scenario)
+
+    def _record(
+        self,
+        scenario: str,
+        peer: str,
+        params: dict[str, Any],
+        metrics: dict[str, Any] | None,
+        error: str | None,
+        seconds: float,
+    ) -> None:
+        self._done += 1
+        record = {
+            "scenario": scenario,
+            "peer": peer,
+            "params": params,
+            "metrics": metrics,
+            "error": error,
+            "seconds": seconds,
+        }
+        self.records.append(record)
+        if error is not None:
+            outcome = f"ERROR: {error}"
+        else:
+            assert metrics is not None
+            outcome = _summary(scenario, metrics)
+        width = len(str(len(self._steps)))
+        self.log(
+            f"bench [{self._done:>{width}}/{len(self._steps)}] {peer:<10} {scenario:<10} "
+            f"{_describe(params):<28} {outcome} ({seconds:.1f} s)"
+        )
+
+
+def _explain(exc: BaseException) -> str:
+    """One line for an error, unwrapping trio's exception groups to their first leaf."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, trio.TooSlowError):
+        return "step timed out"
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, (ConnectFailed, ServerFailed, OSError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text
+
+
+async def _settled_rss(server: Server, quick: bool) -> int:
+    """RSS once two samples 0.25 s apart differ by under 0.5 % (at most 2 s / 5 s)."""
+    deadline = time.perf_counter() + (2.0 if quick else 5.0)
+    previous = server.rss_kib()
+    while time.perf_counter() < deadline:
+        await trio.sleep(0.25)
+        current = server.rss_kib()
+        if abs(current - previous) <= 0.005 * max(previous, 1):
+            return current
+        previous = current
+    return previous
+
+
+async def _memory(
+    target: loadgen.Target, server: Server, levels: list[int], *, quick: bool
+) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        conns: list[Any] = []
+        try:
+            for level in sorted(levels):
+                need = level - len(conns)
+                if need > 0:
+                    conns += await loadgen.connect_many(target, need, "AFAD", nursery)
+                rss = await _settled_rss(server, quick)
+                row: dict[str, Any] = {"connections": level, "rss_kib": rss}
+                if rows and level > rows[0]["connections"]:
+                    base = rows[0]
+                    row["kib_per_conn"] = (rss - base["rss_kib"]) / (level - base["connections"])
+                rows.append(row)
+        finally:
+            for conn in conns:
+                conn.abort()
+    return {"levels": rows}
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

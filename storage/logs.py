@@ -112,8 +112,14 @@ def redact(payload_json: str, fields: frozenset[str]) -> str:
 def _stored_payload(payload: str | None, policy: LogPolicy, fields: frozenset[str]) -> str | None:
     if policy is not LogPolicy.FULL or payload is None:
         return None
-    # With nothing to redact the text is stored as received, sparing a parse and re-encode.
-    return redact(payload, fields) if fields else payload
+    # With nothing to redact the text is stored as received, sparing a parse and
+    # re-encode (and the GIL time it costs the event loop). A key can only match
+    # if its quoted name appears, or if some key is spelled with a \u escape.
+    if not fields or (
+        "\\u" not in payload and not any(f'"{field}"' in payload for field in fields)
+    ):
+        return payload
+    return redact(payload, fields)
 
 
 def write_batch(

@@ -397,3 +397,17 @@ def test_close_dangling_closes_only_rows_left_open(tmp_path: Path) -> None:
     assert rows["open"]["disconnected_at"] == iso(3.0)
     assert rows["done"]["close_code"] == 1000
     assert close_dangling(db, now=4.0) == 0
+
+
+def test_full_policy_stores_untouched_text_when_no_redacted_key_appears(tmp_path: Path) -> None:
+    db = open_db(tmp_path / "verbatim.db")
+    plain = '{"type": "conversion",  "payload": {"owner_id": 5, "ratio": 1.0}}'
+    escaped = '{"payload": {"\\u0069paddress": "10.0.0.1"}}'
+    rows = [
+        MessageLogged("in", "conversion", "a", "c1", len(plain), plain, NOW),
+        MessageLogged("in", "click", "b", "c1", len(escaped), escaped, NOW),
+    ]
+    write_batch(db, rows, policy=LogPolicy.FULL, redact_fields=frozenset({"ipaddress"}))
+    stored = {r["message_id"]: r["payload"] for r in db["messages"].rows}
+    assert stored["a"] == plain  # spacing and 1.0 kept: no parse, no re-encode
+    assert "10.0.0.1" not in stored["b"]  # an escaped key is still found and redacted

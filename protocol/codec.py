@@ -180,23 +180,18 @@ def _make_converter(*, detailed: bool) -> cattrs.Converter:
     return conv
 
 
-def _shape(value: Any) -> tuple[int, int]:
-    """(nesting depth, number of object keys) of a parsed document, in one walk."""
-    depth = keys = 0
+def _too_deep(text: str, value: Any, limit: int) -> bool:
+    # Nesting needs brackets: with no more of them than the limit, no walk is needed.
+    if text.count("{") + text.count("[") <= limit:
+        return False
     stack: list[tuple[Any, int]] = [(value, 1)]
-    pop, push = stack.pop, stack.append
     while stack:
-        item, level = pop()
-        depth = max(depth, level)
-        if isinstance(item, dict):
-            keys += len(item)
-            children: Any = item.values()
-        else:
-            children = item
-        for child in children:
-            if isinstance(child, dict | list):
-                push((child, level + 1))
-    return depth, keys
+        item, level = stack.pop()
+        if level > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _utf8_size(text: str, limit: int) -> int:
@@ -210,11 +205,18 @@ def _utf8_size(text: str, limit: int) -> int:
 _SPACE_BEFORE_COLON: Final = re.compile(r'"\s+:')
 
 
-def _may_repeat_keys(text: str, keys: int) -> bool:
-    """False only if no object can repeat a key. Every key is written ``"...":``
-    unless space precedes the colon; fewer such marks than keys parsed means a
-    repeat (string values holding ``":`` only ever make the check run)."""
-    return text.count('":') != keys or _SPACE_BEFORE_COLON.search(text) is not None
+def _may_repeat_keys(text: str, value: Any) -> bool:
+    """False only if no object can repeat a key.
+
+    Every key is written ``"...":`` and orjson re-encodes the parsed value
+    (which kept one of each repeated key) the same way, string values included;
+    equal counts of ``":`` therefore mean nothing was dropped. Space before a
+    colon, or a \\u00XX escape (which could hide a quote or spell a key), makes
+    the counts incomparable, so those texts take the exact check.
+    """
+    if "\\u00" in text or _SPACE_BEFORE_COLON.search(text) is not None:
+        return True
+    return text.count('":') != orjson.dumps(value).count(b'":')
 
 
 def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -305,12 +307,11 @@ class Codec:
         kind = obj.get("type")
         if not isinstance(kind, str):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message has no string field 'type'")
-        depth, keys = _shape(obj)
-        if depth > self.max_depth:
+        if _too_deep(text, obj, self.max_depth):
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, f"message is nested deeper than {self.max_depth}"
             )
-        if _may_repeat_keys(text, keys) and _repeats_keys(text):
+        if _may_repeat_keys(text, obj) and _repeats_keys(text):
             # Parsers disagree on repeated keys (most keep the last, some the first);
             # a recipient must never read a different sender or owner than we checked.
             raise ProtocolError(

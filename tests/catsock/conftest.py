@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from .harness import GatewayFactory
 
@@ -14,3 +15,16 @@ from .harness import GatewayFactory
 def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> GatewayFactory:
     """``gw = await start_gateway(limits={"send_queue": 5})``: a gateway on a free port."""
     return GatewayFactory(nursery, tmp_path)
+
+
+@pytest.fixture
+def lazy_clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    """A fake clock for gateway tests: it jumps only after 0.1 s of real idleness.
+
+    The plain ``autojump_clock`` jumps whenever every task waits, which includes
+    waiting for the gateway's worker threads (SQLite), so fake time could race
+    to a test's own deadline mid-exchange. The periodic credential refresh is
+    stretched so hours of fake idleness take a handful of jumps.
+    """
+    monkeypatch.setattr("catsock.server.CREDENTIAL_REFRESH", 24 * 3600.0)
+    return trio.testing.MockClock(autojump_threshold=0.1)

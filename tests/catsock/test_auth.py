@@ -63,7 +63,7 @@ async def test_messages_before_auth_get_auth_required(start_gateway: GatewayFact
 
 
 async def test_auth_deadline_closes_silent_connection(
-    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
     gw = await start_gateway(auth_timeout=10.0)
     with trio.fail_after(60):

@@ -29,7 +29,7 @@ async def _raw_auth(gw_port: int, token: str, extensions: dict[str, object] | No
 
 
 async def test_negotiated_heartbeat_pings_and_closes_a_silent_peer(
-    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
     gw = await start_gateway()
     token = gw.token("afad", "AFAD")
@@ -51,7 +51,7 @@ async def test_negotiated_heartbeat_pings_and_closes_a_silent_peer(
 
 
 async def test_negotiated_heartbeat_keeps_a_responsive_peer(
-    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
     gw = await start_gateway()
     with trio.fail_after(600):
@@ -68,7 +68,7 @@ async def test_negotiated_heartbeat_keeps_a_responsive_peer(
 
 
 async def test_legacy_client_gets_no_protocol_pings_and_may_idle_for_hours(
-    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
     # Seed 000's PHP client answers a protocol ping with an unmasked pong, which
     # breaks the connection; its receiver idles for hours. Neither may hurt it.

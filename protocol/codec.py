@@ -425,10 +425,6 @@ class Codec:
             }
         ).decode()
 
-    def with_raw(self, event: m.Event) -> m.Event:
-        """``event`` with ``raw`` filled in, for events built in code."""
-        return event if event.raw else attrs.evolve(event, raw=self.encode_event(event))
-
 
 def _message_id(obj: dict[str, Any]) -> str | None:
     value = obj.get("message_id")

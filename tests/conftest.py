@@ -23,8 +23,13 @@ prints the reproduction blob). Pick one with ``HYPOTHESIS_PROFILE=ci``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
+import trio
 from hypothesis import HealthCheck, settings
+
+from tests.catsock.harness import GatewayFactory
 
 settings.register_profile(
     "ci",
@@ -36,3 +41,10 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> GatewayFactory:
+    """``gw = await start_gateway(limits={"send_queue": 5})``: a gateway on a free port
+    (tests/catsock/harness.py); shared by the runtime and interop tests."""
+    return GatewayFactory(nursery, tmp_path)

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import trio.testing
 
 import storage
 from tests.catsock.harness import ADWARE_UPDATE, CONVERSION, GatewayFactory, envelope
+from tests.interop.live import LiveProcess, lines, live_process
 
 PHP = shutil.which("php")
 CLIENT = Path(__file__).parent / "php" / "seed_client.php"
@@ -68,11 +68,6 @@ FULL_ADWARE_UPDATE: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> GatewayFactory:
-    return GatewayFactory(nursery, tmp_path)
-
-
 async def run_php(*args: str) -> subprocess.CompletedProcess[bytes]:
     assert PHP is not None
     return await trio.run_process(
@@ -80,64 +75,10 @@ async def run_php(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def lines(data: bytes) -> list[str]:
-    return data.decode("utf-8").splitlines()
-
-
-class LiveProcess:
-    """A running process whose stdout is read line by line while it runs."""
-
-    def __init__(self, process: trio.Process) -> None:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        self.process = process
-        self._stdout = process.stdout
-        self._buffer = b""
-        self.stderr = b""
-        self._stderr_done = trio.Event()
-
-    async def collect_stderr(self) -> None:
-        assert self.process.stderr is not None
-        while chunk := await self.process.stderr.receive_some():
-            self.stderr += chunk
-        self._stderr_done.set()
-
-    async def line(self) -> str:
-        """The next line of stdout; fails if stdout ends first."""
-        while b"\n" not in self._buffer:
-            chunk = await self._stdout.receive_some()
-            if not chunk:
-                raise AssertionError(
-                    f"stdout ended; stderr: {self.stderr.decode(errors='replace')}"
-                )
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode("utf-8")
-
-    async def finish(self) -> tuple[int, list[str]]:
-        """Wait for exit; the return code and the remaining stdout lines."""
-        while chunk := await self._stdout.receive_some():
-            self._buffer += chunk
-        await self._stderr_done.wait()
-        code = await self.process.wait()
-        return code, lines(self._buffer)
-
-
 @asynccontextmanager
 async def live_php(*args: str) -> AsyncIterator[LiveProcess]:
     assert PHP is not None
-    async with trio.open_nursery() as nursery:
-        process = await nursery.start(
-            partial(
-                trio.run_process,
-                [PHP, str(CLIENT), *args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                check=False,
-            )
-        )
-        live = LiveProcess(process)
-        nursery.start_soon(live.collect_stderr)
+    async with live_process([PHP, str(CLIENT), *args]) as live:
         yield live
 
 

@@ -564,12 +564,22 @@ class ThreadedGateway:
         assert not self._thread.is_alive(), "the gateway did not shut down"
 
 
-class FuzzGateways:
-    """The module's gateway, replaced by a fresh one if an example crashed it, so
-    that the crash is reported for the example that caused it (and its shrinks)."""
+class GatewayPool:
+    """One threaded gateway for a whole module, replaced by a fresh one if an
+    example crashed it, so that the crash is reported for the example that
+    caused it (and its shrinks). ``tokens`` are (name, client type, user id)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(
+        self, tmp: Path, limits: dict[str, Any], tokens: list[tuple[str, str, str | None]]
+    ) -> None:
         self.tmp = tmp
+        self.limits = {
+            "rate_limits_enabled": False,
+            "per_identity": {"DASHBOARD": 10_000},
+            "per_identity_default": 10_000,
+            **limits,
+        }
+        self.tokens = tokens
         self.started = 0
         self.current: tuple[ThreadedGateway, RunningGateway] | None = None
 
@@ -580,20 +590,10 @@ class FuzzGateways:
         self.started += 1
         tmp = self.tmp / f"gateway-{self.started}"
         tmp.mkdir()
-        threaded = ThreadedGateway(
-            tmp,
-            limits={
-                "max_message_size": APP_LIMIT,
-                "rate_limits_enabled": False,
-                "per_identity": {"DASHBOARD": 10_000},
-                "per_identity_default": 10_000,
-            },
-        )
+        threaded = ThreadedGateway(tmp, limits=self.limits)
         running = threaded.start()
-        running.token("cats", "CATS")
-        running.token("afad", "AFAD")
-        running.token("cats-probe", "CATS")
-        running.token(RAW_TOKEN_NAME, "DASHBOARD", RAW_USER)
+        for name, client_type, user in self.tokens:
+            running.token(name, client_type, user)
         self.current = threaded, running
         return self.current
 
@@ -604,8 +604,17 @@ class FuzzGateways:
 
 
 @pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzGateways]:
-    holder = FuzzGateways(tmp_path_factory.mktemp("fuzz"))
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayPool]:
+    holder = GatewayPool(
+        tmp_path_factory.mktemp("fuzz"),
+        {"max_message_size": APP_LIMIT},
+        [
+            ("cats", "CATS", None),
+            ("afad", "AFAD", None),
+            ("cats-probe", "CATS", None),
+            (RAW_TOKEN_NAME, "DASHBOARD", RAW_USER),
+        ],
+    )
     try:
         yield holder
     finally:
@@ -920,7 +929,7 @@ async def _run_case(
 @example(case=Case("ws", b"\x8a\x00", "php-pong", "ended"), cuts=[1]).via("seed 000 PHP pong")
 @given(case=cases(), cuts=cut_points)
 def test_bad_framing_ends_only_the_bad_connection(
-    gateways: FuzzGateways, case: Case, cuts: list[int]
+    gateways: GatewayPool, case: Case, cuts: list[int]
 ) -> None:
     threaded, running = gateways.get()
     event(case.label)

@@ -60,7 +60,7 @@ from protocol.registry import DEFAULT_EVENT_TYPES
 from protocol.routing import DEFAULT_ROUTES
 
 from .harness import RunningGateway, envelope
-from .test_framing_fuzz import ThreadedGateway
+from .test_framing_fuzz import GatewayPool, ThreadedGateway
 
 T = TypeVar("T")
 
@@ -255,40 +255,24 @@ class Environment:
     """The module's gateway (a fresh one if an example crashed it) and client loop."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.started = 0
         self.loop = ClientLoop()
         self.loop.start()
-        self.current: tuple[ThreadedGateway, RunningGateway] | None = None
+        self.pool = GatewayPool(
+            tmp,
+            {},
+            [
+                ("cats", "CATS", None),
+                ("afad", "AFAD", None),
+                ("admin", "DASHBOARD", None),
+                *((f"user-{i}", "DASHBOARD", user) for i, user in enumerate(USERS)),
+            ],
+        )
 
     def gateway(self) -> tuple[ThreadedGateway, RunningGateway]:
-        if self.current is not None and self.current[0].alive:
-            return self.current
-        self.stop_gateway()
-        self.started += 1
-        tmp = self.tmp / f"gateway-{self.started}"
-        tmp.mkdir()
-        threaded = ThreadedGateway(
-            tmp,
-            limits={
-                "rate_limits_enabled": False,
-                "per_identity": {"DASHBOARD": 10_000},
-                "per_identity_default": 10_000,
-            },
-        )
-        running = threaded.start()
-        running.token("cats", "CATS")
-        running.token("afad", "AFAD")
-        running.token("admin", "DASHBOARD")
-        for i, user in enumerate(USERS):
-            running.token(f"user-{i}", "DASHBOARD", user)
-        self.current = threaded, running
-        return self.current
+        return self.pool.get()
 
     def stop_gateway(self) -> None:
-        if self.current is not None:
-            self.current[0].stop()
-            self.current = None
+        self.pool.stop()
 
     def close(self) -> None:
         try:

@@ -7,10 +7,11 @@ with them; docs/protocol.md is the specification this package implements.
 
 from .codec import DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, Codec, decode, encode
 from .errors import CatsockProtocolError, CloseCode, ErrorCode, LocalProtocolError, ProtocolError
-from .extensions import HeartbeatOffer, negotiate
+from .extensions import HeartbeatOffer, negotiate, resume_since
 from .limits import DEFAULT_RATE_LIMITS, FALLBACK_RATE_LIMIT, RateLimit, TokenBucket
 from .machine import (
     TRANSITIONS,
+    Acknowledge,
     Action,
     Close,
     ConnectionMachine,
@@ -26,6 +27,8 @@ from .machine import (
     iso_timestamp,
 )
 from .messages import (
+    Accepted,
+    Ack,
     AdwareData,
     AdwareUpdatePayload,
     Auth,
@@ -69,6 +72,9 @@ __all__ = [
     "DEFAULT_ROUTES",
     "FALLBACK_RATE_LIMIT",
     "TRANSITIONS",
+    "Accepted",
+    "Ack",
+    "Acknowledge",
     "Action",
     "AdwareData",
     "AdwareUpdatePayload",
@@ -121,6 +127,7 @@ __all__ = [
     "fan_out",
     "iso_timestamp",
     "negotiate",
+    "resume_since",
     "subscriptions_for",
     "type_channel",
     "user_channel",

@@ -346,6 +346,14 @@ class Codec:
                     f"$.{name}: expected a non-empty string",
                     message_id=message_id,
                 )
+        if "seq" in obj:
+            # Recipients read the gateway's seq from this key (docs/delivery.md);
+            # a publisher must not be able to plant one.
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "$.seq: assigned by the gateway, not by publishers",
+                message_id=message_id,
+            )
         if len(obj["message_id"]) > _MAX_ID_LENGTH:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, f"$.message_id: longer than {_MAX_ID_LENGTH}"

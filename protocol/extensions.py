@@ -7,8 +7,8 @@ gateway answers in ``auth_success.extensions`` with what it granted (possibly
 message. Unknown or unsupported names are left out of the answer, not refused,
 so a newer client works against an older gateway.
 
-Names reserved now, built by later versions: ``acks``, ``resume``,
-``subscribe``, ``batch``. Built: ``heartbeat``.
+Built: ``heartbeat``, ``acks`` and ``resume`` (docs/delivery.md). Reserved
+for later versions: ``subscribe``, ``batch``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Final
 
 import attrs
 
-__all__ = ["RESERVED", "SUPPORTED", "HeartbeatOffer", "negotiate"]
+__all__ = ["RESERVED", "SUPPORTED", "HeartbeatOffer", "negotiate", "resume_since"]
 
 RESERVED: Final = frozenset({"heartbeat", "acks", "resume", "subscribe", "batch"})
-SUPPORTED: Final = frozenset({"heartbeat"})
+SUPPORTED: Final = frozenset({"heartbeat", "acks", "resume"})
 
 
 @attrs.frozen(slots=True)
@@ -52,4 +52,17 @@ def negotiate(
     granted: dict[str, Any] = {}
     if heartbeat is not None and "heartbeat" in requested:
         granted["heartbeat"] = heartbeat.grant(requested["heartbeat"])
+    if "acks" in requested:
+        granted["acks"] = {}
+    if "resume" in requested:
+        # The runtime fills in where the replay starts (it knows the cursors).
+        granted["resume"] = {"since": resume_since(requested["resume"])}
     return granted
+
+
+def resume_since(params: Any) -> int | None:
+    """The ``since`` a client asked to resume from, if it gave a usable one."""
+    since = params.get("since") if isinstance(params, dict) else None
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        return None
+    return since

@@ -9,7 +9,7 @@ below: rate limits and sender checks happen here), then looks the pair
 (state, input) up in ``TRANSITIONS`` for the next state, then returns the
 actions for the runtime to carry out, in order: ``Send`` a message, ``Verify``
 credentials, ``Subscribe`` to channels, ``Publish`` an event to channels,
-``StartHeartbeat``, ``Close`` with a code.
+``StartHeartbeat``, ``Acknowledge`` a recipient's ack, ``Close`` with a code.
 
 ``Verify`` moves the machine to ``AUTHENTICATING``; the runtime checks the token
 and answers with ``auth_accepted`` or ``auth_rejected`` before it feeds another
@@ -39,6 +39,7 @@ from .routing import RoutingTable, subscriptions_for
 
 __all__ = [
     "TRANSITIONS",
+    "Acknowledge",
     "Action",
     "Close",
     "ConnectionMachine",
@@ -66,6 +67,7 @@ class Input(enum.Enum):
     AUTH = "auth"
     PING = "ping"
     PONG = "pong"
+    ACK = "ack"
     EVENT = "event"  # an event the sender may publish
     REFUSED = "refused"  # an event it may not (sender mismatch, type not allowed)
     PEER_ERROR = "peer error"
@@ -86,6 +88,7 @@ TRANSITIONS: Final[Mapping[tuple[State, Input], State]] = {
     (_A, _I.AUTH): _U,
     (_A, _I.PING): _A,
     (_A, _I.PONG): _A,
+    (_A, _I.ACK): _A,
     (_A, _I.EVENT): _A,
     (_A, _I.PEER_ERROR): _A,
     (_A, _I.SERVER_ONLY): _A,
@@ -100,6 +103,7 @@ TRANSITIONS: Final[Mapping[tuple[State, Input], State]] = {
     (_C, _I.AUTH): _C,
     (_C, _I.PING): _C,
     (_C, _I.PONG): _C,
+    (_C, _I.ACK): _C,
     (_C, _I.EVENT): _C,
     (_C, _I.REFUSED): _C,
     (_C, _I.PEER_ERROR): _C,
@@ -144,12 +148,19 @@ class StartHeartbeat:
 
 
 @attrs.frozen(slots=True)
+class Acknowledge:
+    """The recipient has every event up to ``seq`` (negotiated ``acks`` only)."""
+
+    seq: int
+
+
+@attrs.frozen(slots=True)
 class Close:
     code: CloseCode
     reason: str
 
 
-Action = Send | Verify | Subscribe | Publish | StartHeartbeat | Close
+Action = Send | Verify | Subscribe | Publish | StartHeartbeat | Acknowledge | Close
 
 
 @attrs.frozen(slots=True)
@@ -193,6 +204,8 @@ _PEER_KIND: Final[Mapping[type, Input]] = {
     m.Error: Input.PEER_ERROR,
     m.AuthSuccess: Input.SERVER_ONLY,
     m.AuthFailed: Input.SERVER_ONLY,
+    m.Accepted: Input.SERVER_ONLY,
+    m.Ack: Input.ACK,
     m.Event: Input.EVENT,
 }
 
@@ -247,6 +260,12 @@ class ConnectionMachine:
         if kind is Input.EVENT:
             assert isinstance(message, m.Event)
             return self._event(message)
+        if kind is Input.ACK:
+            assert isinstance(message, m.Ack)
+            self._move(kind)
+            if self.extensions is None or "acks" not in self.extensions:
+                return [self._error(ErrorCode.INVALID_MESSAGE, "ack needs the acks extension")]
+            return [Acknowledge(message.seq)]
         if kind is Input.SERVER_ONLY:
             self._move(kind)
             return [self._error(ErrorCode.INVALID_MESSAGE, f"{message.type} is sent by gateways")]

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 __all__ = [
+    "Accepted",
+    "Ack",
     "AdwareData",
     "AdwareUpdatePayload",
     "Auth",
@@ -107,7 +109,28 @@ class Error:
     timestamp: str | None = None
 
 
-ControlMessage = Auth | AuthSuccess | AuthFailed | Ping | Pong | Error
+@attrs.frozen(kw_only=True)
+class Ack:
+    """``{"type":"ack","seq":N}``: the recipient has every event up to ``seq``
+    (cumulative). Only with the negotiated ``acks`` extension (docs/delivery.md)."""
+
+    type: ClassVar[str] = "ack"
+    seq: int
+
+
+@attrs.frozen(kw_only=True)
+class Accepted:
+    """Sent to a publisher that negotiated ``acks`` once its event is committed
+    to the log. ``duplicate``: an earlier publish with this ``message_id`` was."""
+
+    type: ClassVar[str] = "accepted"
+    message_id: str
+    seq: int
+    duplicate: bool = False
+    timestamp: str | None = None
+
+
+ControlMessage = Auth | AuthSuccess | AuthFailed | Ping | Pong | Error | Ack | Accepted
 
 
 # --- event payloads (§4.2, §4.3, §5.3, §5.4) ----------------------------------

@@ -23,7 +23,9 @@ __all__ = [
 ]
 
 CONTROL_TYPES: Mapping[str, type[m.ControlMessage]] = {
-    cls.type: cls for cls in (m.Auth, m.AuthSuccess, m.AuthFailed, m.Ping, m.Pong, m.Error)
+    cls.type: cls for cls in (
+        m.Auth, m.AuthSuccess, m.AuthFailed, m.Ping, m.Pong, m.Error, m.Ack, m.Accepted
+    )
 }
 
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

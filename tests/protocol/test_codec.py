@@ -270,6 +270,10 @@ STRICT_CASES = [
     (_event("click", "{}").replace(',"payload":{}', ""), "$.payload"),
     (_event("click", "7"), "$.payload"),
     (_event("click", "{}").replace('"m-9"', '"' + "m" * 129 + '"'), "$.message_id"),
+    # seq is the gateway's (docs/delivery.md): a publisher cannot plant one
+    (_event("click", "{}").replace('"payload"', '"seq":5,"payload"'), "$.seq"),
+    ('{"type":"ack"}', "$.seq"),
+    ('{"type":"ack","seq":"5"}', "$.seq"),
 ]
 
 

@@ -91,6 +91,7 @@ PEER_MESSAGES: dict[str, p.Message] = {
     "auth_failed": p.AuthFailed(),
     "event": ALERT,
     "spoofed": attrs.evolve(ALERT, sender="AFAD"),
+    "ack": p.Ack(seq=3),
 }
 FEEDS: dict[str, Callable[[p.ConnectionMachine], Any]] = {
     "auth": lambda mc: mc.receive(p.Auth(token="tok", client_type="CATS")),
@@ -112,6 +113,7 @@ ROWS: list[tuple[State, Input, str, list[tuple[Any, ...]]]] = [
     (A, IN.AUTH, "auth", [("verify", "tok", "CATS")]),
     (A, IN.PING, "ping", NEED_AUTH),
     (A, IN.PONG, "pong", NEED_AUTH),
+    (A, IN.ACK, "ack", NEED_AUTH),
     (A, IN.EVENT, "event", NEED_AUTH),
     (A, IN.PEER_ERROR, "error", NEED_AUTH),
     (A, IN.SERVER_ONLY, "auth_success", NEED_AUTH),
@@ -126,6 +128,7 @@ ROWS: list[tuple[State, Input, str, list[tuple[Any, ...]]]] = [
     (C, IN.AUTH, "auth", [err(E.ALREADY_AUTHENTICATED)]),
     (C, IN.PING, "ping", [("pong", STAMP)]),
     (C, IN.PONG, "pong", []),
+    (C, IN.ACK, "ack", [err(E.INVALID_MESSAGE)]),  # acks not negotiated
     (C, IN.EVENT, "event", [("publish", ALERT, ("type:AFAD", "type:DASHBOARD"))]),
     (C, IN.REFUSED, "spoofed", [err(E.SENDER_MISMATCH, "m-1")]),
     (C, IN.PEER_ERROR, "error", []),
@@ -215,7 +218,9 @@ AS_STATE = dict(zip((AWAITING, AUTHENTICATING, ACTIVE, CLOSED), State, strict=Tr
 Expected = list[tuple[Any, ...]] | None  # None: the call must raise LocalProtocolError
 Answer = Callable[[], tuple[Expected, Input]]
 HEARTBEAT = st.just(True) | st.fixed_dictionaries({}, optional={"interval": st.floats(0, 12)})
-EXT = st.none() | st.fixed_dictionaries({}, optional={"heartbeat": HEARTBEAT, "acks": st.just({})})
+EXT = st.none() | st.fixed_dictionaries(
+    {}, optional={"heartbeat": HEARTBEAT, "acks": st.just({}), "resume": st.just({"since": 3})}
+)
 
 
 class Model(RuleBasedStateMachine):
@@ -371,6 +376,10 @@ class Model(RuleBasedStateMachine):
             params = self.requested["heartbeat"]
             asked = params.get("interval", 4.0) if isinstance(params, dict) else 4.0
             granted["heartbeat"] = {"interval": min(8.0, max(1.0, asked))}
+        if granted is not None and "acks" in self.requested:
+            granted["acks"] = {}
+        if granted is not None and "resume" in self.requested:
+            granted["resume"] = {"since": p.resume_since(self.requested["resume"])}
         channel = f"user:{user}" if user else f"type:{client_type}"
         expected = [("auth_success", "conn-1", granted), ("subscribe", (channel,))]
         if granted and "heartbeat" in granted:
@@ -397,3 +406,29 @@ class Model(RuleBasedStateMachine):
 
 
 TestConnectionMachine = Model.TestCase
+
+
+def test_acks_negotiated_turn_acks_into_acknowledge_actions() -> None:
+    machine, _ = machine_in(A)
+    machine.receive(p.Auth(token="t", client_type="AFAD", extensions={"acks": {}, "resume": {}}))
+    actions = machine.auth_accepted(p.Principal("afad", "AFAD"))
+    assert summaries(actions)[0] == (
+        "auth_success",
+        "conn-1",
+        {"acks": {}, "resume": {"since": None}},
+    )
+    assert machine.receive(p.Ack(seq=7)) == [p.Acknowledge(7)]
+
+
+def test_accepted_from_a_client_is_refused_like_auth_success() -> None:
+    machine, _ = machine_in(C)
+    refused = machine.receive(p.Accepted(message_id="m", seq=1))
+    assert summaries(refused) == [err(E.INVALID_MESSAGE)]
+
+
+@pytest.mark.parametrize(
+    ("params", "since"),
+    [({}, None), ({"since": 5}, 5), ({"since": -1}, None), ({"since": True}, None), (None, None)],
+)
+def test_resume_since_takes_only_a_non_negative_integer(params: Any, since: int | None) -> None:
+    assert p.resume_since(params) == since

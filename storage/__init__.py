@@ -30,6 +30,7 @@ from storage.logs import (
     redact,
     write_batch,
 )
+from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -41,6 +42,10 @@ __all__ = [
     "LogPolicy",
     "LogRow",
     "MessageLogged",
+    "Outbox",
+    "OutboxEntry",
+    "OutboxError",
+    "OutboxStatus",
     "SchemaVersionError",
     "close_dangling",
     "create_token",

@@ -166,6 +166,7 @@ class Publication:
         self._sends = 0
         self._sent_on = 0
         self._queued = False
+        self._from_outbox = False  # left PENDING by an earlier client: its next send is a retry
 
     @property
     def done(self) -> bool:
@@ -325,6 +326,7 @@ class Client:
         self._queue: deque[Publication] = deque()
         self._window = trio.Semaphore(max_in_flight)
         self._settling: list[tuple[Publication, Accepted | ClientError, Settlement]] = []
+        self._retried: list[str] = []  # sent again: retry_count += 1 in the outbox
         self._recovered = trio.Event()
         self._pause_until = -math.inf
         self._pace = 0.0
@@ -657,11 +659,8 @@ class Client:
 
     async def _serve(self, session: _Session) -> None:
         """Run one authenticated connection until it ends."""
-        # Everything unanswered goes again, in order (its retry_count counted once).
+        # Everything unanswered goes again, in order.
         again = [p for p in self._inflight.values() if not p._answered]
-        retried = [p.message_id for p in again if p._sends]
-        if retried and self._outbox is not None:
-            await trio.to_thread.run_sync(self._outbox.count_retries, retried)
         for publication in self._queue:
             publication._queued = False
         self._queue = deque(again)
@@ -814,6 +813,10 @@ class Client:
             publication = self._next_to_send()
             if publication is not None:
                 await ws.send_message(publication.text)
+                if publication._sends or publication._from_outbox:
+                    publication._from_outbox = False
+                    self._retried.append(publication.message_id)
+                    self._settle_lot.unpark_all()
                 publication._sends += 1
                 publication._sent_on = session.number
                 if not session.acks:  # nothing more will come: sent is all we learn
@@ -876,16 +879,17 @@ class Client:
         self._settle_lot.unpark_all()
 
     async def _settler(self) -> None:
-        """Record answers in the outbox (one transaction per batch), then wake publishers."""
+        """Record resends and answers in the outbox in batches, then wake publishers."""
         while True:
-            if not self._settling:
+            if not self._settling and not self._retried:
                 await self._settle_lot.park()
                 continue
             batch, self._settling = self._settling, []
+            retried, self._retried = self._retried, []
             if self._outbox is not None:
                 rows = [row for _, _, row in batch]
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._outbox.settle, rows)
+                    await trio.to_thread.run_sync(_record, self._outbox, retried, rows)
             for publication, outcome, _ in batch:
                 if self._inflight.get(publication.message_id) is publication:
                     del self._inflight[publication.message_id]
@@ -905,13 +909,14 @@ class Client:
             )
             if not rows:
                 break
-            await trio.to_thread.run_sync(outbox.count_retries, [r.message_id for r in rows])
             for row in rows:
                 await self._window.acquire()
                 if row.message_id in self._inflight:
                     self._window.release()
                     continue
-                self._track(Publication(row.message_id, row.type, row.payload))
+                publication = Publication(row.message_id, row.type, row.payload)
+                publication._from_outbox = True
+                self._track(publication)
             after = rows[-1].id
             logger.info("queued %d events left pending in %s", len(rows), outbox.path)
         self._recovered.set()
@@ -1031,6 +1036,13 @@ async def connect(
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _record(outbox: Outbox, retried: list[str], rows: list[Settlement]) -> None:
+    if retried:
+        outbox.count_retries(retried)
+    if rows:
+        outbox.settle(rows)
 
 
 def _json_object(data: str | bytes) -> dict[str, Any]:

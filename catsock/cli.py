@@ -368,3 +368,6 @@ def conformance(
     )
     if counts[conf.Status.FAIL]:
         sys.exit(1)
+
+
+from . import cli_client as _cli_client  # noqa: E402,F401  (registers publish and tail)

@@ -1070,7 +1070,14 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return f"handshake refused with HTTP {exc.status_code}"
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc) or type(exc).__name__
+        text = exc.strerror or str(exc) or type(exc).__name__
+        # trio's "all attempts to connect ... failed" keeps the reasons in its cause.
+        cause = exc.__cause__
+        causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
+        reasons = sorted({c.strerror for c in causes if isinstance(c, OSError) and c.strerror})
+        if reasons and not any(reason in text for reason in reasons):
+            text += f" ({', '.join(reasons)})"
+        return text
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -100,6 +100,23 @@ class AllowConfig:
 
 
 @attrs.frozen
+class HttpConfig:
+    """The plain-HTTP side of the port (docs/http-api.md)."""
+
+    #: Origins (``https://host[:port]``) whose browser pages may open a WebSocket,
+    #: besides the gateway's own; requests without an Origin header always pass.
+    allowed_origins: list[str] = attrs.Factory(list)
+    #: Seconds a client has to send a whole request head (and then its body).
+    request_timeout: float = 10.0
+    #: Connections served as plain HTTP at once; more get 503.
+    max_connections: int = 1000
+    #: Requests on one keep-alive connection before it is closed.
+    keepalive_requests: int = 100
+    #: Longest ``wait`` a long-poll (``GET /api/events``) may ask for, in seconds.
+    max_wait: float = 60.0
+
+
+@attrs.frozen
 class RouteConfig:
     """An operator route; a name the registry lacks becomes a free-form event type."""
 
@@ -124,6 +141,7 @@ class Config:
     log: LogConfig = attrs.Factory(LogConfig)
     tls: TlsConfig = attrs.Factory(TlsConfig)
     allow: AllowConfig = attrs.Factory(AllowConfig)
+    http: HttpConfig = attrs.Factory(HttpConfig)
     routes: dict[str, RouteConfig] = attrs.Factory(dict)
 
     def rate_limits(self) -> dict[str, RateLimit] | None:
@@ -171,11 +189,23 @@ def _validate(config: Config) -> Config:
     for field in ("auth_timeout", "shutdown_timeout"):
         if getattr(config, field) <= 0:
             problems.append(f"{field} must be positive")
+    for origin in config.http.allowed_origins:
+        if not _valid_origin(origin):
+            problems.append(f"http.allowed_origins: {origin!r} is not scheme://host[:port]")
+    if config.http.request_timeout <= 0 or config.http.max_wait < 0:
+        problems.append("http.request_timeout must be positive and http.max_wait not negative")
+    if config.http.max_connections < 1 or config.http.keepalive_requests < 1:
+        problems.append("http.max_connections and http.keepalive_requests must be at least 1")
     if config.limits.max_message_size < 256:
         problems.append("limits.max_message_size must be at least 256")
     if problems:
         raise ConfigError("; ".join(problems))
     return config
+
+
+def _valid_origin(origin: str) -> bool:
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and bool(rest) and "/" not in rest
 
 
 def _parse_env_value(raw: str, kind: Any, name: str) -> Any:

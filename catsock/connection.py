@@ -80,6 +80,11 @@ class Connection:
     def principal(self) -> Principal | None:
         return self.machine.principal
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the writer (for metrics)."""
+        return len(self._queue)
+
     # -- called by others --------------------------------------------------------
 
     def deliver(self, frame: bytes) -> None:
@@ -154,8 +159,10 @@ class Connection:
         try:
             message = self.gateway.codec.decode(frame)
         except ProtocolError as error:
+            self.gateway.stats.count_in("other")
             actions = self.machine.receive_invalid(error)
         else:
+            self.gateway.stats.count_in(message.type)
             actions = self.machine.receive(message)
             self._log_inbound(message, len(frame))
         await self._execute(actions, nursery)
@@ -185,6 +192,7 @@ class Connection:
 
     def _send(self, message: m.ControlMessage) -> None:
         text = self.gateway.codec.encode(message)
+        self.gateway.stats.count_out(message.type)
         if isinstance(message, m.Error):
             self.gateway.stats.count_error(message.payload.error_code)
             self.gateway.log.record(

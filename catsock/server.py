@@ -39,6 +39,7 @@ from protocol import messages as m
 from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
+from .httpapi import HttpApi
 from .hub import Hub
 from .logsink import LogSink
 from .wsadapter import text_frame
@@ -74,9 +75,19 @@ class GatewayStats:
     slow_consumers: int = 0
     internal_errors: int = 0
     errors: dict[str, int] = attrs.Factory(dict)
+    #: By message type: decoded types only (registry and control types), so bounded;
+    #: frames that do not decode count as "other".
+    messages_in: dict[str, int] = attrs.Factory(dict)
+    messages_out: dict[str, int] = attrs.Factory(dict)
 
     def count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+
+    def count_in(self, type_: str) -> None:
+        self.messages_in[type_] = self.messages_in.get(type_, 0) + 1
+
+    def count_out(self, type_: str, n: int = 1) -> None:
+        self.messages_out[type_] = self.messages_out.get(type_, 0) + n
 
 
 class Gateway:
@@ -113,6 +124,7 @@ class Gateway:
         )
         self.hub = Hub()
         self.stats = GatewayStats()
+        self.http = HttpApi(self)
         self.connections: set[Connection] = set()
         self._identities: dict[str, set[Connection]] = {}
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
@@ -172,6 +184,7 @@ class Gateway:
         """
         self._closing = True
         self._accept_scope.cancel()
+        self.http.shutdown()
         with trio.move_on_after(self.config.shutdown_timeout):
             for conn in list(self.connections):
                 conn.close(1001, "server shutting down")
@@ -242,11 +255,16 @@ class Gateway:
             if not secured:
                 await trio.aclose_forcefully(stream)
                 return
+        # The front door serves plain HTTP itself, and hands back WebSocket upgrades
+        # (GET /ws, origin checked) with the head it read put back in front.
+        upgrade = await self.http.front_door.serve(stream)
+        if upgrade is None:
+            return
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
                 request = await wrap_server_stream(
                     nursery,
-                    stream,
+                    upgrade,
                     max_message_size=limits.max_message_size * HARD_SIZE_FACTOR,
                     receive_buffer_size=64 * 1024,
                 )

@@ -16,6 +16,7 @@ from storage.credentials import (
     verify,
 )
 from storage.db import SCHEMA_VERSION, SchemaVersionError, iso, migrate, open_db
+from storage.health import probe_writable
 from storage.logs import (
     ConnectionClosed,
     ConnectionHeartbeat,
@@ -57,6 +58,7 @@ __all__ = [
     "load_active",
     "migrate",
     "open_db",
+    "probe_writable",
     "prune",
     "recent_connections",
     "recent_messages",

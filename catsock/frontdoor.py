@@ -1,0 +1,490 @@
+"""The one port's front door: WebSocket upgrades go to trio-websocket, the rest is HTTP.
+
+Every TCP (or TLS) stream starts here. The request head is read under one
+deadline and hard size limits, and parsed with h11. A ``GET /ws`` carrying
+``Upgrade: websocket`` (and an acceptable ``Origin``) leaves ``FrontDoor.serve``
+as a ``PrefixStream`` that replays the bytes already read, so trio-websocket
+performs the handshake as if it had read them itself. Anything else is plain
+HTTP/1.1, served with h11 by a handler (``catsock/httpapi.py``): bodies are
+bounded, keep-alive is allowed but bounded, and a client that misbehaves gets
+one error response and a gentle close.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import h11
+import orjson
+import trio
+
+from .config import HttpConfig
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_LINE_BYTES",
+    "FrontDoor",
+    "PrefixStream",
+    "Request",
+    "Response",
+    "error_response",
+    "json_response",
+    "origin_allowed",
+]
+
+logger = logging.getLogger("catsock.frontdoor")
+
+#: Longest request line or header line, CRLF included.
+MAX_LINE_BYTES = 8 * 1024
+#: Longest request head (request line, headers and the blank line).
+MAX_HEAD_BYTES = 16 * 1024
+#: Most header lines in one request.
+MAX_HEADERS = 100
+#: Blank lines tolerated before a request line (RFC 9112 §2.2: stray CRLFs).
+MAX_LEADING_BLANK_LINES = 4
+RECEIVE_BYTES = 16 * 1024
+#: After an error response: how long, and how much, to read and discard before
+#: closing, so the peer reads the response instead of a connection reset.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+
+
+@attrs.frozen
+class Request:
+    """One plain HTTP request, its body read in full."""
+
+    method: str
+    path: str
+    query: str
+    #: Lower-case names; a repeated header's values are joined with ", ".
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@attrs.frozen
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(status: int, value: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, orjson.dumps(value) + b"\n", "application/json", headers)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    """The one error shape of every HTTP endpoint."""
+    return json_response(status, {"error_code": code, "error_message": message}, headers)
+
+
+class HeadRefused(Exception):
+    """The request head broke a limit or did not parse; answer ``response`` and close."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class PrefixStream(trio.abc.Stream):
+    """``stream`` with ``prefix`` put back in front of what it will receive.
+
+    Once the prefix has been handed out, ``receive_some`` is the wrapped stream's
+    own bound method (an instance attribute shadowing this class's), as
+    ``send_all`` is from the start, so the WebSocket connection pays nothing for
+    the wrapper after its handshake. Other attributes (``socket``,
+    ``transport_stream``) are the wrapped stream's.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+        self.send_all = stream.send_all  # type: ignore[method-assign]
+        self.wait_send_all_might_not_block = stream.wait_send_all_might_not_block  # type: ignore[method-assign]
+        if not prefix:
+            self.receive_some = stream.receive_some  # type: ignore[method-assign]
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        prefix = self._prefix
+        if max_bytes is None or max_bytes >= len(prefix):
+            self._prefix = b""
+            self.receive_some = self.stream.receive_some  # type: ignore[method-assign]
+        else:
+            prefix, self._prefix = prefix[:max_bytes], prefix[max_bytes:]
+        await trio.lowlevel.checkpoint()
+        return prefix
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)  # pragma: no cover - shadowed in __init__
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()  # pragma: no cover - shadowed
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """Whether a browser page from ``origin`` may open a WebSocket here.
+
+    No ``Origin`` header: not a browser (PHP, Python clients): allowed. Otherwise
+    the origin must be the gateway's own (its host and port are the ``Host``
+    header's) or one of ``allowed`` (``http.allowed_origins``).
+    """
+    if origin is None:
+        return True
+    normal = _normal_origin(origin)
+    if normal is None:
+        return False
+    if normal in {_normal_origin(o) for o in allowed}:
+        return True
+    if host is None:
+        return False
+    scheme, _, netloc = normal.partition("://")
+    return netloc == _normal_netloc(scheme, host)
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _normal_origin(origin: str) -> str | None:
+    scheme, sep, netloc = origin.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not netloc or "/" in netloc:
+        return None
+    return f"{scheme}://{_normal_netloc(scheme, netloc)}"
+
+
+def _normal_netloc(scheme: str, netloc: str) -> str:
+    netloc = netloc.strip().lower()
+    default = ":" + _DEFAULT_PORTS.get(scheme, "")
+    return netloc[: -len(default)] if netloc.endswith(default) else netloc
+
+
+def _is_websocket_upgrade(headers: dict[str, str]) -> bool:
+    upgrade = headers.get("upgrade")
+    return upgrade is not None and "websocket" in (t.strip() for t in upgrade.lower().split(","))
+
+
+def _ws_path(path: str) -> bool:
+    return path.rstrip("/") == "/ws"
+
+
+@attrs.define
+class FrontDoorStats:
+    http_connections: int = 0
+    http_refused_full: int = 0
+    heads_refused: int = 0
+    heads_timed_out: int = 0
+
+
+class FrontDoor:
+    """Reads requests off one stream and routes them (see the module docstring)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        config: HttpConfig,
+        *,
+        max_body: int,
+        closing: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.max_body = max_body
+        self.closing = closing
+        self.stats = FrontDoorStats()
+        self.open_http = 0
+
+    async def serve(self, stream: trio.abc.Stream) -> trio.abc.Stream | None:
+        """Serve plain HTTP until the connection ends (then ``None``; the stream is
+        closed), or return the stream to run a WebSocket handshake on, its request
+        head still to be received."""
+        buf = bytearray()
+        counted = False
+        served = 0
+        try:
+            while True:
+                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES + 1024)
+                next_request: Request | trio.abc.Stream | None = None
+                with trio.move_on_after(self.config.request_timeout) as deadline:
+                    try:
+                        next_request = await self._next_request(stream, buf, conn)
+                    except HeadRefused as refused:
+                        self.stats.heads_refused += 1
+                        await self._refuse(stream, refused.response)
+                        return None
+                if deadline.cancelled_caught:
+                    if buf.strip():
+                        self.stats.heads_timed_out += 1
+                        timeout = error_response(408, "REQUEST_TIMEOUT", "request too slow")
+                        await self._refuse(stream, timeout)
+                    else:  # an idle keep-alive connection, or one that never spoke
+                        await trio.aclose_forcefully(stream)
+                    return None
+                if next_request is None:  # the client closed between requests
+                    await trio.aclose_forcefully(stream)
+                    return None
+                if not isinstance(next_request, Request):
+                    return next_request
+                if not counted:
+                    if self.open_http >= self.config.max_connections:
+                        self.stats.http_refused_full += 1
+                        full = error_response(503, "CONNECTION_LIMIT", "too many HTTP connections")
+                        await self._refuse(stream, full)
+                        return None
+                    counted = True
+                    self.open_http += 1
+                    self.stats.http_connections += 1
+                served += 1
+                try:
+                    response = await self.handler(next_request)
+                except Exception:
+                    logger.warning("HTTP handler failed", exc_info=True)
+                    failed = error_response(500, "PROCESSING_ERROR", "internal error")
+                    await self._refuse(stream, failed)
+                    return None
+                last = served >= self.config.keepalive_requests or self.closing()
+                head = next_request.method == "HEAD"
+                if not await self._send(stream, conn, response, close=last, head=head):
+                    await trio.aclose_forcefully(stream)
+                    return None
+                data, closed = conn.trailing_data
+                if last or closed or conn.our_state is not h11.DONE:
+                    await _close_gently(stream)
+                    return None
+                buf = bytearray(data)
+        finally:
+            if counted:
+                self.open_http -= 1
+
+    async def _next_request(
+        self, stream: trio.abc.Stream, buf: bytearray, conn: h11.Connection
+    ) -> Request | trio.abc.Stream | None:
+        end = await _read_head(stream, buf)
+        if end == 0:
+            return None
+        conn.receive_data(bytes(buf[:end]))
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HeadRefused(
+                error_response(400, "BAD_REQUEST", str(exc) or "bad request")
+            ) from None
+        assert isinstance(event, h11.Request), event  # a complete head was fed
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            key = name.decode("ascii")
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        target = event.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        method = event.method.decode("ascii")
+        if _is_websocket_upgrade(headers):
+            if not _ws_path(path):
+                raise HeadRefused(error_response(404, "NOT_FOUND", "the WebSocket endpoint is /ws"))
+            if method == "GET":
+                if not origin_allowed(
+                    headers.get("origin"), headers.get("host"), self.config.allowed_origins
+                ):
+                    raise HeadRefused(
+                        error_response(403, "ORIGIN_NOT_ALLOWED", "origin not allowed")
+                    )
+                return PrefixStream(stream, bytes(buf))
+        body = await self._read_body(stream, buf, end, conn, headers)
+        return Request(method, path, query, headers, body)
+
+    async def _read_body(
+        self,
+        stream: trio.abc.Stream,
+        buf: bytearray,
+        end: int,
+        conn: h11.Connection,
+        headers: dict[str, str],
+    ) -> bytes:
+        too_large = HeadRefused(
+            error_response(
+                413, "MESSAGE_TOO_LARGE", f"the body may be at most {self.max_body} bytes"
+            )
+        )
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise too_large
+        if len(buf) > end:  # (receive_data(b"") would mean end of stream)
+            conn.receive_data(bytes(buf[end:]))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HeadRefused(
+                    error_response(400, "BAD_REQUEST", str(exc) or "bad request")
+                ) from None
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.max_body:
+                    raise too_large
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                return b"".join(chunks)
+            elif event is h11.NEED_DATA:
+                try:
+                    conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
+                except trio.BrokenResourceError:
+                    conn.receive_data(b"")
+            else:  # ConnectionClosed mid-body
+                raise HeadRefused(error_response(400, "BAD_REQUEST", "incomplete body"))
+
+    async def _send(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        response: Response,
+        *,
+        close: bool,
+        head: bool,
+    ) -> bool:
+        """Write ``response`` through h11; False if the peer is gone or too slow to take it."""
+        headers = [*_headers(response), *(_CLOSE if close else ())]
+        reason = _reason(response.status)
+        data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        if response.body and not head:
+            data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
+        data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        return await self._write(stream, data)
+
+    async def _refuse(self, stream: trio.abc.Stream, response: Response) -> None:
+        """Answer a request that cannot be served (it may not even have parsed), then close."""
+        lines = [f"HTTP/1.1 {response.status} {_reason(response.status).decode()}"]
+        lines += [f"{name}: {value}" for name, value in [*_headers(response), *_CLOSE]]
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+        if await self._write(stream, data):
+            await _close_gently(stream)
+        else:
+            await trio.aclose_forcefully(stream)
+
+    async def _write(self, stream: trio.abc.Stream, data: bytes) -> bool:
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                await stream.send_all(data)
+                return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return False
+
+
+_CLOSE = (("connection", "close"),)
+
+
+def _headers(response: Response) -> list[tuple[str, str]]:
+    """Content type and length, then defaults the response's own headers may override."""
+    given = {name.lower() for name, _ in response.headers}
+    defaults = [("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
+    return [
+        ("content-type", response.content_type),
+        ("content-length", str(len(response.body))),
+        *((name, value) for name, value in defaults if name not in given),
+        *((name, value) for name, value in response.headers if name.lower() not in _FRAMING),
+    ]
+
+
+_FRAMING = frozenset({"content-type", "content-length", "transfer-encoding", "connection"})
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+async def _read_head(stream: trio.abc.Stream, buf: bytearray) -> int:
+    """Receive into ``buf`` until it holds a whole request head; return the offset
+    just past it, or 0 if the peer closed before sending anything. Raises
+    ``HeadRefused`` as soon as a limit is broken, without reading further."""
+    line_start = 0
+    lines = 0
+    blanks = 0
+    while True:
+        while (newline := buf.find(b"\n", line_start)) >= 0:
+            length = newline + 1 - line_start
+            if length > MAX_LINE_BYTES:
+                raise _too_large(lines)
+            if length <= 2 and buf[line_start:newline].strip(b"\r") == b"":
+                if lines:
+                    if newline >= MAX_HEAD_BYTES:
+                        raise _head_too_large()
+                    return newline + 1
+                blanks += 1
+                if blanks > MAX_LEADING_BLANK_LINES:
+                    raise HeadRefused(error_response(400, "BAD_REQUEST", "no request line"))
+                del buf[: newline + 1]
+                continue
+            lines += 1
+            if lines > MAX_HEADERS + 1:
+                raise HeadRefused(
+                    error_response(431, "HEADERS_TOO_LARGE", f"more than {MAX_HEADERS} headers")
+                )
+            line_start = newline + 1
+        if len(buf) - line_start > MAX_LINE_BYTES:
+            raise _too_large(lines)
+        if len(buf) > MAX_HEAD_BYTES:
+            raise _head_too_large()
+        try:
+            data = await stream.receive_some(RECEIVE_BYTES)
+        except trio.BrokenResourceError:
+            data = b""
+        if not data:
+            if buf.strip():
+                raise HeadRefused(error_response(400, "BAD_REQUEST", "incomplete request head"))
+            return 0
+        buf += data
+
+
+def _head_too_large() -> HeadRefused:
+    return HeadRefused(
+        error_response(431, "HEADERS_TOO_LARGE", f"request head over {MAX_HEAD_BYTES} bytes")
+    )
+
+
+def _too_large(lines: int) -> HeadRefused:
+    if lines == 0:
+        return HeadRefused(
+            error_response(414, "URI_TOO_LONG", f"request line over {MAX_LINE_BYTES} bytes")
+        )
+    return HeadRefused(
+        error_response(431, "HEADERS_TOO_LARGE", f"a header line over {MAX_LINE_BYTES} bytes")
+    )
+
+
+async def _close_gently(stream: trio.abc.Stream) -> None:
+    """Close after a response: stop sending, then read and discard what the peer
+    still sends (bounded), so its unread request does not turn into a reset that
+    destroys the response before the peer reads it."""
+    send_eof = getattr(stream, "send_eof", None)
+    if send_eof is not None:
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await send_eof()
+                drained = 0
+                while drained < LINGER_BYTES:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        break
+                    drained += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+    await trio.aclose_forcefully(stream)

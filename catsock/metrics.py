@@ -1,0 +1,232 @@
+"""Prometheus metrics, read from the gateway's own counters at scrape time.
+
+Nothing on the message path touches prometheus-client: the gateway counts in
+plain ints (``GatewayStats``, ``LogSink.statistics()``, the front door's and the
+HTTP API's counters) and ``GatewayCollector`` turns them into metric families
+when ``/metrics`` is scraped. Each gateway has its own ``CollectorRegistry``
+(several gateways share a process in the tests).
+
+Every label value comes from a closed set: client types the configuration
+knows, event types in the registry plus control types, ``ErrorCode`` values,
+HTTP endpoints in the route table. Anything else is counted as ``other``, so no
+peer can grow the number of series (seed 004 leaked memory that way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from protocol import CONTROL_TYPES, ErrorCode
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .server import Gateway
+
+__all__ = ["CONTENT_TYPE", "GatewayCollector", "new_registry", "render"]
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+OTHER = "other"
+UNAUTHENTICATED = "unauthenticated"
+
+
+def new_registry(gateway: Gateway) -> prometheus_client.CollectorRegistry:
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway))
+    return registry
+
+
+def render(registry: prometheus_client.CollectorRegistry) -> bytes:
+    return prometheus_client.generate_latest(registry)
+
+
+def bounded(counts: Mapping[str, int], known: Iterable[str]) -> dict[str, int]:
+    """``counts`` with every key of ``known`` (0 if absent) and the rest summed as other."""
+    out = dict.fromkeys(known, 0)
+    other = 0
+    for key, value in counts.items():
+        if key in out:
+            out[key] += value
+        else:
+            other += value
+    out[OTHER] = other
+    return out
+
+
+def client_types(gateway: Gateway) -> list[str]:
+    """The client types the configuration knows (the same set the gateway accepts
+    shared tokens for): the defaults and every type named in a route."""
+    known = {"CATS", "AFAD", "DASHBOARD"}
+    for route in gateway.machine_config.routing.values():
+        known |= route.senders | set(route.to_types)
+    return sorted(known)
+
+
+def message_types(gateway: Gateway) -> list[str]:
+    return sorted({*gateway.codec.registry, *CONTROL_TYPES})
+
+
+class GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        stats = gateway.stats
+        yield from self._connections()
+        yield _counter(
+            "catsock_connections_accepted", "WebSocket connections accepted.", stats.accepted
+        )
+        refused = CounterMetricFamily(
+            "catsock_connections_refused",
+            "Connections refused before the WebSocket handshake completed, by reason.",
+            labels=["reason"],
+        )
+        refused.add_metric(["ip_not_allowed"], stats.refused_ip)
+        refused.add_metric(["max_connections"], stats.refused_full)
+        yield refused
+        yield _counter("catsock_auth_failures", "Refused tokens.", stats.auth_failures)
+        types = message_types(gateway)
+        for direction, counts, text in (
+            ("in", stats.messages_in, "Messages received from clients, by type."),
+            ("out", stats.messages_out, "Messages queued for clients, by type."),
+        ):
+            family = CounterMetricFamily(f"catsock_messages_{direction}", text, labels=["type"])
+            for type_, value in bounded(counts, types).items():
+                family.add_metric([type_], value)
+            yield family
+        yield _counter("catsock_published", "Events accepted for delivery.", stats.published)
+        yield _counter(
+            "catsock_deliveries", "Frames written to WebSocket clients.", stats.delivered
+        )
+        errors = CounterMetricFamily(
+            "catsock_errors", "error messages sent to clients, by error code.", labels=["code"]
+        )
+        by_code = bounded(stats.errors, (code.value for code in ErrorCode))
+        for code, value in by_code.items():
+            errors.add_metric([code], value)
+        yield errors
+        yield _counter(
+            "catsock_rate_limit_rejections",
+            "Messages refused with RATE_LIMIT_EXCEEDED.",
+            by_code[ErrorCode.RATE_LIMIT_EXCEEDED.value],
+        )
+        yield _counter(
+            "catsock_slow_consumer_disconnects",
+            "Connections closed because their send queue overflowed (close 4001).",
+            stats.slow_consumers,
+        )
+        yield _counter(
+            "catsock_internal_errors",
+            "Connections ended by an internal error.",
+            stats.internal_errors,
+        )
+        depths = [conn.queued for conn in gateway.connections]
+        yield _gauge("catsock_send_queue_frames", "Frames waiting in all send queues.", sum(depths))
+        yield _gauge(
+            "catsock_send_queue_max_frames",
+            "Frames waiting in the longest send queue.",
+            max(depths, default=0),
+        )
+        yield from self._log_sink()
+        yield from self._http()
+        yield from self._delivery()
+
+    def _connections(self) -> Iterator[Metric]:
+        counts: dict[str, int] = {}
+        for conn in self.gateway.connections:
+            p = conn.principal
+            key = UNAUTHENTICATED if p is None else p.client_type
+            counts[key] = counts.get(key, 0) + 1
+        family = GaugeMetricFamily(
+            "catsock_connections",
+            "Open WebSocket connections, by client type.",
+            labels=["client_type"],
+        )
+        for client_type, value in bounded(
+            counts, [*client_types(self.gateway), UNAUTHENTICATED]
+        ).items():
+            family.add_metric([client_type], value)
+        yield family
+
+    def _log_sink(self) -> Iterator[Metric]:
+        log = self.gateway.log.statistics()
+        yield _gauge("catsock_log_pending_rows", "Log rows waiting to be written.", log.pending)
+        yield _counter("catsock_log_written_rows", "Log rows committed.", log.written)
+        yield _counter(
+            "catsock_log_dropped_rows",
+            "Log rows dropped (buffer full or a failed batch).",
+            log.dropped,
+        )
+        yield _counter("catsock_log_errors", "Failed log database operations.", log.errors)
+        yield _counter("catsock_log_batches", "Log batches committed.", log.batches)
+        yield _gauge(
+            "catsock_log_last_batch_rows",
+            "Rows in the last committed log batch.",
+            log.last_batch_size,
+        )
+        yield _gauge(
+            "catsock_log_last_commit_seconds",
+            "How long the last log batch took to commit.",
+            log.last_commit_seconds,
+        )
+
+    def _http(self) -> Iterator[Metric]:
+        http = getattr(self.gateway, "http", None)
+        if http is None:
+            return
+        requests = CounterMetricFamily(
+            "catsock_http_requests",
+            "Plain HTTP requests answered, by endpoint and status.",
+            labels=["endpoint", "status"],
+        )
+        for (endpoint, status), value in sorted(http.stats.requests.items()):
+            requests.add_metric([endpoint, str(status)], value)
+        yield requests
+        door = http.front_door.stats
+        refused = CounterMetricFamily(
+            "catsock_http_refused",
+            "HTTP requests cut off before a handler saw them, by reason.",
+            labels=["reason"],
+        )
+        refused.add_metric(["head_limits"], door.heads_refused)
+        refused.add_metric(["head_timeout"], door.heads_timed_out)
+        refused.add_metric(["max_connections"], door.http_refused_full)
+        yield refused
+        yield _gauge(
+            "catsock_http_connections",
+            "Connections being served as plain HTTP.",
+            http.front_door.open_http,
+        )
+
+    def _delivery(self) -> Iterator[Metric]:
+        delivery = getattr(self.gateway, "delivery", None)
+        statistics = getattr(delivery, "statistics", None)
+        if statistics is None:
+            return
+        yield from delivery_metrics(statistics())
+
+
+def delivery_metrics(stats: Any) -> Iterator[Metric]:
+    """The event log's numbers (``gateway.delivery.statistics()``)."""
+    del stats
+    return iter(())
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _histogram(
+    name: str, documentation: str, buckets: list[tuple[str, float]], total: float
+) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)

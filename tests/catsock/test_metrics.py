@@ -1,0 +1,136 @@
+"""GET /metrics: Prometheus text, counters that move, and label sets that stay bounded."""
+
+from __future__ import annotations
+
+import uuid
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from protocol import ErrorCode
+
+from .harness import CONVERSION, GatewayFactory, RunningGateway, envelope
+from .test_http import http
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(gw: RunningGateway) -> Samples:
+    reply = await http(gw.port, "GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[name, tuple(sorted(labels.items()))]
+
+
+def label_sets(samples: Samples, name: str) -> set[tuple[tuple[str, str], ...]]:
+    return {labels for sample_name, labels in samples if sample_name == name}
+
+
+async def test_scrape_shows_counters_moving_after_a_publish(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(20):
+        before = await scrape(gw)
+        assert value(before, "catsock_published_total") == 0
+        async with gw.client("CATS") as cats, gw.client("AFAD") as afad:
+            during = await scrape(gw)
+            assert value(during, "catsock_connections", client_type="CATS") == 1
+            assert value(during, "catsock_connections", client_type="AFAD") == 1
+            assert value(during, "catsock_connections", client_type="DASHBOARD") == 0
+            await cats.send(envelope("conversion", CONVERSION, "CATS", "m-1"))
+            assert (await afad.recv())["message_id"] == "m-1"
+            after = await scrape(gw)
+    assert value(after, "catsock_published_total") == 1
+    assert value(after, "catsock_messages_in_total", type="conversion") == 1
+    assert value(after, "catsock_messages_in_total", type="auth") == 2
+    assert value(after, "catsock_messages_out_total", type="auth_success") == 2
+    assert value(after, "catsock_deliveries_total") >= 3  # two auth_success, one conversion
+    assert value(after, "catsock_connections_accepted_total") == 2
+    # The log writer's numbers are there too.
+    assert value(after, "catsock_log_pending_rows") >= 0
+    assert "catsock_log_last_commit_seconds" in {name for name, _ in after}
+
+
+async def test_label_sets_stay_bounded_whatever_clients_send(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await cats.send(envelope("conversion", CONVERSION, "CATS", "m-0"))
+            first = await scrape(gw)
+            for i in range(50):
+                await cats.send(envelope(f"made_up_{i}", {}, "CATS", str(uuid.uuid4())))
+                error = await cats.recv()
+                assert error["payload"]["error_code"] == "UNKNOWN_TYPE"
+            for i in range(20):  # unknown paths are one label value, "other"
+                assert (await http(gw.port, "GET", f"/random/{i}")).status == 404
+            second = await scrape(gw)
+            for i in range(20):
+                await http(gw.port, "GET", f"/more/{i}")
+            third = await scrape(gw)
+    for name in (
+        "catsock_messages_in_total",
+        "catsock_messages_out_total",
+        "catsock_errors_total",
+        "catsock_connections",
+    ):
+        assert label_sets(first, name) == label_sets(second, name), name
+    assert label_sets(second, "catsock_http_requests_total") == label_sets(
+        third, "catsock_http_requests_total"
+    )
+    assert value(second, "catsock_messages_in_total", type="other") == 50
+    assert value(second, "catsock_errors_total", code="UNKNOWN_TYPE") == 50
+    assert {dict(labels)["code"] for labels in label_sets(second, "catsock_errors_total")} == {
+        *(code.value for code in ErrorCode),
+        "other",
+    }
+    assert value(third, "catsock_http_requests_total", endpoint="other", status="404") == 40
+
+
+async def test_rate_limit_rejections_are_counted(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway(limits={"rate": {"CATS": {"per_minute": 1.0, "burst": 1}}})
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await cats.send(envelope("conversion", CONVERSION, "CATS", "m-1"))
+            await cats.send(envelope("conversion", CONVERSION, "CATS", "m-2"))
+            error = await cats.recv()
+            assert error["payload"]["error_code"] == "RATE_LIMIT_EXCEEDED"
+            samples = await scrape(gw)
+    assert value(samples, "catsock_rate_limit_rejections_total") == 1
+    assert value(samples, "catsock_errors_total", code="RATE_LIMIT_EXCEEDED") == 1
+
+
+async def test_each_gateway_has_its_own_registry(start_gateway: GatewayFactory) -> None:
+    one = await start_gateway()
+    two = await start_gateway()
+    with trio.fail_after(20):
+        async with one.client("CATS"):
+            a = await scrape(one)
+            b = await scrape(two)
+    assert value(a, "catsock_connections", client_type="CATS") == 1
+    assert value(b, "catsock_connections", client_type="CATS") == 0
+
+
+async def test_http_requests_and_refusals_are_counted(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(20):
+        await http(gw.port, "GET", "/health")
+        await http(gw.port, "POST", "/health")
+        samples = await scrape(gw)
+    assert value(samples, "catsock_http_requests_total", endpoint="/health", status="200") == 1
+    assert value(samples, "catsock_http_requests_total", endpoint="/health", status="405") == 1
+    assert value(samples, "catsock_http_refused_total", reason="head_limits") == 0
+    # The scrape itself is counted once it has been answered.
+    assert ("catsock_http_requests_total", (("endpoint", "/metrics"), ("status", "200"))) not in (
+        samples
+    )

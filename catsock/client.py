@@ -30,6 +30,7 @@ guarantees.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -476,13 +477,19 @@ class Client:
     # -- public: lifecycle ---------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the connection with 1000 and stop ``run``. Unanswered publishes raise
-        ``ClientClosed`` and stay PENDING in the outbox, to be resent by the next client."""
+        """Acknowledge what was handled, close the connection with 1000 and stop ``run``.
+        Unanswered publishes raise ``ClientClosed`` and stay PENDING in the outbox, to be
+        resent by the next client."""
         self._closing = True
         session = self._session
         if session is not None:
             with trio.move_on_after(self.close_timeout) as scope:
                 scope.shield = True
+                seq = self._processed
+                if session.acks and seq is not None and (self._acked is None or seq > self._acked):
+                    with contextlib.suppress(ConnectionClosed):
+                        await session.ws.send_message(_ack(seq))
+                        self._acked = seq
                 await session.ws.aclose(1000, "client closing")
         self._run_scope.cancel()
         if self._started:
@@ -806,7 +813,7 @@ class Client:
                 self._ack_deadline = None
                 if self._acked is None or self._processed > self._acked:
                     seq = self._processed
-                    await ws.send_message(f'{{"type":"ack","seq":{seq}}}')
+                    await ws.send_message(_ack(seq))
                     self._acked, self._unacked = seq, 0
                     self._paced()
                 continue
@@ -992,16 +999,20 @@ class EventStream:
         self._in.close()
         self._out.close()
 
-    async def aclose(self) -> None:
-        """Stop iterating; the event last yielded is not acknowledged by this stream."""
+    async def aclose(self, *, handled: bool = True) -> None:
+        """Stop iterating. The event last yielded counts as handled (and is acknowledged)
+        unless ``handled=False``; leaving ``async with`` by an exception passes False."""
+        if handled and self._holding is not None:
+            self._client._handled(self._holding.seq)
+        self._holding = None
         self._close()
         await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> EventStream:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        await self.aclose(handled=exc_type is None)
 
 
 @asynccontextmanager
@@ -1036,6 +1047,10 @@ async def connect(
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _ack(seq: int) -> str:
+    return f'{{"type":"ack","seq":{seq}}}'
 
 
 def _record(outbox: Outbox, retried: list[str], rows: list[Settlement]) -> None:

@@ -486,13 +486,55 @@ async def test_acks_let_a_durable_identity_resume_after_a_restart(
                 assert (await events.__anext__()).seq == one.seq
                 two = await cats.publish("conversion", CONVERSION)
                 assert (await events.__anext__()).seq == two.seq
-                # Coming back for the next acknowledges "two"; the ack is batched.
-                with trio.move_on_after(1):
-                    await events.__anext__()
-            # A new client of the same identity resumes after what was acknowledged.
+                # Leaving the stream cleanly counts "two" as handled, and closing
+                # the client sends the last ack before the close frame.
+            # A new client of the same identity resumes after what was acknowledged;
+            # this one uses a handler, which acknowledges once the handler returned.
             three = await cats.publish("conversion", CONVERSION)
+            handled = trio.Event()
+            async with _client(gw, "AFAD") as afad:
+                seqs: list[int | None] = []
+
+                @afad.on("conversion")
+                def record(event: ReceivedEvent) -> None:
+                    seqs.append(event.seq)
+                    handled.set()
+
+                await handled.wait()
+            assert seqs == [three.seq]
+            four = await cats.publish("conversion", CONVERSION)
             async with _client(gw, "AFAD") as afad, afad.events() as events:
-                assert (await events.__anext__()).seq == three.seq
+                assert (await events.__anext__()).seq == four.seq
+
+
+async def test_enqueue_waits_while_the_in_flight_window_is_full(
+    lazy_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    third: list[BaseException | str] = []
+
+    async def enqueue_third(client: Client) -> None:
+        try:
+            await client.enqueue("conversion", CONVERSION)
+            third.append("queued")
+        except ClientClosed as exc:
+            third.append(exc)
+
+    with socket.socket() as blocker, trio.fail_after(TIMEOUT):
+        blocker.bind(("127.0.0.1", 0))
+        down = f"ws://127.0.0.1:{blocker.getsockname()[1]}/ws"
+        async with (
+            trio.open_nursery() as nursery,
+            connect(
+                down, "t", "CATS", receive=False, wait_connected=False, max_in_flight=2
+            ) as client,
+        ):
+            await client.enqueue("conversion", CONVERSION)
+            await client.enqueue("conversion", CONVERSION)
+            nursery.start_soon(enqueue_third, client)
+            await trio.testing.wait_all_tasks_blocked()
+            assert third == []  # bounded: the third waits for an answer
+    assert len(third) == 1
+    assert isinstance(third[0], ClientClosed)
 
 
 async def test_publish_only_client_and_close_code(

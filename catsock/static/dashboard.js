@@ -445,6 +445,7 @@
         show($('dashboard'), true);
         show($('logout'), true);
         $('identity').textContent = client.connectionId ? client.connectionId : '';
+        pollMetrics();
       }
     });
     client.on('auth_failed', function (error) {

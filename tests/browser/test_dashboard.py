@@ -7,11 +7,9 @@ dedicated worker thread (``BrowserThread``); the trio side hops there with
 ``trio.to_thread.run_sync`` while the gateway keeps running on the trio loop.
 Waiting is always playwright's ``wait_for_*`` with a timeout, never a sleep.
 
-The page is loaded from the gateway's own origin, as a browser would: the front
-door serves ``/`` and ``/static/*`` (``catsock/static_files.py``). Where the
-front door does not exist yet, the page's requests to that origin are answered
-by the same ``static_response`` through playwright's request routing; the
-WebSocket still goes to the real gateway.
+The page is loaded from the gateway's own port, as an operator would open it:
+the front door serves ``/`` and ``/static/*`` (``catsock/static_files.py``),
+``/metrics`` for the connections panel, and ``/ws`` for the page's WebSocket.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -37,7 +34,7 @@ from tests.catsock.harness import CONVERSION, GatewayFactory, RunningGateway, en
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route
+    from playwright.sync_api import Browser, BrowserContext, Page, Playwright
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -53,16 +50,6 @@ CHROMIUM_ARGS = [
 HAS_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
 HAS_CHROMIUM = shutil.which(CHROMIUM) is not None
 
-
-def _frontdoor_serves_static() -> bool:
-    """True once the HTTP front door (catsock/httpapi.py) calls static_response."""
-    spec = importlib.util.find_spec("catsock.httpapi")
-    if spec is None or spec.origin is None:
-        return False
-    return "static_response" in Path(spec.origin).read_text(encoding="utf-8")
-
-
-HAS_FRONTDOOR = _frontdoor_serves_static()
 
 pytestmark = [
     pytest.mark.skipif(
@@ -131,6 +118,8 @@ class Tab:
         self.page_errors: list[str] = []
         self.dialogs: list[str] = []
         self.websockets: list[str] = []
+        self.document_status = 0
+        self.document_headers: dict[str, str] = {}
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
         page.on("dialog", self._dialog)
@@ -148,32 +137,15 @@ class Tab:
         return [e for e in self.console_errors if "Content Security Policy" in e]
 
 
-def _serve_static(route: Route) -> None:
-    """Until the front door exists: the gateway origin's HTTP answered from static_files."""
-    found = static_response(urlsplit(route.request.url).path)
-    if found is None:
-        route.fulfill(status=404, body="not found")
-        return
-    status, headers, body = found
-    route.fulfill(
-        status=status,
-        headers=dict(headers),
-        body=body,
-    )
-
-
 def _open_tab(browser: Browser, origin: str) -> Tab:
     context = browser.new_context()
-    if not HAS_FRONTDOOR:
-        context.route(f"{origin}/**", _serve_static)
-        # A routed document has no IP address space of its own, so Chromium's
-        # local-network checks would treat it as public and block its loopback
-        # WebSocket; a page the front door serves is loopback itself.
-        context.grant_permissions(["local-network-access"], origin=origin)
     page = context.new_page()
     page.set_default_timeout(5_000)
     tab = Tab(context, page)
-    page.goto(origin + "/")
+    response = page.goto(origin + "/")
+    assert response is not None
+    tab.document_status = response.status
+    tab.document_headers = response.all_headers()
     page.wait_for_selector("#login-form")
     return tab
 
@@ -302,6 +274,12 @@ async def test_live_feed_survives_gateway_restart(
         gw, stopped = await served.start(nursery)
         token = gw.token("admin-dashboard", "DASHBOARD")
         async with _tab(browser_thread, gw) as tab:
+            # The front door served the page with its type and the strict CSP.
+            assert tab.document_status == 200
+            assert tab.document_headers["content-type"] == "text/html; charset=utf-8"
+            assert tab.document_headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+            assert tab.document_headers["x-content-type-options"] == "nosniff"
+
             await browser_thread.run(_login, tab, token)
             await browser_thread.run(_wait_connected, tab)
             # The token went in the auth message, never into a URL.
@@ -341,8 +319,14 @@ async def test_live_feed_survives_gateway_restart(
                 tab.page.evaluate, "window.catsockDashboard.rate.reduce((a, b) => a + b, 0)"
             )
             assert counted == 4
-            # Connections by client type (from /metrics), or the senders seen without it.
-            await browser_thread.run(tab.page.wait_for_selector, "#connections-body tr")
+            # Connections by client type, from /metrics: this dashboard is one.
+            await browser_thread.run(
+                tab.page.wait_for_selector, '#connections-body tr[data-client-type="DASHBOARD"]'
+            )
+            assert (
+                await browser_thread.run(_text, tab, "#connections-title")
+                == "Connections by client type"
+            )
 
             shot = tmp_path / "dashboard.png"
             await browser_thread.run(lambda: tab.page.screenshot(path=str(shot), full_page=True))

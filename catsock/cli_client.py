@@ -175,7 +175,8 @@ async def _publish(
     "--ack/--no-ack",
     default=True,
     show_default=True,
-    help="Acknowledge printed events (a durable identity then resumes after them).",
+    help="Acknowledge events once printed (--no-ack: the gateway counts them as "
+    "delivered once written).",
 )
 def tail(
     types: tuple[str, ...],

@@ -34,6 +34,7 @@ import contextlib
 import inspect
 import logging
 import math
+import os
 import random
 import secrets
 import ssl
@@ -267,7 +268,7 @@ class Client:
         token: str,
         client_type: str = "CATS",
         *,
-        outbox_path: str | None = None,
+        outbox_path: str | os.PathLike[str] | None = None,
         backoff: Backoff = Backoff(),  # noqa: B008 - frozen, so sharing it is safe
         heartbeat: float | None = 15.0,
         acks: bool = True,

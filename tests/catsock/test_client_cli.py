@@ -7,15 +7,22 @@ environment, as in test_cli.py. Output is read as it comes, never by sleeping.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
+import re
+import shlex
 import signal
 import socket
 import sys
 from pathlib import Path
 
 import trio
+from click.testing import CliRunner
 
-from catsock.client import connect
+from catsock.backoff import Backoff
+from catsock.cli import main
+from catsock.client import Client, connect
 from storage.outbox import Outbox, OutboxStatus
 from tests.interop.live import live_process
 
@@ -156,3 +163,45 @@ async def test_tail_prints_events_as_json_lines_until_interrupted(
     assert rest == []
     assert "Traceback" not in tail.stderr.decode()
     assert "catsock: tailing" in tail.stderr.decode()
+
+
+# -- docs/client.md against the code ----------------------------------------------------------
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text(encoding="utf-8")
+
+
+def test_docs_list_every_client_option_with_its_default() -> None:
+    section = DOC.split("Options (all keyword-only):", 1)[1].split("\n\n", 2)[1]
+    documented: dict[str, str] = {}
+    for row in section.splitlines()[2:]:
+        cells, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        names = re.findall(r"`(\w+)`", cells)
+        values = default.split(", ") if len(names) > 1 else [default]
+        for name, value in zip(names, values, strict=True):
+            documented[name] = value.strip("`")
+    parameters = {
+        name: p.default
+        for name, p in inspect.signature(Client).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert set(documented) == set(parameters)
+    for name, default in parameters.items():
+        if isinstance(default, bool | int | float) or default is None:
+            assert ast.literal_eval(documented[name]) == default, name
+    assert documented["backoff"] == repr(Backoff())
+
+
+def test_docs_shell_lines_are_real_commands() -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", DOC, flags=re.DOTALL)
+    commands = [
+        line
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.startswith("python -m catsock ")
+    ]
+    assert len(commands) >= 3
+    for line in commands:
+        args = shlex.split(line.split("#")[0])[3:]
+        result = CliRunner().invoke(main, [*args, "--help"])
+        assert result.exit_code == 0, (line, result.output)
+        assert result.output.startswith(f"Usage: main {args[0]} ")

@@ -340,6 +340,7 @@ class Client:
         self._settle_lot = trio.lowlevel.ParkingLot()
         self._run_scope = trio.CancelScope()
         self._started = False
+        self._run_task: trio.lowlevel.Task | None = None
         self._closing = False
         self._stopped = trio.Event()
 
@@ -493,7 +494,7 @@ class Client:
                         self._acked = seq
                 await session.ws.aclose(1000, "client closing")
         self._run_scope.cancel()
-        if self._started:
+        if self._started and not self._inside_run():
             with trio.CancelScope(shield=True):
                 await self._stopped.wait()
 
@@ -504,6 +505,7 @@ class Client:
         if self._started:
             raise RuntimeError("a Client runs once")
         self._started = True
+        self._run_task = trio.lowlevel.current_task()
         try:
             with self._run_scope:
                 async with trio.open_nursery() as nursery:
@@ -524,6 +526,17 @@ class Client:
             raise leaf from None
         finally:
             self._shutdown()
+
+    def _inside_run(self) -> bool:
+        """Whether the current task is ``run`` or one of its tasks (a handler, say), which
+        cannot wait for ``run`` to end."""
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        while task is not None:
+            if task is self._run_task:
+                return True
+            nursery = task.parent_nursery
+            task = None if nursery is None else nursery.parent_task
+        return False
 
     def _shutdown(self) -> None:
         self._closing = True

@@ -507,6 +507,26 @@ async def test_acks_let_a_durable_identity_resume_after_a_restart(
                 assert (await events.__anext__()).seq == four.seq
 
 
+async def test_a_handler_may_close_its_client(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(TIMEOUT):
+        async with _client(gw, "CATS") as cats, _client(gw, "AFAD", receive=False) as afad:
+            closed = trio.Event()
+
+            @cats.on("adware_update")
+            async def stop(event: ReceivedEvent) -> None:
+                await cats.aclose()  # cannot wait for run(), which runs this handler
+                closed.set()
+
+            await afad.publish("adware_update", ADWARE_UPDATE)
+            await closed.wait()
+            with pytest.raises(ClientClosed):
+                await cats.publish("conversion", CONVERSION)
+    assert not cats.connected
+
+
 async def test_enqueue_waits_while_the_in_flight_window_is_full(
     lazy_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

@@ -86,6 +86,44 @@ class LogConfig:
     retention_rows: int = 1_000_000
 
 
+def _default_priorities() -> dict[str, str]:
+    return {
+        "fraud_alert": "CRITICAL",
+        "budget_alert": "CRITICAL",
+        "conversion": "HIGH",
+        "tier_reward": "HIGH",
+        "adware_update": "HIGH",
+        "budget_update": "HIGH",
+        "click": "NORMAL",
+        "stats_update": "LOW",
+        "user_online": "LOW",
+    }
+
+
+@attrs.frozen
+class DeliveryConfig:
+    """The event log and durable delivery (docs/delivery.md)."""
+
+    #: Off: a live relay only (no seq, replay, idempotency or durable acks).
+    log: bool = True
+    #: Client types whose identities are durable recipients.
+    durable_types: list[str] = attrs.Factory(lambda: ["CATS", "AFAD"])
+    retention_days: float = 7.0
+    retention_rows: int = 1_000_000
+    #: Events accepted but not yet committed before publishers are made to wait.
+    max_pending: int = 10_000
+    #: Events read from the log per catch-up query.
+    replay_batch: int = 500
+    #: Seconds a non-durable recipient's queue may stay full before close 4001.
+    queue_full_grace: float = 5.0
+    #: Seconds after which an event type is no longer delivered (none: never).
+    ttl: dict[str, float] = attrs.Factory(lambda: {"stats_update": 60.0, "user_online": 60.0})
+    #: CRITICAL, HIGH, NORMAL or LOW by event type; unlisted types are NORMAL.
+    priority: dict[str, str] = attrs.Factory(_default_priorities)
+    #: Record written/acked/expired/dropped rows for `python -m catsock ledger`.
+    ledger: bool = True
+
+
 @attrs.frozen
 class TlsConfig:
     cert: str = ""
@@ -139,6 +177,7 @@ class Config:
     keepalive: KeepaliveConfig = attrs.Factory(KeepaliveConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
     log: LogConfig = attrs.Factory(LogConfig)
+    delivery: DeliveryConfig = attrs.Factory(DeliveryConfig)
     tls: TlsConfig = attrs.Factory(TlsConfig)
     allow: AllowConfig = attrs.Factory(AllowConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
@@ -196,6 +235,19 @@ def _validate(config: Config) -> Config:
         problems.append("http.request_timeout must be positive and http.max_wait not negative")
     if config.http.max_connections < 1 or config.http.keepalive_requests < 1:
         problems.append("http.max_connections and http.keepalive_requests must be at least 1")
+    delivery = config.delivery
+    for event_type, level in delivery.priority.items():
+        if level not in ("CRITICAL", "HIGH", "NORMAL", "LOW"):
+            problems.append(
+                f"delivery.priority.{event_type}: {level!r} is not CRITICAL, HIGH, NORMAL or LOW"
+            )
+    for event_type, ttl in delivery.ttl.items():
+        if ttl <= 0:
+            problems.append(f"delivery.ttl.{event_type} must be positive")
+    if delivery.max_pending < 1 or delivery.replay_batch < 1:
+        problems.append("delivery.max_pending and delivery.replay_batch must be at least 1")
+    if delivery.queue_full_grace < 0 or delivery.retention_days <= 0:
+        problems.append("delivery.queue_full_grace must be >= 0, retention_days > 0")
     if config.limits.max_message_size < 256:
         problems.append("limits.max_message_size must be at least 256")
     if problems:

@@ -1,23 +1,26 @@
 """The delivery hub: which local connections listen on which channels.
 
-Publishing hands the same already-framed bytes to every recipient's queue
-(encode and frame once, never per recipient); the routing decision itself is
+Publishing hands the same entry (whose frame is built once, never per
+recipient) to every recipient; the routing decision itself is
 ``protocol.fan_out``, so the hub holds state and nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from protocol import fan_out
+
+if TYPE_CHECKING:
+    from .delivery import Entry
 
 __all__ = ["Hub", "Subscriber"]
 
 
 class Subscriber(Protocol):
-    def deliver(self, frame: bytes) -> None:
-        """Queue an encoded WebSocket frame for sending; must not block."""
+    def offer(self, entry: Entry) -> None:
+        """Take an event for sending (or decide not to); must not block."""
 
 
 class Hub:
@@ -39,11 +42,11 @@ class Hub:
                 if not members:
                     del self._channels[channel]
 
-    def publish(self, frame: bytes, channels: Iterable[str], sender: Subscriber | None) -> int:
-        """Queue ``frame`` for everyone on ``channels`` but ``sender``; returns how many."""
-        recipients = fan_out(channels, self._channels, sender)
+    def publish(self, entry: Entry) -> int:
+        """Offer ``entry`` to everyone on its channels; returns how many."""
+        recipients = fan_out(entry.channels, self._channels, None)
         for recipient in recipients:
-            recipient.deliver(frame)
+            recipient.offer(entry)
         return len(recipients)
 
     def subscribers(self, channel: str) -> int:

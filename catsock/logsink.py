@@ -57,6 +57,7 @@ class LogSink:
         retention_max_age: float | None = None,
         retention_max_rows: int | None = None,
         prune_interval: float = 60.0,
+        lock: trio.Lock | None = None,
     ) -> None:
         if flush_interval < 0:
             raise ValueError("flush_interval must be >= 0")
@@ -76,8 +77,9 @@ class LogSink:
         self._pending: list[LogRow] = []
         self._wakeup = trio.Event()
         # Held across every use of the connection, so writes and prunes never overlap and
-        # batches commit in the order their rows were recorded.
-        self._db_lock = trio.Lock()
+        # batches commit in the order their rows were recorded. The event log
+        # (catsock/delivery.py) shares the connection and this lock.
+        self._db_lock = trio.Lock() if lock is None else lock
         # Rows ever accepted into the buffer, and rows whose write has finished (committed or
         # failed): flush() waits for the second to reach the first as it was on entry.
         self._accepted = 0

@@ -39,10 +39,10 @@ from protocol import messages as m
 from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
+from .delivery import Delivery
 from .httpapi import HttpApi
 from .hub import Hub
 from .logsink import LogSink
-from .wsadapter import text_frame
 
 __all__ = ["Gateway", "GatewayStats", "StartupError"]
 
@@ -115,14 +115,24 @@ class Gateway:
             config.database, shared_token=shared or None, shared_client_types=known_types
         )
         self._log_db = storage.open_db(config.database)
+        db_lock = trio.Lock()
         self.log = LogSink(
             self._log_db,
+            lock=db_lock,
             policy=storage.LogPolicy(config.log.policy),
             redact_fields=frozenset(config.log.redact),
             retention_max_age=config.log.retention_days * 86400,
             retention_max_rows=config.log.retention_rows,
         )
         self.hub = Hub()
+        self.delivery = Delivery(
+            config.delivery,
+            self.hub,
+            self._log_db,
+            db_lock,
+            config.database,
+            wall_clock=wall_clock,
+        )
         self.stats = GatewayStats()
         self.http = HttpApi(self)
         self.connections: set[Connection] = set()
@@ -157,6 +167,7 @@ class Gateway:
             with self._serve_scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.log.run)
+                    await nursery.start(self.delivery.run)
                     nursery.start_soon(self._watch_credentials)
                     await nursery.start(self._accept, listeners, nursery)
                     task_status.started((host, port))
@@ -190,6 +201,7 @@ class Gateway:
                 conn.close(1001, "server shutting down")
             if self.connections:
                 await self._drained.wait()
+            await self.delivery.flush()
             await self.log.flush()
         self._serve_scope.cancel()
 
@@ -326,6 +338,10 @@ class Gateway:
         held.add(conn)
         return principal
 
+    def connections_of(self, identity: str) -> int:
+        """How many authenticated connections ``identity`` holds now."""
+        return len(self._identities.get(identity, ()))
+
     def identity_bucket(self, principal: Principal) -> TokenBucket | None:
         limit = self.machine_config.rate_limit(principal.client_type)
         if limit is None:
@@ -342,9 +358,13 @@ class Gateway:
     def subscribe(self, conn: Connection, channels: Iterable[str]) -> None:
         self.hub.subscribe(conn, channels)
 
-    def publish(self, event: m.Event, channels: Iterable[str], sender: Connection | None) -> int:
+    def publish(self, event: m.Event, channels: tuple[str, ...], sender: Connection) -> None:
         self.stats.published += 1
-        return self.hub.publish(text_frame(self.codec.encode(event)), channels, sender)
+        principal = sender.principal
+        assert principal is not None
+        self.delivery.append(
+            event, channels, principal.identity, publisher=sender, connection_id=sender.id
+        )
 
     def connection_ended(self, conn: Connection) -> None:
         self.connections.discard(conn)

@@ -1,4 +1,4 @@
-"""catsock's SQLite storage: schema, credentials, and connection/message logs.
+"""catsock's SQLite storage: schema, credentials, connection/message logs, the event log.
 
 Plain synchronous code with no trio import: the gateway calls it through trio.to_thread.
 """
@@ -16,6 +16,20 @@ from storage.credentials import (
     verify,
 )
 from storage.db import SCHEMA_VERSION, SchemaVersionError, iso, migrate, open_db
+from storage.events import (
+    LOG_START,
+    EventRow,
+    LedgerRow,
+    StoredEvent,
+    events_by_message_id,
+    ledger_rows,
+    load_cursors,
+    prune_events,
+    read_after,
+    recipients_of,
+)
+from storage.events import commit as commit_events
+from storage.events import head as log_head
 from storage.health import probe_writable
 from storage.logs import (
     ConnectionClosed,
@@ -34,12 +48,15 @@ from storage.logs import (
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
 
 __all__ = [
+    "LOG_START",
     "SCHEMA_VERSION",
     "ConnectionClosed",
     "ConnectionHeartbeat",
     "ConnectionOpened",
     "Credential",
     "CredentialError",
+    "EventRow",
+    "LedgerRow",
     "LogPolicy",
     "LogRow",
     "MessageLogged",
@@ -48,20 +65,29 @@ __all__ = [
     "OutboxError",
     "OutboxStatus",
     "SchemaVersionError",
+    "StoredEvent",
     "close_dangling",
+    "commit_events",
     "create_token",
     "data_version",
+    "events_by_message_id",
     "generate_token",
     "hash_token",
     "iso",
+    "ledger_rows",
     "list_tokens",
     "load_active",
+    "load_cursors",
+    "log_head",
     "migrate",
     "open_db",
     "probe_writable",
     "prune",
+    "prune_events",
+    "read_after",
     "recent_connections",
     "recent_messages",
+    "recipients_of",
     "redact",
     "revoke_token",
     "verify",

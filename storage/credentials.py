@@ -94,6 +94,13 @@ def create_token(
                 f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
                 (name, client_type, user_id, hash_token(token), created_at),
             )
+            # A durable identity is kept every event from now on, even before it
+            # first connects (storage/events.py, LOG_START).
+            db.conn.execute(
+                "INSERT OR REPLACE INTO cursors (identity, channel, seq, updated_at)"
+                " SELECT ?, '*', COALESCE(MAX(seq), 0), ? FROM events",
+                (name, time.time() if now is None else now),
+            )
     except sqlite3.IntegrityError as exc:
         # Names are never reused, even once revoked, so logs keep meaning one client.
         raise CredentialError(f"a credential named {name!r} already exists") from exc

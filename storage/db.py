@@ -59,6 +59,50 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS idx_messages_connection_id ON messages (connection_id)",
         "CREATE INDEX IF NOT EXISTS idx_messages_message_id ON messages (message_id)",
     ),
+    # 2: the event log, durable cursors and the delivery ledger (storage/events.py).
+    (
+        """
+        CREATE TABLE IF NOT EXISTS events (
+            seq INTEGER PRIMARY KEY,
+            message_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            connection_id TEXT,
+            type TEXT NOT NULL,
+            channels TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            body TEXT NOT NULL
+        )
+        """,
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_events_publish ON events (sender, message_id)",
+        "CREATE INDEX IF NOT EXISTS idx_events_message_id ON events (message_id)",
+        "CREATE INDEX IF NOT EXISTS idx_events_created_at ON events (created_at)",
+        """
+        CREATE TABLE IF NOT EXISTS cursors (
+            identity TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (identity, channel)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS idx_cursors_channel ON cursors (channel)",
+        """
+        CREATE TABLE IF NOT EXISTS ledger (
+            id INTEGER PRIMARY KEY,
+            identity TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            connection_id TEXT,
+            at REAL NOT NULL,
+            detail TEXT
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS idx_ledger_identity ON ledger (identity, last_seq)",
+        "CREATE INDEX IF NOT EXISTS idx_ledger_last_seq ON ledger (last_seq)",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -570,9 +570,14 @@ class GatewayPool:
     caused it (and its shrinks). ``tokens`` are (name, client type, user id)."""
 
     def __init__(
-        self, tmp: Path, limits: dict[str, Any], tokens: list[tuple[str, str, str | None]]
+        self,
+        tmp: Path,
+        limits: dict[str, Any],
+        tokens: list[tuple[str, str, str | None]],
+        **overrides: Any,
     ) -> None:
         self.tmp = tmp
+        self.overrides = overrides
         self.limits = {
             "rate_limits_enabled": False,
             "per_identity": {"DASHBOARD": 10_000},
@@ -590,7 +595,7 @@ class GatewayPool:
         self.started += 1
         tmp = self.tmp / f"gateway-{self.started}"
         tmp.mkdir()
-        threaded = ThreadedGateway(tmp, limits=self.limits)
+        threaded = ThreadedGateway(tmp, limits=self.limits, **self.overrides)
         running = threaded.start()
         for name, client_type, user in self.tokens:
             running.token(name, client_type, user)

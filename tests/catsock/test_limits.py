@@ -99,19 +99,24 @@ async def test_allow_list_drops_connections_before_the_handshake(
             pass
 
 
-async def test_slow_consumer_is_disconnected_with_4001(start_gateway: GatewayFactory) -> None:
-    gw = await start_gateway(limits={"send_queue": 20, "rate_limits_enabled": False})
+async def test_slow_non_durable_consumer_is_disconnected_with_4001(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(
+        limits={"send_queue": 20, "rate_limits_enabled": False},
+        delivery={"queue_full_grace": 0},
+    )
     big = {**CONVERSION, "pad": "x" * 30_000}
     with trio.fail_after(30):
-        async with gw.client("CATS") as cats, gw.client("AFAD") as afad:
-            # AFAD stops reading; its socket buffers fill, then its queue.
+        async with gw.client("CATS") as cats, gw.client("DASHBOARD") as dashboard:
+            # The dashboard stops reading; its socket buffers fill, then its queue.
             i = 0
             while gw.gateway.stats.slow_consumers == 0:
                 await cats.send(envelope("conversion", big, "CATS", f"m{i}"))
                 i += 1
                 await cats.send({"type": "ping"})
                 assert (await cats.recv())["type"] == "pong"
-            assert await afad.closed_code() == 4001
+            assert await dashboard.closed_code() == 4001
             # The publisher was never slowed down or cut off.
             await cats.send({"type": "ping"})
             assert (await cats.recv())["type"] == "pong"

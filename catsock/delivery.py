@@ -1,0 +1,485 @@
+"""The event log at run time: number each event, commit a batch, then fan it out.
+
+``Delivery.append`` gives an accepted event the next ``seq`` and queues it; the
+``run`` task commits everything queued in one transaction off the event loop
+(group commit: while one batch is written the next one gathers), together
+with the cursor moves and ledger rows recorded meanwhile. Only after the commit
+is an event fanned out and its publisher answered, so nothing a recipient saw
+can be missing from the log after a crash. docs/delivery.md states the
+guarantees; docs/architecture.md shows where this sits.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import attrs
+import sqlite_utils
+import trio
+
+import storage
+from protocol import Principal, encode
+from protocol import messages as m
+
+from .config import DeliveryConfig
+from .wsadapter import text_frame
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["PRIORITIES", "Delivery", "DeliveryStatistics", "Entry", "Publisher"]
+
+logger = logging.getLogger("catsock.delivery")
+
+T = TypeVar("T")
+
+#: Seed 002's levels: a lower number is more important.
+PRIORITIES: Mapping[str, int] = {"CRITICAL": 1, "HIGH": 2, "NORMAL": 3, "LOW": 4}
+PRIORITY_NAMES: Mapping[int, str] = {v: k for k, v in PRIORITIES.items()}
+#: Cursor moves and ledger rows alone wait this long to share a transaction.
+IDLE_FLUSH = 0.05
+#: A failed commit (disk full, database locked) is retried after this long.
+RETRY_AFTER_FAILURE = 1.0
+MAX_BATCH = 5000
+#: Upper bounds (seconds) of the publish-to-write latency histogram.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Publisher(Protocol):
+    def accepted(self, entry: Entry) -> None:
+        """The entry is committed (or a duplicate of a committed one)."""
+
+
+@attrs.define(slots=True, eq=False)
+class Entry:
+    """One event on its way: committed once, written to many recipients."""
+
+    seq: int
+    type: str
+    message_id: str
+    sender: str  # the publisher's identity
+    channels: tuple[str, ...]
+    priority: int
+    expires_at: float | None
+    body: str
+    publisher: Publisher | None = None
+    connection_id: str | None = None
+    created_at: float = 0.0
+    appended_at: float = math.nan  # trio time, for the latency histogram
+    duplicate_of: int | None = None
+    committed: trio.Event | None = None
+    _frame: bytes | None = None
+    _seq_frame: bytes | None = None
+
+    def frame(self, with_seq: bool) -> bytes:
+        """The WebSocket frame, built once per entry whoever receives it."""
+        if with_seq:
+            if self._seq_frame is None:
+                # The body is a JSON object; seq goes in as its first key.
+                rest = self.body.lstrip()[1:]
+                self._seq_frame = text_frame(f'{{"seq":{self.seq},{rest}')
+            return self._seq_frame
+        if self._frame is None:
+            self._frame = text_frame(self.body)
+        return self._frame
+
+    @property
+    def effective_seq(self) -> int:
+        return self.seq if self.duplicate_of is None else self.duplicate_of
+
+
+@attrs.frozen
+class DeliveryStatistics:
+    head: int
+    pending: int
+    batches: int
+    last_batch_size: int
+    last_commit_seconds: float
+    committed: int
+    duplicates: int
+    expired: int
+    dropped: int
+    replayed: int
+    catchups: int
+    commit_errors: int
+    latency_buckets: tuple[tuple[float, int], ...]  # cumulative, Prometheus style
+    latency_sum: float
+    latency_count: int
+
+
+class Delivery:
+    """Owns the log's writes. ``db`` and ``lock`` are shared with the LogSink, so the
+    two writers take turns on one connection instead of fighting over SQLite's lock."""
+
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        hub: Hub,
+        db: sqlite_utils.Database,
+        lock: trio.Lock,
+        read_path: str,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.enabled = config.log
+        self.hub = hub
+        self._db = db
+        self._lock = lock
+        self._read_path = read_path
+        self._reader: sqlite_utils.Database | None = None
+        self._read_lock = trio.Lock()
+        self._wall = wall_clock
+        self._durable = frozenset(config.durable_types)
+        self._priority = {t: PRIORITIES[p] for t, p in config.priority.items()}
+        self.head = 0
+        self._next = 1
+        self._pending: list[Entry] = []
+        self._cursors: dict[tuple[str, str], int] = {}
+        self._ledger: list[storage.LedgerRow] = []
+        self._wakeup = trio.Event()
+        self._committed = trio.Event()
+        self._room = trio.Event()
+        self.batches = 0
+        self.committed_count = 0
+        self.last_batch_size = 0
+        self.last_commit_seconds = 0.0
+        self.duplicates = 0
+        self.expired = 0
+        self.dropped = 0
+        self.replayed = 0
+        self.catchups = 0
+        self.commit_errors = 0
+        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+
+    # -- policy ------------------------------------------------------------------------
+
+    def is_durable(self, principal: Principal) -> bool:
+        return self.enabled and principal.client_type in self._durable
+
+    def priority(self, event_type: str) -> int:
+        return self._priority.get(event_type, PRIORITIES["NORMAL"])
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def append(
+        self,
+        event: m.Event,
+        channels: tuple[str, ...],
+        sender: str,
+        *,
+        publisher: Publisher | None = None,
+        connection_id: str | None = None,
+    ) -> Entry:
+        """Accept a validated event. With the log on it is committed, then fanned out;
+        with it off it is fanned out now (and ``seq`` stays 0)."""
+        now = self._wall()
+        ttl = self.config.ttl.get(event.type)
+        entry = Entry(
+            seq=0,
+            type=event.type,
+            message_id=event.message_id,
+            sender=sender,
+            channels=channels,
+            priority=self.priority(event.type),
+            expires_at=None if ttl is None else now + ttl,
+            body=event.raw or encode(event),
+            publisher=publisher,
+            connection_id=connection_id,
+            created_at=now,
+            appended_at=trio.current_time(),
+        )
+        if not self.enabled:
+            self.hub.publish(entry)
+            if publisher is not None:
+                publisher.accepted(entry)
+            return entry
+        entry.seq = self._next
+        self._next += 1
+        self._pending.append(entry)
+        self._wakeup.set()
+        return entry
+
+    async def publish(
+        self,
+        event: m.Event,
+        channels: tuple[str, ...],
+        principal: Principal,
+        connection_id: str | None = None,
+    ) -> Entry:
+        """``append`` and wait until committed (the HTTP publish path)."""
+        entry = self.append(event, channels, principal.identity, connection_id=connection_id)
+        if self.enabled:
+            entry.committed = trio.Event()
+            await entry.committed.wait()
+        return entry
+
+    @property
+    def congested(self) -> bool:
+        return len(self._pending) >= self.config.max_pending
+
+    async def room(self) -> None:
+        """Wait until the uncommitted backlog is below ``max_pending`` again."""
+        while self.congested:
+            await self._room.wait()
+
+    # -- cursors and the ledger ------------------------------------------------------------
+
+    def advance(self, identity: str, channels: Iterable[str], seq: int) -> None:
+        """``identity`` has everything on ``channels`` up to ``seq`` (stored with the
+        next commit; cursors never move back)."""
+        if not self.enabled:
+            return
+        for channel in channels:
+            key = (identity, channel)
+            if seq > self._cursors.get(key, -1):
+                self._cursors[key] = seq
+        self._wakeup.set()
+
+    def note(
+        self,
+        identity: str,
+        kind: str,
+        first: int,
+        last: int,
+        connection_id: str | None,
+        detail: str | None = None,
+    ) -> None:
+        """Add a ledger row (written, acked, expired, dropped, duplicate)."""
+        if not (self.enabled and self.config.ledger):
+            return
+        self._ledger.append(
+            storage.LedgerRow(identity, kind, first, last, connection_id, self._wall(), detail)
+        )
+        if len(self._ledger) >= MAX_BATCH:
+            self._wakeup.set()
+
+    def expire(self, entry: Entry, identity: str, connection_id: str | None) -> None:
+        self.expired += 1
+        self.note(identity, "expired", entry.seq, entry.seq, connection_id)
+
+    def drop(self, entry: Entry, identity: str, connection_id: str | None, why: str) -> None:
+        self.dropped += 1
+        self.note(identity, "dropped", entry.seq, entry.seq, connection_id, why)
+
+    def observe_latency(self, entry: Entry) -> None:
+        if math.isnan(entry.appended_at):
+            return
+        seconds = trio.current_time() - entry.appended_at
+        self._latency_sum += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self._latency[i] += 1
+                return
+        self._latency[-1] += 1
+
+    # -- reading the log ---------------------------------------------------------------
+
+    async def start_positions(
+        self,
+        principal: Principal,
+        channels: tuple[str, ...],
+        since: int | None,
+        *,
+        others_online: bool = False,
+    ) -> dict[str, int] | None:
+        """Where a new connection's replay starts, per channel; ``None``: go live now.
+
+        The replay of what a durable identity missed goes to the connection that
+        finds it offline; while another connection of it is open, a new one starts
+        live (the identity is not returning: it never left)."""
+        if not self.enabled:
+            return None
+        if since is not None:
+            return {channel: min(since, self.head) for channel in channels}
+        if not self.is_durable(principal) or others_online:
+            return None
+        identity = principal.identity
+        stored = await self._read(storage.load_cursors, identity)
+        start = stored.get(storage.LOG_START, self.head)
+        # Moves not yet committed (a connection of this identity that just ended)
+        # are newer than what the database says.
+        return {
+            channel: max(stored.get(channel, start), self._cursors.get((identity, channel), -1))
+            for channel in channels
+        }
+
+    async def read(
+        self, positions: Mapping[str, int], exclude_sender: str | None, limit: int
+    ) -> tuple[list[Entry], int]:
+        """Committed events after ``positions`` (see ``storage.read_after``), as entries."""
+        upto = self.head
+        stored, scanned = await self._read(
+            functools.partial(
+                storage.read_after,
+                positions=positions,
+                upto=upto,
+                exclude_sender=exclude_sender,
+                limit=limit,
+            )
+        )
+        self.replayed += len(stored)
+        return [
+            Entry(
+                seq=s.seq,
+                type=s.type,
+                message_id="",
+                sender=s.sender,
+                channels=s.channels,
+                priority=s.priority,
+                expires_at=s.expires_at,
+                body=s.body,
+            )
+            for s in stored
+        ], scanned
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once the committed head is past ``seq``."""
+        while self.head <= seq:
+            await self._committed.wait()
+
+    async def _read(self, func: Callable[..., T], *args: object) -> T:
+        async with self._read_lock:
+            if self._reader is None:
+                self._reader = await trio.to_thread.run_sync(storage.open_db, self._read_path)
+            return await trio.to_thread.run_sync(func, self._reader, *args)
+
+    # -- the writer task ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit batches until cancelled; then commit what is left (bounded)."""
+        if self.enabled:
+            self.head = await trio.to_thread.run_sync(storage.log_head, self._db)
+            self._next = self.head + 1
+        task_status.started()
+        next_prune = trio.current_time()
+        try:
+            while True:
+                if self.enabled and trio.current_time() >= next_prune:
+                    await self._prune()
+                    next_prune = trio.current_time() + 60.0
+                if not (self._pending or self._cursors or self._ledger):
+                    self._wakeup = trio.Event()
+                    with trio.move_on_at(next_prune):
+                        await self._wakeup.wait()
+                    continue
+                if not self._pending:
+                    await trio.sleep(IDLE_FLUSH)
+                if not await self._commit_next():
+                    await trio.sleep(RETRY_AFTER_FAILURE)
+        finally:
+            with trio.move_on_after(5.0, shield=True):
+                await self.flush()
+            if self._reader is not None:
+                self._reader.close()
+
+    async def flush(self) -> None:
+        """Commit everything appended or recorded so far."""
+        while self._pending or self._cursors or self._ledger:
+            if not await self._commit_next():
+                return
+
+    async def _commit_next(self) -> bool:
+        async with self._lock:
+            # Shielded: rows taken out of the buffers must reach the database or be
+            # put back, never vanish with a cancellation.
+            with trio.CancelScope(shield=True):
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                cursors, self._cursors = self._cursors, {}
+                ledger, self._ledger = self._ledger, []
+                rows = [
+                    storage.EventRow(
+                        e.seq, e.message_id, e.sender, e.connection_id, e.type, e.channels,
+                        e.priority, e.created_at, e.expires_at, e.body,
+                    )
+                    for e in batch
+                ]
+                started = time.perf_counter()
+                try:
+                    duplicates = await trio.to_thread.run_sync(
+                        storage.commit_events, self._db, rows, cursors, ledger
+                    )
+                except Exception as exc:
+                    self.commit_errors += 1
+                    logger.warning("event log: commit of %d events failed: %s", len(batch), exc)
+                    self._pending[:0] = batch
+                    for key, seq in cursors.items():
+                        self._cursors[key] = max(seq, self._cursors.get(key, -1))
+                    self._ledger[:0] = ledger
+                    return False
+        self.last_commit_seconds = time.perf_counter() - started
+        self.last_batch_size = len(batch)
+        self.batches += 1
+        self._after_commit(batch, duplicates)
+        return True
+
+    def _after_commit(self, batch: list[Entry], duplicates: Mapping[int, int]) -> None:
+        # Synchronous from here to the end: the head moves and each event fans out
+        # in seq order with no await between, which is what lets a catching-up
+        # connection switch to live without a gap (connection.py).
+        for entry in batch:
+            earlier = duplicates.get(entry.seq)
+            if earlier is None:
+                self.head = entry.seq
+                self.committed_count += 1
+                self.hub.publish(entry)
+            else:
+                entry.duplicate_of = earlier
+                self.duplicates += 1
+                self.note(entry.sender, "duplicate", earlier, earlier, entry.connection_id)
+            if entry.publisher is not None:
+                entry.publisher.accepted(entry)
+            if entry.committed is not None:
+                entry.committed.set()
+        self._committed.set()
+        self._committed = trio.Event()
+        if not self.congested:
+            self._room.set()
+            self._room = trio.Event()
+
+    async def _prune(self) -> None:
+        config = self.config
+        prune = functools.partial(
+            storage.prune_events,
+            self._db,
+            max_age=config.retention_days * 86400,
+            max_rows=config.retention_rows,
+        )
+        async with self._lock:
+            try:
+                deleted = await trio.to_thread.run_sync(prune)
+            except Exception as exc:
+                logger.warning("event log: pruning failed: %s", exc)
+                return
+        logger.debug("pruned %d event log rows", deleted)
+
+    def statistics(self) -> DeliveryStatistics:
+        cumulative, total = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, math.inf), self._latency, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        return DeliveryStatistics(
+            head=self.head,
+            pending=len(self._pending),
+            batches=self.batches,
+            last_batch_size=self.last_batch_size,
+            last_commit_seconds=self.last_commit_seconds,
+            committed=self.committed_count,
+            duplicates=self.duplicates,
+            expired=self.expired,
+            dropped=self.dropped,
+            replayed=self.replayed,
+            catchups=self.catchups,
+            commit_errors=self.commit_errors,
+            latency_buckets=tuple(cumulative),
+            latency_sum=self._latency_sum,
+            latency_count=total,
+        )
+

@@ -1,0 +1,259 @@
+"""The event log, durable cursors and the delivery ledger (docs/delivery.md).
+
+The gateway numbers events (``seq``) in memory and commits them here in batches,
+together with the cursor moves and ledger rows gathered meanwhile, in one
+transaction (`commit`). A retried publish is recognised by the unique
+(sender, message_id) pair and is reported back instead of stored twice.
+Reads (`read_after`, `load_cursors`, ledger queries) use their own connection.
+Times are Unix seconds (REAL): compact, and cheap to write on the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import attrs
+import sqlite_utils
+
+__all__ = [
+    "LOG_START",
+    "EventRow",
+    "LedgerRow",
+    "StoredEvent",
+    "commit",
+    "events_by_message_id",
+    "head",
+    "ledger_rows",
+    "load_cursors",
+    "prune_events",
+    "read_after",
+    "recipients_of",
+]
+
+#: The cursor "channel" that says where an identity starts on channels it has no
+#: cursor for yet: set to the log's head when its token is created.
+LOG_START = "*"
+
+
+@attrs.frozen(slots=True)
+class EventRow:
+    seq: int
+    message_id: str
+    sender: str  # the publisher's identity
+    connection_id: str | None
+    type: str
+    channels: tuple[str, ...]
+    priority: int
+    created_at: float
+    expires_at: float | None
+    body: str  # the envelope exactly as published
+
+
+@attrs.frozen(slots=True)
+class LedgerRow:
+    """What happened to events ``first_seq..last_seq`` for one recipient identity.
+
+    ``kind`` is written, acked, expired, dropped or duplicate. A range covers
+    only the events routed to that identity within it (writes go in seq order).
+    """
+
+    identity: str
+    kind: str
+    first_seq: int
+    last_seq: int
+    connection_id: str | None
+    at: float
+    detail: str | None = None
+
+
+@attrs.frozen(slots=True)
+class StoredEvent:
+    seq: int
+    type: str
+    sender: str
+    channels: tuple[str, ...]
+    priority: int
+    expires_at: float | None
+    body: str
+
+
+def head(db: sqlite_utils.Database) -> int:
+    """The highest committed seq (0 for an empty log)."""
+    row = db.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+    return int(row[0])
+
+
+def commit(
+    db: sqlite_utils.Database,
+    events: Sequence[EventRow],
+    cursors: Mapping[tuple[str, str], int],
+    ledger: Sequence[LedgerRow],
+    *,
+    now: float | None = None,
+) -> dict[int, int]:
+    """Write one batch in one transaction; meant for a worker thread.
+
+    Returns ``{seq: earlier_seq}`` for every event that repeats an earlier
+    (sender, message_id): those are not stored again.
+    """
+    duplicates: dict[int, int] = {}
+    stamp = time.time() if now is None else now
+    conn = db.conn
+    with db.atomic():
+        for e in events:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO events (seq, message_id, sender, connection_id, type,"
+                " channels, priority, created_at, expires_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.seq, e.message_id, e.sender, e.connection_id, e.type, " ".join(e.channels),
+                 e.priority, e.created_at, e.expires_at, e.body),
+            )
+            if cur.rowcount == 0:
+                earlier = conn.execute(
+                    "SELECT seq FROM events WHERE sender = ? AND message_id = ?",
+                    (e.sender, e.message_id),
+                ).fetchone()
+                duplicates[e.seq] = int(earlier[0])
+        if cursors:
+            # Cursors only move forward, whatever order moves arrive in.
+            conn.executemany(
+                "INSERT INTO cursors (identity, channel, seq, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (identity, channel) DO UPDATE"
+                " SET seq = MAX(seq, excluded.seq), updated_at = excluded.updated_at",
+                [(identity, channel, seq, stamp) for (identity, channel), seq in cursors.items()],
+            )
+        if ledger:
+            conn.executemany(
+                "INSERT INTO ledger (identity, kind, first_seq, last_seq, connection_id, at,"
+                " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [attrs.astuple(row) for row in ledger],
+            )
+    return duplicates
+
+
+def load_cursors(db: sqlite_utils.Database, identity: str) -> dict[str, int]:
+    """``{channel: seq}`` for ``identity``, ``LOG_START`` included if set."""
+    rows = db.conn.execute(
+        "SELECT channel, seq FROM cursors WHERE identity = ?", (identity,)
+    ).fetchall()
+    return {channel: int(seq) for channel, seq in rows}
+
+
+def read_after(
+    db: sqlite_utils.Database,
+    positions: Mapping[str, int],
+    *,
+    upto: int,
+    exclude_sender: str | None,
+    limit: int,
+) -> tuple[list[StoredEvent], int]:
+    """Events on ``positions``' channels after each channel's seq, up to ``upto``.
+
+    Returns the events (at most ``limit``, in seq order) and the last seq
+    examined: pass it back as the position to go on. Events from
+    ``exclude_sender`` are skipped (nobody receives its own events).
+    """
+    start = min(positions.values(), default=upto)
+    found: list[StoredEvent] = []
+    scanned = start
+    while scanned < upto and len(found) < limit:
+        rows = db.conn.execute(
+            "SELECT seq, type, sender, channels, priority, expires_at, body FROM events"
+            " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (scanned, upto, max(limit, 256)),
+        ).fetchall()
+        if not rows:
+            scanned = upto
+            break
+        for seq, type_, sender, channels_text, priority, expires_at, body in rows:
+            scanned = seq
+            channels = tuple(channels_text.split())
+            if sender != exclude_sender and any(
+                c in positions and seq > positions[c] for c in channels
+            ):
+                found.append(StoredEvent(seq, type_, sender, channels, priority, expires_at, body))
+                if len(found) >= limit:
+                    break
+    return found, scanned
+
+
+def prune_events(
+    db: sqlite_utils.Database,
+    *,
+    max_age: float | None,
+    max_rows: int | None,
+    now: float | None = None,
+) -> int:
+    """Apply retention to the log and the ledger; returns the rows deleted.
+
+    The newest event always stays, so the next seq after a restart is never
+    one that a cursor has already passed.
+    """
+    deleted = 0
+    conn = db.conn
+    with db.atomic():
+        newest = head(db)
+        if max_age is not None:
+            cut = (time.time() if now is None else now) - max_age
+            deleted += conn.execute(
+                "DELETE FROM events WHERE created_at < ? AND seq < ?", (cut, newest)
+            ).rowcount
+            deleted += conn.execute("DELETE FROM ledger WHERE at < ?", (cut,)).rowcount
+        if max_rows is not None:
+            deleted += conn.execute(
+                "DELETE FROM events WHERE seq < ? AND seq <="
+                " (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (newest, max(max_rows, 1)),
+            ).rowcount
+            oldest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            if oldest is not None:
+                deleted += conn.execute(
+                    "DELETE FROM ledger WHERE last_seq < ?", (oldest,)
+                ).rowcount
+    return deleted
+
+
+# -- queries for the ledger CLI ---------------------------------------------------------
+
+
+def events_by_message_id(db: sqlite_utils.Database, message_id: str) -> list[dict[str, Any]]:
+    """Every logged event with this ``message_id`` (one per publishing identity)."""
+    return list(
+        db.query(
+            "SELECT seq, message_id, sender, connection_id, type, channels, priority,"
+            " created_at, expires_at FROM events WHERE message_id = ? ORDER BY seq",
+            [message_id],
+        )
+    )
+
+
+def ledger_rows(
+    db: sqlite_utils.Database, seq: int, identity: str | None = None
+) -> list[dict[str, Any]]:
+    """Ledger rows whose range covers ``seq`` (for one identity, or all)."""
+    sql = "SELECT * FROM ledger WHERE last_seq >= ? AND first_seq <= ?"
+    params: list[Any] = [seq, seq]
+    if identity is not None:
+        sql += " AND identity = ?"
+        params.append(identity)
+    return list(db.query(sql + " ORDER BY at, id", params))
+
+
+def recipients_of(
+    db: sqlite_utils.Database, channels: Collection[str]
+) -> list[dict[str, Any]]:
+    """Durable cursors on any of ``channels``: who the log keeps this event for."""
+    wanted = list(channels)
+    if not wanted:
+        return []
+    marks = ", ".join("?" for _ in wanted)
+    return list(
+        db.query(
+            f"SELECT identity, channel, seq, updated_at FROM cursors WHERE channel IN ({marks})"
+            " ORDER BY identity, channel",
+            wanted,
+        )
+    )
+

@@ -1,4 +1,4 @@
-"""The command line: ``python -m catsock serve | config | token | logs | conformance``.
+"""The command line: ``python -m catsock serve | config | token | logs | ledger | conformance``.
 
 Every command takes ``--config FILE`` (or ``$CATSOCK_CONFIG``); settings then
 come from ``CATSOCK_*`` variables and the command's own flags, in that order.
@@ -266,6 +266,44 @@ def logs(
     click.echo("  ".join(c.upper() for c in columns))
     for row in rows:
         click.echo("  ".join("-" if row.get(c) is None else str(row[c]) for c in columns))
+
+
+@main.command()
+@_config_option
+@_database_option
+@click.argument("message_id")
+@click.option("--recipient", "-r", help="Only this recipient (a token name).")
+def ledger(
+    config_path: str | None, database: str | None, message_id: str, recipient: str | None
+) -> None:
+    """What happened to MESSAGE_ID: accepted, routed, written, acked, expired, dropped.
+
+    Exits 1 when the event log has no such message.
+    """
+    from .ledger import explain
+
+    config = _load(config_path, _flags(database=database))
+    db = _open(config_path, database)
+    stories = explain(
+        db, message_id, recipient=recipient, durable_types=config.delivery.durable_types
+    )
+    if not stories:
+        seen = storage.recent_messages(db, message_id=message_id, direction="in", limit=1)
+        why = (
+            "it reached the gateway but was refused (see `python -m catsock logs`)"
+            if seen
+            else "never accepted, or pruned after delivery.retention_days"
+        )
+        click.echo(f"no event with message_id {message_id!r} in the log: {why}", err=True)
+        sys.exit(1)
+    for story in stories:
+        click.echo(f"message {message_id}")
+        for line in story.lines:
+            click.echo(f"  {line}")
+        for name, facts in story.recipients.items():
+            click.echo(f"  {name}:")
+            for fact in facts:
+                click.echo(f"    {fact}")
 
 
 class _UsageProblem(click.ClickException):

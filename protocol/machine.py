@@ -245,7 +245,8 @@ class ConnectionMachine:
         if self.state in (State.AUTHENTICATING, State.CLOSED):
             self._move(kind)  # raises: the runtime must settle auth / stop feeding first
         if self.state is State.ACTIVE:
-            limited = self._charge()
+            # A refused publish names its message_id, so a client knows what to retry.
+            limited = self._charge(message.message_id if isinstance(message, m.Event) else None)
             if limited is not None:
                 return limited
         elif self.state is State.AWAITING_AUTH and kind is not Input.AUTH:
@@ -391,7 +392,7 @@ class ConnectionMachine:
             return [self._reply(error)]
         return [self._error(ErrorCode.AUTH_REQUIRED, "authentication required")]
 
-    def _charge(self) -> list[Action] | None:
+    def _charge(self, message_id: str | None = None) -> list[Action] | None:
         """Take a token from every bucket; ``None`` if the message may pass."""
         if not self._buckets:
             return None
@@ -412,7 +413,9 @@ class ConnectionMachine:
         self._move(Input.RATE_LIMITED)
         # Rounded up to the millisecond: a client that waits this long gets through.
         retry = math.ceil(wait * 1000) / 1000
-        return [self._error(ErrorCode.RATE_LIMIT_EXCEEDED, "rate limit exceeded", None, retry)]
+        return [
+            self._error(ErrorCode.RATE_LIMIT_EXCEEDED, "rate limit exceeded", message_id, retry)
+        ]
 
     def _auth(self, message: m.Auth) -> list[Action]:
         if self.state is State.ACTIVE:

@@ -126,7 +126,7 @@ class Accepted:
     type: ClassVar[str] = "accepted"
     message_id: str
     seq: int
-    duplicate: bool = False
+    duplicate: bool
     timestamp: str | None = None
 
 

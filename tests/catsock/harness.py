@@ -9,7 +9,8 @@ must misbehave at the frame level (ignore pings, send broken frames).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,11 @@ class GatewayFactory:
         }
         return load_config(environ={}, overrides=_deep_merge(base, overrides))
 
-    async def __call__(self, **overrides: Any) -> RunningGateway:
+    async def __call__(
+        self, *, wall_clock: Callable[[], float] = time.time, **overrides: Any
+    ) -> RunningGateway:
         config = self.config(**overrides)
-        gateway = Gateway(config)
+        gateway = Gateway(config, wall_clock=wall_clock)
         _, port = await self._nursery.start(gateway.serve)
         return RunningGateway(gateway, port, Path(config.database), {})
 

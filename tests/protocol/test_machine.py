@@ -247,14 +247,14 @@ class Model(RuleBasedStateMachine):
         self.rate = self.tokens = self.burst = self.spare = 0.0  # spare: the abuse allowance
         self.deadline, self.silence = 1010.0, math.inf  # auth within 10 s; heartbeat silence
 
-    def charge(self) -> tuple[Expected, Input] | None:
+    def charge(self, message_id: str | None = None) -> tuple[Expected, Input] | None:
         if not self.limited or self.tokens >= 1:
             self.tokens -= self.limited
             return None
         if self.spare >= 1:
             self.spare -= 1
             retry = math.ceil((1 - self.tokens) / self.rate * 1000) / 1000  # whole ms, up
-            return [err(E.RATE_LIMIT_EXCEEDED, None, retry)], IN.RATE_LIMITED
+            return [err(E.RATE_LIMIT_EXCEEDED, message_id, retry)], IN.RATE_LIMITED
         self.phase = CLOSED
         return [err(E.RATE_LIMIT_EXCEEDED), ("close", POLICY)], IN.FATAL
 
@@ -289,7 +289,8 @@ class Model(RuleBasedStateMachine):
         if self.phase is AWAITING and kind is not IN.AUTH:
             expected, kind = self.strike(err(E.AUTH_REQUIRED), kind)
         elif self.phase in (AWAITING, ACTIVE):
-            expected, kind = (self.charge() if self.phase is ACTIVE else None) or answer()
+            mid = message.message_id if isinstance(message, p.Event) else None
+            expected, kind = (self.charge(mid) if self.phase is ACTIVE else None) or answer()
         self.check(lambda: self.machine.receive(message), expected, kind)
 
     @rule(quarters=st.integers(0, 16) | st.sampled_from([40, 120]))
@@ -422,7 +423,7 @@ def test_acks_negotiated_turn_acks_into_acknowledge_actions() -> None:
 
 def test_accepted_from_a_client_is_refused_like_auth_success() -> None:
     machine, _ = machine_in(C)
-    refused = machine.receive(p.Accepted(message_id="m", seq=1))
+    refused = machine.receive(p.Accepted(message_id="m", seq=1, duplicate=False))
     assert summaries(refused) == [err(E.INVALID_MESSAGE)]
 
 

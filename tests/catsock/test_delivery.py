@@ -1,0 +1,235 @@
+"""Delivery through a real gateway (docs/delivery.md): the log, cursors, acks, dedup.
+
+Each test runs a gateway in-process on a real SQLite file and talks to it over
+loopback. "Nothing else arrived" is checked with a ping barrier: a pong comes
+after everything queued for that connection before the ping was read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import storage
+from catsock.ledger import explain
+
+from .harness import CONVERSION, Client, GatewayFactory, RunningGateway, envelope
+
+ACKS: dict[str, Any] = {"acks": {}}
+ACKS_RESUME: dict[str, Any] = {"acks": {}, "resume": {}}
+ALERT = {"fraud_type": "click_flood", "details": {"n": 1}}
+
+
+def conversion(message_id: str, **extra: Any) -> str:
+    return envelope("conversion", {**CONVERSION, **extra}, "CATS", message_id)
+
+
+async def until_pong(client: Client) -> list[dict[str, Any]]:
+    """Everything that arrives before the pong of a fresh ping."""
+    await client.send({"type": "ping"})
+    got = []
+    while (message := await client.recv())["type"] != "pong":
+        got.append(message)
+    return got
+
+
+async def publish_all(cats: Client, texts: list[str]) -> None:
+    for text in texts:
+        await cats.send(text)
+    assert await until_pong(cats) == []  # committed and fanned out by now
+
+
+async def restart(start_gateway: GatewayFactory, gw: RunningGateway) -> RunningGateway:
+    await gw.gateway.shutdown()
+    again = await start_gateway(database=str(gw.database))
+    again.tokens.update(gw.tokens)
+    return again
+
+
+async def test_durable_recipient_gets_what_it_missed_in_order_then_live(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    texts = [conversion(f"m{i}") for i in range(5)]
+    with trio.fail_after(20):
+        async with gw.client("AFAD"):
+            pass  # AFAD has been here; now it is away
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, texts)
+            # A seed client (no extensions): the missed events follow auth_success,
+            # verbatim and in order, then live ones.
+            async with gw.client("AFAD") as afad:
+                assert [await afad.recv_text() for _ in texts] == texts
+                live = conversion("live")
+                await cats.send(live)
+                assert await afad.recv_text() == live
+                assert await until_pong(afad) == []
+
+
+async def test_recipient_offline_for_the_whole_stream_gets_all_of_it(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    gw.token("afad", "AFAD")  # created before the stream, never connected during it
+    texts = [conversion(f"m{i}") for i in range(50)]
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, texts)
+        async with gw.client("AFAD") as afad:
+            assert [await afad.recv_text() for _ in texts] == texts
+            assert await until_pong(afad) == []
+
+
+async def test_acked_publish_is_idempotent_across_a_restart(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(20):
+        async with gw.client("CATS", extensions=ACKS) as cats, gw.client("AFAD") as afad:
+            assert cats.auth_reply is not None
+            assert cats.auth_reply["extensions"]["acks"] == {}
+            await cats.send(conversion("once"))
+            first = await cats.recv()
+            assert first["type"] == "accepted"
+            assert (first["message_id"], first["duplicate"]) == ("once", False)
+            await cats.send(conversion("once"))  # a retry after a lost answer
+            again = await cats.recv()
+            assert (again["seq"], again["duplicate"]) == (first["seq"], True)
+            assert [m["message_id"] for m in await until_pong(afad)] == ["once"]
+        gw = await restart(start_gateway, gw)
+        async with gw.client("CATS", extensions=ACKS) as cats, gw.client("AFAD") as afad:
+            await cats.send(conversion("once"))
+            after = await cats.recv()
+            assert (after["seq"], after["duplicate"]) == (first["seq"], True)
+            assert await until_pong(afad) == []
+    await gw.gateway.delivery.flush()
+    (story,) = explain(storage.open_db(gw.database), "once")
+    assert story.event["seq"] == first["seq"]
+    assert any("written to" in fact for fact in story.recipients["afad"])
+
+
+async def test_unacked_events_are_redelivered_after_reconnect(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    texts = [conversion(f"m{i}") for i in range(4)]
+    with trio.fail_after(20):
+        async with gw.client("AFAD", extensions=ACKS_RESUME):
+            pass
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, texts)
+        async with gw.client("AFAD", extensions=ACKS_RESUME) as afad:
+            raw = [await afad.recv_text() for _ in texts]
+            seqs = [json.loads(r)["seq"] for r in raw]
+            # seq is the first key; the rest is the publisher's text, byte for byte.
+            assert raw == [f'{{"seq":{n},{t[1:]}' for n, t in zip(seqs, texts, strict=True)]
+            assert seqs == sorted(set(seqs))
+            await afad.send({"type": "ack", "seq": seqs[1]})
+            assert await until_pong(afad) == []
+        async with gw.client("AFAD", extensions=ACKS_RESUME) as afad:
+            assert afad.auth_reply is not None
+            assert afad.auth_reply["extensions"]["resume"]["since"] == seqs[1]
+            again = [json.loads(await afad.recv_text()) for _ in range(2)]
+            assert [a["seq"] for a in again] == seqs[2:]
+            assert [a["message_id"] for a in again] == ["m2", "m3"]
+            await afad.send({"type": "ack", "seq": seqs[3]})
+            assert await until_pong(afad) == []
+        async with gw.client("AFAD", extensions=ACKS_RESUME) as afad:
+            assert await until_pong(afad) == []  # everything acked: nothing again
+
+
+async def test_ack_needs_the_extension(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(10):
+        async with gw.client("AFAD") as afad:
+            await afad.send({"type": "ack", "seq": 1})
+            reply = await afad.recv()
+            assert reply["payload"]["error_code"] == "INVALID_MESSAGE"
+
+
+async def test_expired_events_are_not_delivered_and_are_recorded(
+    start_gateway: GatewayFactory,
+) -> None:
+    now = [1_800_000_000.0]
+    gw = await start_gateway(wall_clock=lambda: now[0], delivery={"ttl": {"conversion": 60}})
+    with trio.fail_after(20):
+        async with gw.client("AFAD"):
+            pass
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion("stale")])
+            now[0] += 61
+            fresh = conversion("fresh")
+            await publish_all(cats, [fresh])
+        async with gw.client("AFAD") as afad:
+            assert await afad.recv_text() == fresh
+            assert await until_pong(afad) == []
+    assert gw.gateway.delivery.expired == 1
+    await gw.gateway.delivery.flush()
+    (story,) = explain(storage.open_db(gw.database), "stale")
+    assert any("expired" in fact for fact in story.recipients["afad"])
+
+
+async def test_a_slow_durable_recipient_catches_up_from_the_log(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(limits={"send_queue": 5, "rate_limits_enabled": False})
+    pad = "x" * 20_000
+    texts = [conversion(f"m{i}", pad=pad) for i in range(200)]
+    with trio.fail_after(60):
+        async with gw.client("CATS") as cats, gw.client("AFAD") as afad:
+            # AFAD reads nothing meanwhile: its socket buffers fill, then its queue.
+            await publish_all(cats, texts)
+            assert gw.gateway.delivery.catchups >= 1
+            (conn,) = [c for c in gw.gateway.connections if c.principal.identity == "afad"]
+            assert len(conn._queue) <= 5 + 1
+            assert [await afad.recv_text() for _ in texts] == texts
+            assert await until_pong(afad) == []
+    assert gw.gateway.stats.slow_consumers == 0
+
+
+async def test_a_slow_dashboard_sheds_low_priority_events_first(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(
+        limits={"send_queue": 10, "rate_limits_enabled": False},
+        delivery={"queue_full_grace": 3600},
+    )
+    pad = "x" * 20_000
+    texts = []
+    for i in range(60):
+        texts.append(envelope("stats_update", {"clicks": i, "pad": pad}, "CATS", f"stats-{i}"))
+        if i % 8 == 7:
+            # Fewer CRITICAL events than the queue holds: a LOW one can always go instead.
+            texts.append(envelope("fraud_alert", {**ALERT, "pad": pad}, "CATS", f"alert-{i}"))
+    with trio.fail_after(60):
+        async with gw.client("CATS") as cats, gw.client("DASHBOARD") as dash:
+            await publish_all(cats, texts)
+            got = [m["message_id"] for m in await until_pong(dash)]
+    assert gw.gateway.delivery.dropped > 0
+    assert [g for g in got if g.startswith("alert-")] == [f"alert-{i}" for i in range(7, 60, 8)]
+    assert len([g for g in got if g.startswith("stats-")]) < 60
+    dropped = next(f"stats-{i}" for i in range(60) if f"stats-{i}" not in got)
+    await gw.gateway.delivery.flush()
+    (story,) = explain(storage.open_db(gw.database), dropped)
+    assert any("dropped" in fact and "LOW" in fact for fact in story.recipients["dashboard"])
+
+
+async def test_ledger_says_why_a_recipient_did_not_get_an_event(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = await start_gateway()
+    gw.token("afad", "AFAD")
+    gw.token("user-7", "DASHBOARD", "7")
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion("x1")])
+    db = storage.open_db(gw.database)
+    (story,) = explain(db, "x1")
+    assert "conversion from cats" in story.lines[0]
+    assert "waiting in the log for afad" in story.recipients["afad"][0]
+    (only,) = explain(db, "x1", recipient="user-7")
+    assert "not routed to user-7" in only.recipients["user-7"][0]
+    assert explain(db, "no-such-message") == []

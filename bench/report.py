@@ -422,13 +422,13 @@ def to_markdown(run: dict[str, Any]) -> str:
             "server CPU",
             "generator CPU",
             "cpu-wait",
-            "vs log off",
+            "vs live (no logs)",
             "seed target",
         ]
         off = {
             r["params"]["subscribers"]: r["metrics"]
             for r in by["durability"]
-            if r["params"]["log_policy"] == "off" and r["metrics"]
+            if r["params"]["log_policy"] == "live" and r["metrics"]
         }
         rows = []
         for r in by["durability"]:
@@ -442,7 +442,7 @@ def to_markdown(run: dict[str, Any]) -> str:
                 continue
             base = off.get(m["subscribers"])
             ratio = "—"
-            if base and r["params"]["log_policy"] != "off" and base["deliveries_per_s"]:
+            if base and r["params"]["log_policy"] != "live" and base["deliveries_per_s"]:
                 change = m["deliveries_per_s"] / base["deliveries_per_s"] - 1
                 ratio = f"{change:+.0%} deliveries/s"
             rows.append(

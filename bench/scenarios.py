@@ -26,6 +26,15 @@ __all__ = ["SCENARIOS", "Plan", "Runner"]
 
 SCENARIOS = ("throughput", "latency", "storm", "memory", "durability")
 
+#: What the durability scenario compares, as catsock settings: "full" is the
+#: default (event log, and message log with payloads); "off" keeps the event log
+#: but no message rows; "live" keeps neither (no seq, replay, dedup: a relay).
+DURABILITY_MODES: dict[str, dict[str, str]] = {
+    "full": {"CATSOCK_LOG__POLICY": "full"},
+    "off": {"CATSOCK_LOG__POLICY": "off"},
+    "live": {"CATSOCK_LOG__POLICY": "off", "CATSOCK_DELIVERY__LOG": "false"},
+}
+
 
 @dataclass
 class Plan:
@@ -101,7 +110,7 @@ class Plan:
         if scenario == "durability":
             return [
                 {"log_policy": policy, "publishers": self.publishers, "subscribers": s}
-                for policy in ("full", "off")
+                for policy in DURABILITY_MODES
                 for s in self.durability_subscribers
             ]
         raise ValueError(f"unknown scenario {scenario!r}")
@@ -180,9 +189,9 @@ class Runner:
             for peer in peers:
                 params = [p for s, q, p in self._steps if s == scenario and q == peer]
                 if scenario == "durability":
-                    for policy in ("full", "off"):
+                    for policy, env in DURABILITY_MODES.items():
                         mine = [p for p in params if p["log_policy"] == policy]
-                        await self._scenario(scenario, peer, mine, {"CATSOCK_LOG__POLICY": policy})
+                        await self._scenario(scenario, peer, mine, {**env, "MODE": policy})
                 else:
                     await self._scenario(scenario, peer, params, {})
 
@@ -190,7 +199,8 @@ class Runner:
         self, scenario: str, peer: str, steps: list[dict[str, Any]], env: dict[str, str]
     ) -> None:
         spec = PEERS[peer]
-        tag = f"{peer}-{scenario}" + (f"-{env['CATSOCK_LOG__POLICY']}" if env else "")
+        env = dict(env)
+        tag = f"{peer}-{scenario}" + (f"-{env.pop('MODE')}" if env else "")
         server: Server | None = None
         try:
             server = await Server.start(

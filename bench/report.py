@@ -462,7 +462,7 @@ def to_markdown(run: dict[str, Any]) -> str:
                 ]
             )
         out += [
-            "## 5. Durability cost (catsock, message log full vs off)",
+            "## 5. Durability cost (catsock: both logs, event log only, live relay with no logs)",
             "",
             _table(header, rows),
             "",

@@ -57,6 +57,8 @@ logger = logging.getLogger("catsock.connection")
 CLOSE_GRACE = 5.0
 #: At most one heartbeat row per connection per this many seconds in the log.
 HEARTBEAT_LOG_EVERY = 60.0
+#: Writes within this many seconds share one "written" ledger row.
+LEDGER_SPAN = 1.0
 
 
 class Connection:
@@ -88,6 +90,7 @@ class Connection:
         self._positions: dict[str, int] | None = None  # not None: catching up
         self._written = 0  # the highest seq written (or expired) for this connection
         self._acked = 0
+        self._range: tuple[int, int, float] | None = None  # written, not yet in the ledger
         # A pong answers after everything before it: this connection's earlier
         # publishes are committed and fanned out, and its first replay is queued.
         self._uncommitted = 0
@@ -205,6 +208,7 @@ class Connection:
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._reader, nursery)
         finally:
+            self._note_range()
             self.gateway.connection_ended(self)
             if self.machine.state is not State.CLOSED:
                 self.machine.closed()
@@ -313,6 +317,12 @@ class Connection:
             self._replaying = True
             self._writer_lot.unpark()
 
+    def _note_range(self) -> None:
+        if self._range is not None and self._identity is not None:
+            first, last, _ = self._range
+            self.gateway.delivery.note(self._identity, "written", first, last, self.id)
+        self._range = None
+
     def _acknowledge(self, seq: int) -> None:
         # Only what was written can be acked; an ack never moves anything back.
         seq = min(seq, self._written)
@@ -369,7 +379,14 @@ class Connection:
             return
         self._written = max(self._written, last)
         if first:
-            delivery.note(self._identity, "written", first, last, self.id)
+            # One ledger row per connection per LEDGER_SPAN seconds, not per write: a
+            # range says "everything routed here in it was written", so ranges join.
+            now = trio.current_time()
+            if self._range is not None and now - self._range[2] < LEDGER_SPAN:
+                self._range = (self._range[0], last, self._range[2])
+            else:
+                self._note_range()
+                self._range = (first, last, now)
         if self._durable and not self._acks:
             delivery.advance(self._identity, self._channels, last)
         for item in batch:
@@ -407,6 +424,7 @@ class Connection:
                 elif self._positions is not None:
                     await self._catch_up(self._positions)
                 else:
+                    self._note_range()  # idle: let the ledger know now
                     await self._writer_lot.park()
             self.close_code, self.close_reason = self._close.code, self._close.reason
             await self.ws.aclose(self._close.code, self._close.reason)

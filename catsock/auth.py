@@ -76,6 +76,19 @@ class Authenticator:
             return Principal(f"shared:{client_type}", client_type)
         return None
 
+    async def identify(self, token: str, shared_as: str | None = None) -> Principal | None:
+        """The principal for a good token, whatever its client type (HTTP requests name
+        none: the credential does). The seed's shared token carries no type, so it
+        passes only with ``shared_as``, a known client type the caller claims."""
+        credential = storage.verify(self._active, token)
+        if credential is None and await self.refresh():
+            credential = storage.verify(self._active, token)
+        if credential is not None:
+            return Principal(credential.name, credential.client_type, credential.user_id)
+        if shared_as is not None:
+            return await self.verify(token, shared_as)
+        return None
+
     def is_active(self, identity: str) -> bool:
         """Whether ``identity`` still has an unrevoked token (shared ones always do)."""
         if identity.startswith("shared:"):

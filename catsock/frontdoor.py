@@ -341,6 +341,10 @@ class FrontDoor:
             elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
                 return b"".join(chunks)
             elif event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    # curl and PHP's curl ask before sending a body over 1 KiB.
+                    go_on = conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    await stream.send_all(go_on or b"")
                 try:
                     conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
                 except trio.BrokenResourceError:

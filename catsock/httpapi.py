@@ -8,13 +8,29 @@ to its endpoint and returns the response. Every error is JSON,
 from __future__ import annotations
 
 import functools
+import math
+import secrets
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import attrs
+import orjson
 import trio
 
 import storage
+from protocol import (
+    ConnectionMachine,
+    ErrorCode,
+    Principal,
+    ProtocolError,
+    Publish,
+    Send,
+    iso_timestamp,
+    subscriptions_for,
+)
+from protocol import messages as m
 
 from . import metrics
 from .frontdoor import FrontDoor, Request, Response, error_response, json_response
@@ -31,6 +47,23 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HEALTH_CACHE_SECONDS = 1.0
 #: How long the write probe may wait for SQLite's write lock.
 HEALTH_PROBE_TIMEOUT = 2.0
+#: Events one GET /api/events returns unless ``limit`` says otherwise.
+DEFAULT_EVENTS_LIMIT = 100
+
+#: The HTTP status for each protocol error code an /api request can meet.
+STATUS_OF: dict[str, int] = {
+    ErrorCode.INVALID_MESSAGE: 400,
+    ErrorCode.UNKNOWN_TYPE: 400,
+    ErrorCode.AUTH_REQUIRED: 401,
+    ErrorCode.AUTH_FAILED: 401,
+    ErrorCode.SENDER_MISMATCH: 403,
+    ErrorCode.EVENT_NOT_ALLOWED: 403,
+    ErrorCode.MESSAGE_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMIT_EXCEEDED: 429,
+    ErrorCode.PROCESSING_ERROR: 500,
+    ErrorCode.SHUTTING_DOWN: 503,
+}
+_UNAUTHORIZED = (("www-authenticate", 'Bearer realm="catsock"'),)
 
 
 @attrs.define
@@ -49,6 +82,7 @@ class HttpApi:
         self.stats = HttpStats()
         self.probe_timeout = HEALTH_PROBE_TIMEOUT
         self._shutting_down = False
+        self._polls: set[trio.CancelScope] = set()
         self._health_lock = trio.Lock()
         self._health: tuple[float, str | None] | None = None
         self._started = gateway.wall_clock()
@@ -65,11 +99,16 @@ class HttpApi:
             "/health": {"GET": self._get_health},
             "/metrics": {"GET": self._get_metrics},
             "/ws": {"GET": self._get_ws},
+            "/api/publish": {"POST": self._post_publish},
+            "/api/events": {"GET": self._get_events},
         }
 
     def shutdown(self) -> None:
-        """The gateway is shutting down: /health says so, keep-alive ends."""
+        """The gateway is shutting down: /health says so, keep-alive ends, and
+        long-polls answer now with what they have."""
         self._shutting_down = True
+        for scope in self._polls:
+            scope.cancel()
 
     async def handle(self, request: Request) -> Response:
         methods = self.routes.get(request.path)
@@ -152,3 +191,217 @@ class HttpApi:
 
     async def _get_metrics(self, request: Request) -> Response:
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
+
+    # -- the API ---------------------------------------------------------------------
+
+    async def _principal(
+        self, request: Request, shared_as: str | None = None
+    ) -> Principal | Response:
+        """Who the bearer token says the caller is, or the 401 to answer."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return _api_error(ErrorCode.AUTH_REQUIRED, "send Authorization: Bearer <token>")
+        shared_as = request.headers.get("x-client-type", shared_as)
+        principal = await self.gateway.auth.identify(token, shared_as)
+        if principal is None:
+            self.gateway.stats.auth_failures += 1
+            return _api_error(ErrorCode.AUTH_FAILED, "invalid authentication token")
+        return principal
+
+    async def _post_publish(self, request: Request) -> Response:
+        """Publish one event, exactly as over a WebSocket; 202 once it is committed."""
+        gateway = self.gateway
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _api_error(ErrorCode.INVALID_MESSAGE, "the body is not UTF-8")
+        envelope = _json_object(text)
+        sender = envelope.get("sender") if envelope is not None else None
+        principal = await self._principal(request, sender if isinstance(sender, str) else None)
+        if isinstance(principal, Response):
+            return principal
+        if envelope is not None:
+            text = _complete_envelope(text, envelope, principal, gateway.wall_clock())
+        # One throw-away state machine per request: validation, sender checks,
+        # routing and rate limits (the identity's bucket is shared with its
+        # WebSocket connections) are the WebSocket path's own.
+        machine = ConnectionMachine(
+            f"http_{secrets.token_hex(8)}",
+            gateway.machine_config,
+            clock=trio.current_time,
+            wall_clock=gateway.wall_clock,
+        )
+        machine.receive(m.Auth(token="", client_type=principal.client_type))
+        machine.auth_accepted(principal, gateway.identity_bucket(principal))
+        try:
+            message = gateway.codec.decode(text)
+        except ProtocolError as error:
+            gateway.stats.count_in(metrics.OTHER)
+            actions = machine.receive_invalid(error)
+        else:
+            if not isinstance(message, m.Event):
+                return _api_error(ErrorCode.INVALID_MESSAGE, "only events can be published")
+            gateway.stats.count_in(message.type)
+            actions = machine.receive(message)
+        for action in actions:
+            if isinstance(action, Publish):
+                return await self._publish(action, principal, len(request.body))
+            if isinstance(action, Send) and isinstance(action.message, m.Error):
+                payload = action.message.payload
+                gateway.stats.count_error(payload.error_code)
+                return _api_error(payload.error_code, payload.error_message, payload.retry_after)
+        return _api_error(ErrorCode.PROCESSING_ERROR, "the event was neither accepted nor refused")
+
+    async def _publish(self, action: Publish, principal: Principal, size: int) -> Response:
+        gateway = self.gateway
+        event = action.event
+        gateway.stats.published += 1
+        gateway.log.record(
+            storage.MessageLogged(
+                "in", event.type, event.message_id, None, size, event.raw, gateway.wall_clock()
+            )
+        )
+        delivery = gateway.delivery
+        if delivery.congested:
+            await delivery.room()  # the log writer is behind: wait like a WebSocket publisher
+        entry = await delivery.publish(event, action.channels, principal)
+        return json_response(
+            202,
+            {
+                "message_id": event.message_id,
+                "seq": entry.effective_seq,
+                "duplicate": entry.duplicate_of is not None,
+            },
+        )
+
+    async def _get_events(self, request: Request) -> Response:
+        """Long-poll: the caller's events after ``since``, waiting up to ``wait`` seconds
+        for one when there are none yet."""
+        query = parse_qs(request.query, keep_blank_values=True)
+        try:
+            since = _int_param(query, "since", None, 0, None)
+            wait = _float_param(query, "wait", 0.0, 0.0, self.gateway.config.http.max_wait)
+            batch = self.gateway.config.delivery.replay_batch
+            limit = _int_param(query, "limit", min(DEFAULT_EVENTS_LIMIT, batch), 1, batch)
+        except ValueError as exc:
+            return _api_error(ErrorCode.INVALID_MESSAGE, str(exc))
+        assert limit is not None
+        principal = await self._principal(request)
+        if isinstance(principal, Response):
+            return principal
+        delivery = self.gateway.delivery
+        if not delivery.enabled:
+            return _api_error(ErrorCode.PROCESSING_ERROR, "the event log is off (delivery.log)")
+        channels = subscriptions_for(principal.client_type, principal.user_id)
+        identity = principal.identity
+        if since is not None:
+            since = min(since, delivery.head)
+            if delivery.is_durable(principal):
+                # Asking for what follows ``since`` acknowledges everything up to it.
+                delivery.advance(identity, channels, since)
+        start = await delivery.start_positions(principal, channels, since)
+        positions = start if start is not None else dict.fromkeys(channels, delivery.head)
+        deadline = trio.current_time() + wait
+        while True:
+            entries, scanned = await delivery.read(positions, identity, limit)
+            positions = {c: max(p, scanned) for c, p in positions.items()}
+            now = self.gateway.wall_clock()
+            live = [e for e in entries if e.expires_at is None or now <= e.expires_at]
+            if live or self._shutting_down or trio.current_time() >= deadline:
+                break
+            if entries:  # only expired ones: read on at once
+                continue
+            # Only the wait is cancellable (by the deadline or a shutdown), never a
+            # read: events read and then dropped would be skipped by ``next``.
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._polls.add(scope)
+                try:
+                    await delivery.wait_beyond(scanned)
+                finally:
+                    self._polls.discard(scope)
+            if scope.cancelled_caught:
+                break
+        next_seq = min(positions.values(), default=delivery.head)
+        if live:
+            delivery.note(identity, "written", live[0].seq, live[-1].seq, None)
+        events = b",".join(_with_seq(e.seq, e.body).encode() for e in live)
+        body = b'{"events":[' + events + b'],"next":' + str(next_seq).encode() + b"}\n"
+        return Response(200, body)
+
+
+def _api_error(code: str, message: str, retry_after: float | None = None) -> Response:
+    status = STATUS_OF.get(code, 400)
+    headers: tuple[tuple[str, str], ...] = ()
+    if status == 401:
+        headers = _UNAUTHORIZED
+    elif retry_after is not None:
+        headers = (("retry-after", str(max(1, math.ceil(retry_after)))),)
+    return error_response(status, code, message, headers)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+_FILLED = ("version", "timestamp", "message_id", "sender")
+
+
+def _complete_envelope(
+    text: str, envelope: dict[str, Any], principal: Principal, wall: float
+) -> str:
+    """``{type, payload}`` becomes a full seed 000 envelope: the missing keys are put
+    in front of the publisher's own text, which stays as it was (so the codec still
+    sees repeated keys, and recipients get the payload byte for byte)."""
+    defaults = {
+        "version": "1.0",
+        "timestamp": iso_timestamp(wall),
+        "message_id": str(uuid.uuid4()),
+        "sender": principal.client_type,
+    }
+    missing = {key: defaults[key] for key in _FILLED if key not in envelope}
+    if not missing:
+        return text
+    head = orjson.dumps(missing).decode()[:-1]  # '{"version":"1.0",...' without the '}'
+    rest = text.lstrip()[1:]
+    return head + ("" if rest.lstrip().startswith("}") else ",") + rest
+
+
+def _with_seq(seq: int, body: str) -> str:
+    """The event's text with the log's ``seq`` as its first key (docs/delivery.md)."""
+    return f'{{"seq":{seq},{body.lstrip()[1:]}'
+
+
+def _int_param(
+    query: dict[str, list[str]], name: str, default: int | None, low: int, high: int | None
+) -> int | None:
+    values = query.get(name)
+    if not values:
+        return default
+    try:
+        value = int(values[-1])
+    except ValueError:
+        raise ValueError(f"{name} must be an integer") from None
+    if value < low or (high is not None and value > high):
+        bound = f"{low}-{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}")
+    return value
+
+
+def _float_param(
+    query: dict[str, list[str]], name: str, default: float, low: float, high: float
+) -> float:
+    values = query.get(name)
+    if not values:
+        return default
+    try:
+        value = float(values[-1])
+    except ValueError:
+        raise ValueError(f"{name} must be a number") from None
+    if not low <= value <= high:  # NaN fails too
+        raise ValueError(f"{name} must be between {low:g} and {high:g}")
+    return value

@@ -213,9 +213,51 @@ class GatewayCollector(Collector):
 
 
 def delivery_metrics(stats: Any) -> Iterator[Metric]:
-    """The event log's numbers (``gateway.delivery.statistics()``)."""
-    del stats
-    return iter(())
+    """The event log's numbers (``gateway.delivery.statistics()``, catsock/delivery.py)."""
+    yield _gauge("catsock_events_committed_seq", "The newest committed seq.", stats.head)
+    yield _gauge("catsock_events_pending", "Events accepted but not yet committed.", stats.pending)
+    yield _counter("catsock_events_committed", "Events committed to the log.", stats.committed)
+    yield _counter("catsock_events_batches", "Event log batches committed.", stats.batches)
+    yield _gauge(
+        "catsock_events_last_batch_size",
+        "Events in the last committed batch.",
+        stats.last_batch_size,
+    )
+    yield _gauge(
+        "catsock_events_last_commit_seconds",
+        "How long the last event batch took to commit.",
+        stats.last_commit_seconds,
+    )
+    yield _counter("catsock_events_commit_errors", "Failed event log commits.", stats.commit_errors)
+    yield _counter(
+        "catsock_events_duplicates",
+        "Publishes refused as repeats of a committed message_id (idempotency).",
+        stats.duplicates,
+    )
+    yield _counter(
+        "catsock_events_expired", "Events not delivered because they expired.", stats.expired
+    )
+    yield _counter(
+        "catsock_events_dropped",
+        "Events dropped for a recipient (queue full, not durable).",
+        stats.dropped,
+    )
+    yield _counter("catsock_events_replayed", "Events read back from the log.", stats.replayed)
+    yield _counter(
+        "catsock_events_catchups",
+        "Times a recipient fell back to catching up from the log.",
+        stats.catchups,
+    )
+    yield _histogram(
+        "catsock_publish_to_deliver_seconds",
+        "From a publish being accepted to its frame being written to a recipient.",
+        [(_bound(bound), count) for bound, count in stats.latency_buckets],
+        stats.latency_sum,
+    )
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -24,7 +24,7 @@ import wsproto.events as ev
 
 from catsock.config import ConfigError
 
-from .harness import ADWARE_UPDATE, GatewayFactory, RawClient, RunningGateway, envelope
+from .harness import ADWARE_UPDATE, CONVERSION, GatewayFactory, RawClient, RunningGateway, envelope
 
 
 @attrs.frozen
@@ -478,3 +478,332 @@ async def test_allowed_origins_are_validated(start_gateway: GatewayFactory) -> N
     for bad in ("example.com", "ftp://example.com", "https://example.com/path"):
         with pytest.raises(ConfigError, match=r"http\.allowed_origins"):
             start_gateway.config(http={"allowed_origins": [bad]})
+
+
+# -- POST /api/publish ---------------------------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}", "content-type": "application/json"}
+
+
+async def test_publish_a_seed_envelope_reaches_websocket_recipients(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    cats = gw.token("cats", "CATS")
+    text = envelope("conversion", CONVERSION, "CATS", "conv-1")
+    with trio.fail_after(10):
+        async with gw.client("AFAD") as afad:
+            reply = await http(
+                gw.port, "POST", "/api/publish", headers=bearer(cats), body=text.encode()
+            )
+            assert reply.status == 202
+            body = reply.json()
+            assert body["message_id"] == "conv-1"
+            assert body["seq"] >= 1
+            assert body["duplicate"] is False
+            assert await afad.recv_text() == text  # the publisher's text, unchanged
+    assert gw.gateway.stats.published == 1
+
+
+async def test_publish_type_and_payload_only_gets_the_envelope_filled_in(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    cats = gw.token("cats", "CATS")
+    payload = json.dumps(CONVERSION, ensure_ascii=False)
+    text = '{ "type": "conversion", "payload": ' + payload + " }"
+    with trio.fail_after(10):
+        async with gw.client("AFAD") as afad:
+            reply = await http(
+                gw.port, "POST", "/api/publish", headers=bearer(cats), body=text.encode()
+            )
+            assert reply.status == 202, reply.body
+            received = await afad.recv_text()
+    event = json.loads(received)
+    assert event["version"] == "1.0"
+    assert event["sender"] == "CATS"
+    assert event["message_id"] == reply.json()["message_id"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", event["timestamp"])
+    assert event["payload"] == CONVERSION
+    assert payload in received  # the payload's own text is forwarded as sent
+
+
+async def test_publishing_twice_is_idempotent(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    cats = gw.token("cats", "CATS")
+    text = envelope("conversion", CONVERSION, "CATS", "conv-dup").encode()
+    with trio.fail_after(10):
+        async with gw.client("AFAD") as afad:
+            first = await http(gw.port, "POST", "/api/publish", headers=bearer(cats), body=text)
+            second = await http(gw.port, "POST", "/api/publish", headers=bearer(cats), body=text)
+            assert first.json()["duplicate"] is False
+            assert second.json() == {**first.json(), "duplicate": True}
+            assert json.loads(await afad.recv_text())["message_id"] == "conv-dup"
+            await afad.send({"type": "ping"})
+            assert (await afad.recv())["type"] == "pong"  # and nothing else came
+
+
+async def test_publish_without_or_with_a_bad_token_is_401(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    text = envelope("conversion", CONVERSION, "CATS", "m").encode()
+    with trio.fail_after(10):
+        missing = await http(gw.port, "POST", "/api/publish", body=text)
+        bad = await http(gw.port, "POST", "/api/publish", headers=bearer("cs_nope"), body=text)
+        basic = await http(
+            gw.port, "POST", "/api/publish", headers={"authorization": "Basic eDp5"}, body=text
+        )
+    assert missing.status == bad.status == basic.status == 401
+    assert missing.json()["error_code"] == basic.json()["error_code"] == "AUTH_REQUIRED"
+    assert bad.json()["error_code"] == "AUTH_FAILED"
+    for reply in (missing, bad, basic):
+        assert reply.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "INVALID_MESSAGE"),
+        (b"\xff\xfe", 400, "INVALID_MESSAGE"),
+        (b'{"type":"ping"}', 400, "INVALID_MESSAGE"),
+        (b'{"type":"no_such_event","payload":{}}', 400, "UNKNOWN_TYPE"),
+        (b'{"type":"conversion","payload":{"pay_id":"x"}}', 400, "INVALID_MESSAGE"),
+        (b'{"seq":5,"type":"conversion","payload":{}}', 400, "INVALID_MESSAGE"),
+        (envelope("conversion", CONVERSION, "AFAD", "m").encode(), 403, "SENDER_MISMATCH"),
+        (envelope("adware_update", ADWARE_UPDATE, "CATS", "m").encode(), 403, "EVENT_NOT_ALLOWED"),
+    ],
+    ids=["json", "utf8", "control", "unknown-type", "payload", "seq", "sender", "not-allowed"],
+)
+async def test_publish_refusals_map_to_http_statuses(
+    start_gateway: GatewayFactory, body: bytes, status: int, code: str
+) -> None:
+    gw = await start_gateway()
+    cats = gw.token("cats", "CATS")
+    with trio.fail_after(10):
+        reply = await http(gw.port, "POST", "/api/publish", headers=bearer(cats), body=body)
+    assert reply.status == status, reply.body
+    assert reply.json()["error_code"] == code
+    assert gw.gateway.stats.published == 0
+
+
+async def test_publish_too_large_is_413(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway(limits={"max_message_size": 1024})
+    cats = gw.token("cats", "CATS")
+    big = envelope("conversion", {**CONVERSION, "adware_name": "x" * 2000}, "CATS", "m")
+    huge = big.replace("x" * 2000, "x" * 5000)
+    with trio.fail_after(10):
+        reply = await http(gw.port, "POST", "/api/publish", headers=bearer(cats), body=big.encode())
+        assert reply.status == 413
+        assert reply.json()["error_code"] == "MESSAGE_TOO_LARGE"
+        # Over 4 bytes a character: refused before the body is read.
+        reply = await http(
+            gw.port, "POST", "/api/publish", headers=bearer(cats), body=huge.encode()
+        )
+        assert reply.status == 413
+        assert reply.json()["error_code"] == "MESSAGE_TOO_LARGE"
+
+
+async def test_publish_over_the_rate_limit_is_429_with_retry_after(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(limits={"rate": {"CATS": {"per_minute": 30.0, "burst": 2}}})
+    with trio.fail_after(10):
+        # The identity's bucket is shared with its WebSocket connections.
+        async with gw.client("CATS") as ws:
+            await ws.send(envelope("conversion", CONVERSION, "CATS", "ws-1"))
+            await ws.send({"type": "ping"})
+            assert (await ws.recv())["type"] == "pong"  # the ping took the last token
+        cats = gw.tokens["cats"]
+        text = envelope("conversion", CONVERSION, "CATS", "http-1").encode()
+        reply = await http(gw.port, "POST", "/api/publish", headers=bearer(cats), body=text)
+    assert reply.status == 429
+    assert reply.json()["error_code"] == "RATE_LIMIT_EXCEEDED"
+    assert reply.headers["retry-after"] == "2"  # 2 s for one token at 30/min, whole seconds
+
+
+async def test_publish_with_the_shared_token_uses_the_senders_type(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = "seed-shared-token-0123456789"
+    monkeypatch.setenv("SOCKET_AUTH_TOKEN", shared)
+    gw = await start_gateway(allow_shared_token=True)
+    text = envelope("conversion", CONVERSION, "CATS", "shared-1").encode()
+    with trio.fail_after(10):
+        reply = await http(gw.port, "POST", "/api/publish", headers=bearer(shared), body=text)
+    assert reply.status == 202
+
+
+async def test_get_on_publish_is_405(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(10):
+        reply = await http(gw.port, "GET", "/api/publish")
+    assert reply.status == 405
+    assert reply.headers["allow"] == "POST"
+
+
+# -- GET /api/events -------------------------------------------------------------------------
+
+
+async def _post(gw: RunningGateway, message_id: str, **payload: Any) -> int:
+    cats = gw.tokens.get("cats") or gw.token("cats", "CATS")
+    text = envelope("conversion", {**CONVERSION, **payload}, "CATS", message_id).encode()
+    reply = await http(gw.port, "POST", "/api/publish", headers=bearer(cats), body=text)
+    assert reply.status == 202, reply.body
+    seq: int = reply.json()["seq"]
+    return seq
+
+
+async def _events(gw: RunningGateway, token: str, query: str = "") -> Reply:
+    return await http(gw.port, "GET", f"/api/events{query}", headers=bearer(token))
+
+
+async def test_events_since_a_seq_returns_what_followed(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")
+    with trio.fail_after(10):
+        first = await _post(gw, "c1")
+        second = await _post(gw, "c2")
+        reply = await _events(gw, afad, f"?since={first - 1}")
+    assert reply.status == 200
+    body = reply.json()
+    assert [(e["seq"], e["message_id"]) for e in body["events"]] == [(first, "c1"), (second, "c2")]
+    assert next(iter(body["events"][0])) == "seq"  # seq first, then the publisher's envelope
+    assert body["next"] == second
+    with trio.fail_after(10):
+        assert (await _events(gw, afad, f"?since={second}")).json() == {
+            "events": [],
+            "next": second,
+        }
+
+
+async def test_events_long_poll_returns_when_an_event_arrives(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")
+    with trio.fail_after(10):
+        head = await _post(gw, "c0")
+        async with trio.open_nursery() as nursery:
+            replies: list[Reply] = []
+
+            async def poll() -> None:
+                replies.append(await _events(gw, afad, f"?since={head}&wait=30"))
+
+            nursery.start_soon(poll)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert not replies  # held
+            seq = await _post(gw, "c1")
+    (reply,) = replies
+    assert [e["message_id"] for e in reply.json()["events"]] == ["c1"]
+    assert reply.json()["next"] == seq
+
+
+async def test_events_long_poll_gives_up_after_wait(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")
+    with trio.fail_after(120):
+        start = trio.current_time()
+        reply = await _events(gw, afad, "?since=0&wait=30")
+        assert 30 <= trio.current_time() - start <= 32
+    assert reply.json() == {"events": [], "next": 0}
+
+
+async def test_events_follow_the_durable_cursor_without_since(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")  # durable: kept every event from now on
+    with trio.fail_after(10):
+        await _post(gw, "c1")
+        two = await _post(gw, "c2")
+        reply = (await _events(gw, afad)).json()
+        assert [e["message_id"] for e in reply["events"]] == ["c1", "c2"]
+        # Not acknowledged yet: asked again, the same events come back.
+        assert (await _events(gw, afad)).json() == reply
+        three = await _post(gw, "c3")
+        # Asking from ``next`` acknowledges what came before it ...
+        reply = (await _events(gw, afad, f"?since={two}")).json()
+        assert [e["message_id"] for e in reply["events"]] == ["c3"]
+        # ... so the stored cursor has moved on.
+        reply = (await _events(gw, afad)).json()
+        assert [e["message_id"] for e in reply["events"]] == ["c3"]
+        assert reply["next"] == three
+
+
+async def test_events_respect_routing_and_user_bindings(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    mine = gw.token("dash-500", "DASHBOARD", user_id="500")
+    other = gw.token("dash-77", "DASHBOARD", user_id="77")
+    with trio.fail_after(10):
+        seq = await _post(gw, "for-500", owner_id=500)
+        await _post(gw, "for-600", owner_id=600, tier_rewards=[])
+        got = (await _events(gw, mine, "?since=0")).json()
+        none = (await _events(gw, other, "?since=0")).json()
+        own = (await _events(gw, gw.tokens["cats"], "?since=0")).json()
+    assert [e["message_id"] for e in got["events"]] == ["for-500"]
+    assert got["events"][0]["seq"] == seq
+    assert none["events"] == []
+    assert own["events"] == []  # nobody receives its own events
+
+
+@pytest.mark.parametrize(
+    "query", ["?since=-1", "?since=x", "?wait=abc", "?wait=1000", "?wait=nan", "?limit=0"]
+)
+async def test_events_bad_parameters_are_400(start_gateway: GatewayFactory, query: str) -> None:
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")
+    with trio.fail_after(10):
+        reply = await _events(gw, afad, query)
+    assert reply.status == 400
+    assert reply.json()["error_code"] == "INVALID_MESSAGE"
+
+
+async def test_events_without_a_token_is_401(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(10):
+        reply = await http(gw.port, "GET", "/api/events?since=0")
+    assert reply.status == 401
+    assert reply.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_shutdown_answers_held_long_polls(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            replies: list[Reply] = []
+
+            async def poll() -> None:
+                replies.append(await _events(gw, afad, "?since=0&wait=60"))
+
+            nursery.start_soon(poll)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            gw.gateway.http.shutdown()
+    (reply,) = replies
+    assert reply.status == 200
+    assert reply.json()["events"] == []
+    assert reply.headers["connection"] == "close"
+
+
+async def test_expect_100_continue_is_answered(start_gateway: GatewayFactory) -> None:
+    # curl (and PHP's curl) send a body over 1 KiB only after "100 Continue".
+    gw = await start_gateway()
+    cats = gw.token("cats", "CATS")
+    text = envelope("conversion", {**CONVERSION, "adware_name": "y" * 2000}, "CATS", "big")
+    head = (
+        f"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {cats}\r\n"
+        f"Content-Length: {len(text.encode())}\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    async with await trio.open_tcp_stream("127.0.0.1", gw.port) as stream:
+        with trio.fail_after(10):
+            await stream.send_all(head)
+            interim = await stream.receive_some(65536)
+            assert interim.startswith(b"HTTP/1.1 100 ")
+            await stream.send_all(text.encode())
+            reply = b""
+            while b"}\n" not in reply:
+                reply += await stream.receive_some(65536)
+    assert status_of(reply) == 202

@@ -134,3 +134,27 @@ async def test_http_requests_and_refusals_are_counted(start_gateway: GatewayFact
     assert ("catsock_http_requests_total", (("endpoint", "/metrics"), ("status", "200"))) not in (
         samples
     )
+
+
+async def test_event_log_numbers_are_scraped(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    cats = gw.token("cats", "CATS")
+    text = envelope("conversion", CONVERSION, "CATS", "m-1").encode()
+    headers = {"authorization": f"Bearer {cats}"}
+    with trio.fail_after(20):
+        async with gw.client("AFAD") as afad:
+            reply = await http(gw.port, "POST", "/api/publish", headers=headers, body=text)
+            assert reply.status == 202
+            await afad.recv()
+            await http(gw.port, "POST", "/api/publish", headers=headers, body=text)  # again
+            await afad.send({"type": "ping"})
+            assert (await afad.recv())["type"] == "pong"
+            samples = await scrape(gw)
+    seq = reply.json()["seq"]
+    assert value(samples, "catsock_events_committed_seq") == seq
+    assert value(samples, "catsock_events_committed_total") == 1
+    assert value(samples, "catsock_events_duplicates_total") == 1
+    assert value(samples, "catsock_events_pending") == 0
+    assert value(samples, "catsock_publish_to_deliver_seconds_count") == 1
+    assert value(samples, "catsock_publish_to_deliver_seconds_bucket", le="+Inf") == 1
+    assert value(samples, "catsock_messages_out_total", type="conversion") == 1

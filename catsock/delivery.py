@@ -11,6 +11,7 @@ guarantees; docs/architecture.md shows where this sits.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -46,6 +47,7 @@ IDLE_FLUSH = 0.05
 #: A failed commit (disk full, database locked) is retried after this long.
 RETRY_AFTER_FAILURE = 1.0
 MAX_BATCH = 5000
+MAX_KNOWN_CURSORS = 100_000
 #: Upper bounds (seconds) of the publish-to-write latency histogram.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -140,7 +142,10 @@ class Delivery:
         self.head = 0
         self._next = 1
         self._pending: list[Entry] = []
-        self._cursors: dict[tuple[str, str], int] = {}
+        self._cursors: dict[tuple[str, str], int] = {}  # moves not yet committed
+        # Every move this process made (bounded): a reconnect must not start behind
+        # a move whose commit is still in flight or not yet visible to the reader.
+        self._known: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self._ledger: list[storage.LedgerRow] = []
         self._wakeup = trio.Event()
         self._committed = trio.Event()
@@ -240,6 +245,11 @@ class Delivery:
             key = (identity, channel)
             if seq > self._cursors.get(key, -1):
                 self._cursors[key] = seq
+            if seq > self._known.get(key, -1):
+                self._known[key] = seq
+                self._known.move_to_end(key)
+                if len(self._known) > MAX_KNOWN_CURSORS:
+                    self._known.popitem(last=False)
         self._wakeup.set()
 
     def note(
@@ -303,10 +313,10 @@ class Delivery:
         identity = principal.identity
         stored = await self._read(storage.load_cursors, identity)
         start = stored.get(storage.LOG_START, self.head)
-        # Moves not yet committed (a connection of this identity that just ended)
-        # are newer than what the database says.
+        # Moves of this process may be newer than what the reader sees (a connection
+        # of this identity that just ended; a commit still in flight).
         return {
-            channel: max(stored.get(channel, start), self._cursors.get((identity, channel), -1))
+            channel: max(stored.get(channel, start), self._known.get((identity, channel), -1))
             for channel in channels
         }
 

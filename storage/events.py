@@ -193,19 +193,22 @@ def prune_events(
     """
     deleted = 0
     conn = db.conn
+    # Every statement writes: a transaction that began with a read could not take
+    # the write lock once another connection had written (SQLITE_BUSY at once).
     with db.atomic():
-        newest = head(db)
         if max_age is not None:
             cut = (time.time() if now is None else now) - max_age
             deleted += conn.execute(
-                "DELETE FROM events WHERE created_at < ? AND seq < ?", (cut, newest)
+                "DELETE FROM events WHERE created_at < ?"
+                " AND seq < (SELECT MAX(seq) FROM events)",
+                (cut,),
             ).rowcount
             deleted += conn.execute("DELETE FROM ledger WHERE at < ?", (cut,)).rowcount
         if max_rows is not None:
             deleted += conn.execute(
-                "DELETE FROM events WHERE seq < ? AND seq <="
+                "DELETE FROM events WHERE seq <"
                 " (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                (newest, max(max_rows, 1)),
+                (max(max_rows, 1) - 1,),
             ).rowcount
             oldest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
             if oldest is not None:

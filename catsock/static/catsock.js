@@ -41,6 +41,7 @@
   var DEFAULTS = {
     clientType: 'DASHBOARD',
     extensions: { heartbeat: {} },
+    resume: true,
     pingInterval: 30000,
     backoffBase: 2000,
     backoffCap: 60000,
@@ -204,7 +205,11 @@
           client_type: this.options.clientType,
         };
         if (this.options.extensions) {
-          auth.extensions = this.options.extensions;
+          auth.extensions = Object.assign({}, this.options.extensions);
+          if (this.options.resume) {
+            // Back after a drop: ask for what was published meanwhile (docs/delivery.md).
+            auth.extensions.resume = this.lastSeq == null ? {} : { since: this.lastSeq };
+          }
         }
         ws.send(JSON.stringify(auth));
       };
@@ -243,6 +248,10 @@
         this.lastError = null;
         this.connectionId = message.connection_id || null;
         this.extensions = message.extensions || null;
+        var resume = this.extensions && this.extensions.resume;
+        if (this.lastSeq == null && resume && typeof resume.since === 'number') {
+          this.lastSeq = resume.since; // the head when we arrived: resume from here
+        }
         this._startHeartbeat();
         this._setState('connected', { connectionId: this.connectionId });
       } else if (type === 'auth_failed') {

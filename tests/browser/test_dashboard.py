@@ -343,11 +343,14 @@ async def test_live_feed_survives_gateway_restart(
             gw2, _ = await served.start(
                 nursery, port=gw.port, database=str(gw.database), tokens=gw.tokens
             )
-            # The first retry comes 2 s (±20 %) after the close, the next 4 s later.
+            # Published while the dashboard waits to reconnect (its first retry comes
+            # 2 s ±20 % after the close): catsock.js resumes from the last seq it saw.
+            await _publish(gw2, ("conversion", {**CONVERSION, "pay_id": 3}, "conv-gap"))
             await browser_thread.run(_wait_connected, tab, 15_000)
+            await browser_thread.run(_wait_event, tab, "conv-gap", 1_000)
             await _publish(gw2, ("conversion", {**CONVERSION, "pay_id": 2}, "conv-2"))
             await browser_thread.run(_wait_event, tab, "conv-2", 1_000)
-            assert await browser_thread.run(_text, tab, "#count-conversion") == "2"
+            assert await browser_thread.run(_text, tab, "#count-conversion") == "3"
 
             assert tab.csp_violations() == []
             assert tab.page_errors == []
@@ -551,7 +554,7 @@ async def test_catsock_js_client_behaviour(
         "type": "auth",
         "token": "tok-1",
         "client_type": "DASHBOARD",
-        "extensions": {"heartbeat": {}},
+        "extensions": {"heartbeat": {}, "resume": {}},
     }
     assert report["connectedState"] == "connected"
     assert report["ping"] == {"type": "ping"}

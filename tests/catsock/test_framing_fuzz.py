@@ -619,6 +619,9 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayPool]:
             ("cats-probe", "CATS", None),
             (RAW_TOKEN_NAME, "DASHBOARD", RAW_USER),
         ],
+        # Framing, not durability: what a returning durable identity is replayed
+        # would leak one example's events into the next.
+        delivery={"durable_types": []},
     )
     try:
         yield holder

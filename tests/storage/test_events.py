@@ -1,0 +1,146 @@
+"""Tests for storage.events: commits with duplicates, cursors, replay reads, retention.
+
+Every test opens a real SQLite file under pytest's tmp_path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from hypothesis import given
+from hypothesis import strategies as st
+
+import storage
+from storage.events import (
+    LOG_START,
+    EventRow,
+    LedgerRow,
+    commit,
+    events_by_message_id,
+    head,
+    ledger_rows,
+    load_cursors,
+    prune_events,
+    read_after,
+    recipients_of,
+)
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
+    database = storage.open_db(tmp_path / "events.db")
+    yield database
+    database.close()
+
+
+def row(
+    seq: int,
+    message_id: str | None = None,
+    *,
+    sender: str = "cats",
+    channels: tuple[str, ...] = ("type:AFAD",),
+    at: float = T0,
+) -> EventRow:
+    return EventRow(
+        seq, message_id or f"m{seq}", sender, "conn_1", "conversion", channels, 2, at, None,
+        f'{{"n":{seq}}}',
+    )
+
+
+def test_commit_stores_events_and_reports_duplicates_by_sender_and_message_id(
+    db: sqlite_utils.Database,
+) -> None:
+    assert commit(db, [row(1, "a"), row(2, "b")], {}, []) == {}
+    # The same id again (in the same batch too) is a duplicate of the first...
+    assert commit(db, [row(3, "a"), row(4, "c"), row(5, "c")], {}, []) == {3: 1, 5: 4}
+    # ...but another sender may use it.
+    assert commit(db, [row(6, "a", sender="afad")], {}, []) == {}
+    assert head(db) == 6
+    assert [e["seq"] for e in events_by_message_id(db, "a")] == [1, 6]
+
+
+def test_cursors_only_move_forward(db: sqlite_utils.Database) -> None:
+    commit(db, [], {("afad", "type:AFAD"): 5}, [])
+    commit(db, [], {("afad", "type:AFAD"): 3, ("afad", "user:1"): 2}, [])
+    assert load_cursors(db, "afad") == {"type:AFAD": 5, "user:1": 2}
+
+
+def test_a_new_token_starts_at_the_head(db: sqlite_utils.Database) -> None:
+    commit(db, [row(1), row(2)], {}, [])
+    storage.create_token(db, name="afad", client_type="AFAD")
+    assert load_cursors(db, "afad") == {LOG_START: 2}
+
+
+def test_read_after_filters_channels_and_sender_and_pages(db: sqlite_utils.Database) -> None:
+    rows = [
+        row(1),
+        row(2, channels=("type:CATS",)),
+        row(3, sender="afad"),
+        row(4, channels=("user:7", "type:AFAD")),
+        row(5),
+    ]
+    commit(db, rows, {}, [])
+    found, scanned = read_after(
+        db, {"type:AFAD": 0}, upto=5, exclude_sender="afad", limit=2
+    )
+    assert ([e.seq for e in found], scanned) == ([1, 4], 4)
+    found, scanned = read_after(db, {"type:AFAD": 4}, upto=5, exclude_sender="afad", limit=2)
+    assert ([e.seq for e in found], scanned) == ([5], 5)
+    # Per-channel positions: user:7 from 0 sees 4 even though type:AFAD is past it.
+    found, _ = read_after(db, {"type:AFAD": 4, "user:7": 0}, upto=5, exclude_sender=None, limit=9)
+    assert [e.seq for e in found] == [4, 5]
+    assert found[0].channels == ("user:7", "type:AFAD")
+
+
+@given(
+    present=st.sets(st.integers(1, 60), max_size=40),
+    start=st.integers(0, 60),
+    limit=st.integers(1, 10),
+)
+def test_reading_page_by_page_yields_each_event_once_in_order(
+    tmp_path_factory: pytest.TempPathFactory, present: set[int], start: int, limit: int
+) -> None:
+    database = storage.open_db(tmp_path_factory.mktemp("paging") / "e.db")
+    try:
+        commit(database, [row(s) for s in sorted(present)], {}, [])
+        upto = max(present, default=0)
+        position, seen = start, []
+        while position < upto:
+            found, position = read_after(
+                database, {"type:AFAD": position}, upto=upto, exclude_sender=None, limit=limit
+            )
+            seen += [e.seq for e in found]
+        assert seen == sorted(s for s in present if s > start)
+    finally:
+        database.close()
+
+
+def test_prune_keeps_the_newest_event_whatever_the_settings(db: sqlite_utils.Database) -> None:
+    commit(db, [row(s, at=T0 + s) for s in range(1, 11)], {}, [])
+    commit(db, [], {}, [LedgerRow("afad", "written", 1, 3, "c", T0, None)])
+    assert prune_events(db, max_age=None, max_rows=4) == 6 + 1  # events 1-6, the ledger row
+    assert [e["seq"] for e in db.query("SELECT seq FROM events")] == [7, 8, 9, 10]
+    prune_events(db, max_age=0, max_rows=None, now=T0 + 100)
+    assert head(db) == 10
+    assert [e["seq"] for e in db.query("SELECT seq FROM events")] == [10]
+
+
+def test_ledger_and_recipient_queries(db: sqlite_utils.Database) -> None:
+    commit(
+        db,
+        [row(1)],
+        {("afad", "type:AFAD"): 0, ("dash", "type:DASHBOARD"): 1},
+        [
+            LedgerRow("afad", "written", 1, 3, "conn_a", T0, None),
+            LedgerRow("dash", "dropped", 1, 1, "conn_d", T0, "queue full"),
+        ],
+    )
+    assert [r["kind"] for r in ledger_rows(db, 1)] == ["written", "dropped"]
+    assert [r["identity"] for r in ledger_rows(db, 2, "afad")] == ["afad"]
+    assert ledger_rows(db, 4) == []
+    assert [r["identity"] for r in recipients_of(db, ["type:AFAD"])] == ["afad"]

@@ -54,7 +54,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from storage.outbox import Outbox, Settlement
 
-from .backoff import Backoff
+from ..backoff import Backoff
 
 __all__ = [
     "Accepted",

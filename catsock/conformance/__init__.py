@@ -1,0 +1,49 @@
+"""The network conformance runner: check any gateway against docs/protocol.md.
+
+``run_conformance(url, tokens)`` drives a gateway over the network only, as a
+client would: trio-websocket connections on ``url``, frames built by hand or
+taken from the conformance vectors (``protocol.conformance``), and every reply
+decoded with ``protocol.Codec``. It never imports or inspects a gateway's code,
+so it checks catsock and any other implementation alike.
+
+Tokens come one per kind: ``CATS``, ``AFAD``, ``DASHBOARD`` (an admin dashboard,
+not bound to a user) and optionally ``DASHBOARD@500`` (a dashboard token bound
+to user 500). A check that needs a token it was not given is reported as SKIP.
+
+Every check is an independent async function with its own connections, run
+under its own ``trio.fail_after(timeout)``; checks run one after another, so the
+gateway should carry no other traffic for these client types during a run.
+"Nothing arrived" is proven with a barrier: the connection sends ``ping`` and
+everything before the ``pong`` is what arrived. The runner paces what it sends
+to stay inside the rate limits of §9, which it models per token (it assumes the
+tokens were idle before the run); time spent pacing, and the ``wait`` of a
+session vector, does not count against a check's timeout. A check that still
+meets an unexpected ``RATE_LIMIT_EXCEEDED`` (or ``CONNECTION_LIMIT``) is run once
+more after the token's bucket had time to refill.
+
+The modules, in the order they build on each other:
+
+- ``results``: ``CheckResult``, ``Status``, and the outcomes a check raises.
+- ``tokens``: the token kinds and the pacing model of their rate limits.
+- ``frames``: the event frames the checks publish.
+- ``conn``: one client connection and the ``expect_*`` helpers checks use.
+- ``runner``: how one check runs (``_Runner``) and what it is given (``_Ctx``).
+- ``fixed``: the hand-written auth, ping, limits and routing checks.
+- ``decode_vectors`` / ``session_vectors``: the checks driven by the vectors.
+- ``suite``: the list of checks, ``run_conformance`` and ``check_names``.
+"""
+
+from __future__ import annotations
+
+from .results import CheckResult, GatewayUnreachable, Status
+from .suite import check_names, run_conformance
+from .tokens import TOKEN_KINDS
+
+__all__ = [
+    "TOKEN_KINDS",
+    "CheckResult",
+    "GatewayUnreachable",
+    "Status",
+    "check_names",
+    "run_conformance",
+]

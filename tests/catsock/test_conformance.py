@@ -1,4 +1,4 @@
-"""The network conformance runner (catsock/conformance.py) and its CLI command.
+"""The network conformance runner (catsock/conformance/) and its CLI command.
 
 The runner is driven against a real catsock on loopback, in-process on trio's
 autojump clock (the vectors' waits, the auth deadline and the runner's pacing

@@ -1,4 +1,4 @@
-"""``python -m catsock publish | tail``: the client library (catsock/client.py) from a shell.
+"""``python -m catsock publish | tail``: the client library (catsock/client/) from a shell.
 
 ``publish TYPE --payload JSON`` sends one event, waits for the gateway's
 ``accepted`` and prints ``accepted seq=N message_id=...`` (plus ``duplicate``);

@@ -1,4 +1,4 @@
-"""The Python client (catsock/client.py) against real gateways on loopback.
+"""The Python client (catsock/client/) against real gateways on loopback.
 
 Backoff and the outbox are tested on their own first (pure code and a real
 SQLite file); everything else runs a real gateway (``start_gateway``) on the

@@ -1,0 +1,195 @@
+"""The receiving side: handlers, the event iterator, and the cumulative acks.
+
+Events go from the reader into a bounded buffer, so a slow application pushes
+back on the connection instead of growing memory. One dispatcher drains it in
+order: handlers first, then the iterator. An event counts as handled (and is
+acked) only once its consumer is done with it, so what was not handled before a
+dropped connection is replayed rather than lost; acks are cumulative and batched
+(``ack_batch`` or ``ack_delay``), so a busy stream sends one ack per batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .core import _ClientCore, logger
+from .values import Handler, ReceivedEvent
+
+
+class _Receiving(_ClientCore):
+    """``Client``'s receiving methods."""
+
+    # -- public ----------------------------------------------------------------------------
+
+    def on(self, type_: str) -> Callable[[Handler], Handler]:
+        """Decorator: call the handler for every event of ``type_`` (``"*"``: every event).
+        Handlers may be sync or async; an exception is logged and the event still counts as
+        handled, as in the seed's ``SocketMessageReceiver``."""
+
+        def register(handler: Handler) -> Handler:
+            self.add_handler(type_, handler)
+            return handler
+
+        return register
+
+    def add_handler(self, type_: str, handler: Handler) -> None:
+        self._handlers.setdefault(type_, []).append(handler)
+        self._consumers.set()
+
+    def remove_handler(self, type_: str, handler: Handler) -> None:
+        handlers = self._handlers.get(type_, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers:
+            self._handlers.pop(type_, None)
+
+    def events(self) -> EventStream:
+        """An async iterator over received events, registered at once (so nothing received
+        after this call bypasses it). One at a time: a new one closes the previous one.
+        An event is acknowledged when you come back for the next, so close the stream
+        (``async with`` or ``aclose()``) when you stop iterating early."""
+        if self._stream is not None:
+            self._stream._close()
+        stream = EventStream(self)
+        if self._stopped.is_set():
+            stream._close()
+            return stream
+        self._stream = stream
+        self._consumers.set()
+        return stream
+
+    # -- per connection ------------------------------------------------------------------
+
+    async def _receive_event(self, message: dict[str, Any], data: str | bytes) -> None:
+        if not self.receive:
+            return
+        seq = message.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            seq = None
+        elif self._received is not None and seq <= self._received:
+            return  # replayed after a reconnect, but already in the buffer or handled
+        payload = message.get("payload")
+        event = ReceivedEvent(
+            seq,
+            str(message.get("type")),
+            str(message.get("message_id")),
+            str(message.get("sender")),
+            payload if isinstance(payload, dict) else {},
+            message,
+            data if isinstance(data, str) else data.decode("utf-8", "replace"),
+        )
+        try:
+            self._buffer_in.send_nowait(event)
+        except trio.WouldBlock:
+            if not self._handlers and self._stream is None and not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "the receive buffer is full and nothing consumes events: register a "
+                    "handler, iterate client.events(), or pass receive=False"
+                )
+            await self._buffer_in.send(event)
+        if seq is not None:
+            self._received = seq
+
+    async def _acker(self) -> None:
+        """Turn a due ack into a frame ``ack_delay`` after the first unacked event."""
+        while True:
+            if self._ack_deadline is None:
+                await self._acker_lot.park()
+                continue
+            await trio.sleep_until(self._ack_deadline)
+            self._ack_deadline = None
+            self._ack_due = True
+            self._writer_lot.unpark_all()
+
+    # -- across connections --------------------------------------------------------------
+
+    async def _dispatcher(self) -> None:
+        """Handlers first, then the iterator (which acks when its consumer comes back);
+        without an iterator the event counts as handled once its handlers returned.
+        Until there is a consumer, events wait in the buffer."""
+        async for event in self._buffer_out:
+            while not self._handlers and self._stream is None:
+                self._consumers = trio.Event()
+                await self._consumers.wait()
+            for handler in (*self._handlers.get(event.type, ()), *self._handlers.get("*", ())):
+                try:
+                    outcome = handler(event)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception:
+                    logger.exception("handler %r failed for %s", handler, event.message_id)
+            stream = self._stream
+            if stream is not None and await stream._offer(event):
+                continue
+            self._handled(event.seq)
+
+    def _handled(self, seq: int | None) -> None:
+        """The application is done with the event ``seq``: schedule a cumulative ack."""
+        if seq is None or (self._processed is not None and seq <= self._processed):
+            return
+        self._processed = self._cursor = seq
+        self._unacked += 1
+        if self._session is None or not self._session.acks:
+            return
+        if self._unacked >= self.ack_batch:
+            self._ack_due = True
+            self._writer_lot.unpark_all()
+        elif self._ack_deadline is None:
+            self._ack_deadline = trio.current_time() + self.ack_delay
+            self._acker_lot.unpark_all()
+
+
+class EventStream:
+    """``async for event in client.events()``: see ``Client.events``."""
+
+    def __init__(self, client: _Receiving) -> None:
+        self._client = client
+        self._in, self._out = trio.open_memory_channel[ReceivedEvent](0)
+        self._holding: ReceivedEvent | None = None
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ReceivedEvent:
+        if self._holding is not None:
+            self._client._handled(self._holding.seq)
+            self._holding = None
+        try:
+            event = await self._out.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        self._holding = event
+        return event
+
+    async def _offer(self, event: ReceivedEvent) -> bool:
+        try:
+            await self._in.send(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def _close(self) -> None:
+        if self._client._stream is self:
+            self._client._stream = None
+        self._in.close()
+        self._out.close()
+
+    async def aclose(self, *, handled: bool = True) -> None:
+        """Stop iterating. The event last yielded counts as handled (and is acknowledged)
+        unless ``handled=False``; leaving ``async with`` by an exception passes False."""
+        if handled and self._holding is not None:
+            self._client._handled(self._holding.seq)
+        self._holding = None
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        await self.aclose(handled=exc_type is None)

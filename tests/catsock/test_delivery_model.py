@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -47,7 +48,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import storage
 
-from .harness import CONVERSION, RunningGateway, envelope
+from .harness import CONVERSION, GatewayFactory, RunningGateway, envelope
+from .test_delivery import until_pong
 from .test_framing_fuzz import ThreadedGateway
 from .test_gateway_stateful import ClientLoop
 
@@ -391,3 +393,40 @@ DeliveryModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestDeliveryModel = DeliveryModel.TestCase
+
+
+# --- a directed test: the interleaving the model cannot force --------------------------------
+
+
+async def test_a_cursor_commit_during_a_reconnect_does_not_rewind_it(
+    start_gateway: GatewayFactory,
+    lazy_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AFAD (no acks: a written event counts as delivered) gets three events and
+    disconnects; its cursor move waits in memory for the next batch commit. It
+    reconnects, and the commit lands while the gateway reads the stored cursor: the
+    read saw the database before the commit, and the in-memory move is gone after
+    it. The interleaving is forced here, but it happens by itself too (the commit is
+    due 50 ms after the move, the read is a worker-thread query); before d8eae40 the
+    reconnect started from the older cursor and got the three events again."""
+    gw = await start_gateway()
+    delivery = gw.gateway.delivery
+    texts = [envelope("conversion", {**CONVERSION, "pay_id": i}, "CATS", f"c-{i}")
+             for i in range(3)]
+    read_cursors = storage.load_cursors
+
+    def read_then_commit(db: Any, identity: str) -> dict[str, int]:
+        stored = read_cursors(db, identity)
+        trio.from_thread.run(delivery.flush)
+        return stored
+
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats, gw.client("AFAD") as afad:
+            for text in texts:
+                await cats.send(text)
+            assert [await afad.recv_text() for _ in texts] == texts
+            assert await until_pong(afad) == []
+        monkeypatch.setattr(storage, "load_cursors", read_then_commit)
+        async with gw.client("AFAD") as afad:
+            assert await until_pong(afad) == []  # nothing again

@@ -275,9 +275,10 @@ async def test_a_recipient_offline_for_the_whole_stream_gets_all_of_it(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="catsock.client: aclose() closes the receive channel, so the client's reader "
-    "ends the session and _connect_once cancels trio-websocket's reader task before the "
-    "gateway's close frame is read; aclose() then waits out close_timeout",
+    reason="catsock/client: Client.aclose() -> ws.aclose() closes the receive channel, so "
+    "the reader (connection.py) ends the session and _connect_once cancels ws_nursery, "
+    "trio-websocket's reader task with it, before the gateway's close frame is read; "
+    "aclose() then waits out close_timeout",
 )
 async def test_client_aclose_does_not_wait_out_its_close_timeout(
     start_gateway: GatewayFactory,

@@ -1,11 +1,13 @@
 """A model of durable delivery, checked step by step against a running gateway.
 
 ``DeliveryModel`` is a hypothesis ``RuleBasedStateMachine``. CATS publishes
-conversions (new ``message_id``s, and repeats of earlier ones); AFAD, a durable
-identity, connects with any mix of ``acks`` and ``resume`` (with or without
-``since``), acks up to any seq, disconnects; the gateway is shut down gracefully
-and started again on the same database. The model is a list: the log of what was
-committed for AFAD, with AFAD's cursor, and it predicts exactly what AFAD gets
+conversions (new ``message_id``s, repeats of earlier ones, and the same new one
+twice at once); AFAD, a durable identity, connects with any mix of ``acks`` and
+``resume`` (with or without ``since``), acks up to any seq, disconnects, opens a
+second connection while one is open; an admin DASHBOARD (not durable) comes and
+goes; the gateway is shut down gracefully and started again on the same
+database. The model is the log of what was committed, AFAD's cursor and a list of
+expected frames per recipient, and it predicts exactly what each gets
 (docs/delivery.md):
 
 - an accepted event gets the next ``seq``; a repeated ``message_id`` is answered
@@ -17,6 +19,7 @@ committed for AFAD, with AFAD's cursor, and it predicts exactly what AFAD gets
   does, up to what was written on that connection (or where it started); cursors
   never move back and survive a restart. ``resume.since`` moves nothing: events
   up to ``since`` that were never written come on the next cursor-based start;
+- a dashboard starts live, or replays from ``resume.since``, never from a cursor;
 - with ``acks`` or ``resume`` each event carries ``seq`` as its first key, else it
   is the publisher's text verbatim; an ``ack`` without ``acks`` is refused.
 
@@ -165,7 +168,7 @@ def matches(expected: Expected, got: str) -> bool:
 
 
 @attrs.define(eq=False)
-class AfadConnection:
+class Recipient:
     ws: Socket
     acks: bool
     with_seq: bool
@@ -189,6 +192,7 @@ class DeliveryModel(RuleBasedStateMachine):
             self.tokens = {
                 "cats": storage.create_token(db, name="cats", client_type="CATS"),
                 "afad": storage.create_token(db, name="afad", client_type="AFAD"),
+                "dash": storage.create_token(db, name="dash", client_type="DASHBOARD"),
             }
         finally:
             db.close()
@@ -197,7 +201,8 @@ class DeliveryModel(RuleBasedStateMachine):
         self.log: list[tuple[int, str]] = []  # (seq, text) committed for AFAD, in order
         self.published: dict[str, int] = {}  # message_id -> seq
         self.cursor = 0  # AFAD's, as the gateway should have it (memory or database)
-        self.afad: AfadConnection | None = None
+        self.afad: Recipient | None = None
+        self.dashboard: Recipient | None = None  # not durable: live, or resume.since
         self.numbers = itertools.count(1)
         self.restarts = 0
 
@@ -242,8 +247,25 @@ class DeliveryModel(RuleBasedStateMachine):
         return ws
 
     @property
+    def recipients(self) -> list[Recipient]:
+        return [r for r in (self.afad, self.dashboard) if r is not None]
+
+    @property
     def head(self) -> int:
         return self.log[-1][0] if self.log else 0
+
+    def _conversion(self, message_id: str) -> str:
+        payload = {**CONVERSION, "pay_id": len(self.published)}
+        return envelope("conversion", payload, "CATS", message_id)
+
+    def _committed(self, message_id: str, seq: int, text: str) -> None:
+        """A new event was accepted as ``seq``: it is in the log, and every recipient
+        connected now gets it live."""
+        assert seq > self.head, (seq, self.head)
+        self.published[message_id] = seq
+        self.log.append((seq, text))
+        for recipient in self.recipients:
+            recipient.expected.append(self.frame(seq, text, recipient.with_seq))
 
     @staticmethod
     def frame(seq: int, text: str, with_seq: bool) -> str:
@@ -260,8 +282,7 @@ class DeliveryModel(RuleBasedStateMachine):
             message_id = data.draw(st.sampled_from(sorted(self.published)), label="again")
         else:
             message_id = f"m-{next(self.numbers)}"
-        text = envelope("conversion", {**CONVERSION, "pay_id": len(self.published)}, "CATS",
-                        message_id)
+        text = self._conversion(message_id)
         self.call(_send, self.cats, text)
         (answer,) = [json.loads(m) for m in self.call(_until_pong, self.cats)]
         assert answer["type"] == "accepted", answer
@@ -271,12 +292,7 @@ class DeliveryModel(RuleBasedStateMachine):
             assert (answer["duplicate"], answer["seq"]) == (True, earlier), answer
             return
         assert answer["duplicate"] is False, answer
-        seq = answer["seq"]
-        assert seq > self.head, (seq, self.head)
-        self.published[message_id] = seq
-        self.log.append((seq, text))
-        if self.afad is not None:
-            self.afad.expected.append(self.frame(seq, text, self.afad.with_seq))
+        self._committed(message_id, answer["seq"], text)
 
     @precondition(lambda self: self.afad is None)
     @rule(extensions=st.sampled_from(EXTENSIONS), since=st.integers(0, 40))
@@ -291,7 +307,7 @@ class DeliveryModel(RuleBasedStateMachine):
         if "resume" in ext:
             assert reply["extensions"]["resume"] == {"since": start, "head": self.head}, reply
         with_seq = bool(ext)
-        self.afad = AfadConnection(ws, "acks" in ext, with_seq, start, start, start)
+        self.afad = Recipient(ws, "acks" in ext, with_seq, start, start, start)
         self.afad.expected = [
             self.frame(seq, text, with_seq) for seq, text in self.log if seq > start
         ]
@@ -325,6 +341,44 @@ class DeliveryModel(RuleBasedStateMachine):
             afad.acked = seq
             self.cursor = max(self.cursor, seq)
 
+    @precondition(lambda self: self.dashboard is None)
+    @rule(resume=st.sampled_from(["none", "resume", "resume-since"]), since=st.integers(0, 40))
+    def connect_dashboard(self, resume: str, since: int) -> None:
+        """An admin dashboard is not durable: it starts live, or replays from
+        ``resume.since`` if it asks (never from a cursor)."""
+        ext: dict[str, Any] = {}
+        if resume != "none":
+            ext["resume"] = {"since": since} if resume == "resume-since" else {}
+        ws, reply = self._open("dash", "DASHBOARD", ext)
+        start = min(since, self.head) if resume == "resume-since" else self.head
+        if ext:
+            assert reply["extensions"]["resume"] == {"since": start, "head": self.head}, reply
+        self.dashboard = Recipient(ws, False, bool(ext), start, start, start)
+        self.dashboard.expected = [
+            self.frame(seq, text, bool(ext)) for seq, text in self.log if seq > start
+        ]
+
+    @precondition(lambda self: self.dashboard is not None)
+    @rule()
+    def disconnect_dashboard(self) -> None:
+        assert self.dashboard is not None
+        self.call(_close, self.dashboard.ws)
+        self.dashboard = None
+
+    @rule()
+    def publish_twice_at_once(self) -> None:
+        """The same new message_id twice back to back (a retry before the first answer):
+        both are answered, the second as a duplicate of the first; delivered once."""
+        message_id = f"m-{next(self.numbers)}"
+        text = self._conversion(message_id)
+        self.call(_send, self.cats, text)
+        self.call(_send, self.cats, text)
+        first, second = [json.loads(m) for m in self.call(_until_pong, self.cats)]
+        assert first["type"] == second["type"] == "accepted", (first, second)
+        assert first["duplicate"] is False, first
+        assert (second["duplicate"], second["seq"]) == (True, first["seq"]), second
+        self._committed(message_id, first["seq"], text)
+
     @precondition(lambda self: self.afad is not None)
     @rule()
     def another_afad_connection_starts_live(self) -> None:
@@ -343,12 +397,11 @@ class DeliveryModel(RuleBasedStateMachine):
         """A graceful shutdown (every connection closed with 1001, the log and the
         cursors flushed), then a new gateway on the same database."""
         self._stop_gateway()
-        clients = [self.cats] + ([self.afad.ws] if self.afad is not None else [])
-        for ws in clients:
+        for ws in [self.cats, *(r.ws for r in self.recipients)]:
             got, code = self.call(_until_closed, ws)
             assert (got, code) == ([], 1001), (got, code)
             self.call(_close, ws)
-        self.afad = None
+        self.afad = self.dashboard = None
         self.restarts += 1
         self.threaded, self.running = self._start_gateway()
         self.cats = self._connect_cats()
@@ -356,16 +409,18 @@ class DeliveryModel(RuleBasedStateMachine):
     # -- the check ---------------------------------------------------------------------------
 
     @invariant()
-    def afad_got_exactly_what_the_model_predicts(self) -> None:
+    def everyone_got_exactly_what_the_model_predicts(self) -> None:
+        for name, recipient in (("DASHBOARD", self.dashboard), ("AFAD", self.afad)):
+            if recipient is not None:
+                got = self.call(_until_pong, recipient.ws)
+                expected, recipient.expected = recipient.expected, []
+                ok = len(got) == len(expected) and all(
+                    matches(e, g) for e, g in zip(expected, got, strict=True)
+                )
+                assert ok, f"{name} expected {expected!r}\n got {got!r}"
         afad = self.afad
         if afad is None:
             return
-        got = self.call(_until_pong, afad.ws)
-        expected, afad.expected = afad.expected, []
-        ok = len(got) == len(expected) and all(
-            matches(e, g) for e, g in zip(expected, got, strict=True)
-        )
-        assert ok, f"AFAD expected {expected!r}\n got {got!r}"
         # Everything after the start was written by now: the replay, then live events.
         if any(seq > afad.start for seq, _ in self.log):
             afad.written = self.head
@@ -373,9 +428,9 @@ class DeliveryModel(RuleBasedStateMachine):
                 self.cursor = max(self.cursor, afad.written)
 
     def teardown(self) -> None:
-        for ws in [self.cats] + ([self.afad.ws] if self.afad is not None else []):
+        for ws in [self.cats, *(r.ws for r in self.recipients)]:
             self.call(_close, ws)
-        self.afad = None
+        self.afad = self.dashboard = None
         try:
             self._stop_gateway()
         finally:

@@ -412,14 +412,6 @@ class Recipient:
             assert self._ws is ws, "the connection ended during a barrier"
             await self._changed.wait()
 
-    async def close(self) -> None:
-        ws = self._ws
-        if ws is not None:
-            if self.acks:
-                with contextlib.suppress(trio_websocket.ConnectionClosed):
-                    await self._ack(ws)
-            await ws.aclose()
-
     # -- what was received --------------------------------------------------------------
 
     def redeliveries(self) -> list[Received]:

@@ -424,6 +424,19 @@ class Recipient:
             seen.add(r.message_id)
         return again
 
+    def check_redeliveries_come_first(self) -> None:
+        """On each new connection, what comes again comes first: the replay from the
+        stored cursor up to where the last connection got, then what it never had."""
+        seen: set[str] = set()
+        by_connection: dict[int, list[Received]] = {}
+        for r in self.received:
+            by_connection.setdefault(r.connection, []).append(r)
+        for number in sorted(by_connection):
+            got = [r.message_id for r in by_connection[number]]
+            again = [m for m in got if m in seen]
+            assert got[: len(again)] == again, f"connection {number}: a redelivery came late"
+            seen.update(got)
+
     def check_order(self) -> None:
         """Within each connection, seq strictly increases and no message_id repeats;
         a redelivered id comes back with the seq it had."""

@@ -148,6 +148,7 @@ class Delivery:
         self._known: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self._ledger: list[storage.LedgerRow] = []
         self._wakeup = trio.Event()
+        self._event_waiting = trio.Event()
         self._committed = trio.Event()
         self._room = trio.Event()
         self.batches = 0
@@ -209,6 +210,7 @@ class Delivery:
         self._next += 1
         self._pending.append(entry)
         self._wakeup.set()
+        self._event_waiting.set()
         return entry
 
     async def publish(
@@ -380,7 +382,11 @@ class Delivery:
                         await self._wakeup.wait()
                     continue
                 if not self._pending:
-                    await trio.sleep(IDLE_FLUSH)
+                    # Only cursor moves and ledger rows: gather more of them, but an
+                    # event ends the wait (a publisher is waiting for its answer).
+                    self._event_waiting = trio.Event()
+                    with trio.move_on_after(IDLE_FLUSH):
+                        await self._event_waiting.wait()
                 if not await self._commit_next():
                     await trio.sleep(RETRY_AFTER_FAILURE)
         finally:

@@ -487,13 +487,6 @@ async def test_a_cursor_commit_during_a_reconnect_does_not_rewind_it(
             assert await until_pong(afad) == []  # nothing again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Delivery.run: a cursor move wakes the writer, which then sleeps IDLE_FLUSH "
-    "(50 ms) to gather more; an event appended meanwhile does not end that sleep, so "
-    "while a durable recipient is connected a publish that waits for its answer takes "
-    "50 ms (about 20 publishes a second) instead of a millisecond",
-)
 async def test_a_publish_is_not_held_back_by_a_pending_cursor_move(
     start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:

@@ -110,6 +110,10 @@ class _Connection(_Publishing, _Receiving):
                     with trio.move_on_after(self.close_timeout) as scope:
                         scope.shield = True
                         await ws.aclose(1000, "client closing")
+                        if self._closing:
+                            # aclose() started the handshake: trio-websocket's reader
+                            # must live until the gateway's close frame is in.
+                            await self._handshake_done.wait()
                 ws_nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(stream)

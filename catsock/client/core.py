@@ -157,6 +157,9 @@ class _ClientCore:
         self._started = False
         self._run_task: trio.lowlevel.Task | None = None
         self._closing = False
+        # Set once aclose() finished its close handshake: the connection's tasks (and
+        # trio-websocket's reader, which reads the gateway's close frame) wait for it.
+        self._handshake_done = trio.Event()
         self._stopped = trio.Event()
 
 

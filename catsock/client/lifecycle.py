@@ -63,15 +63,20 @@ class Client(_Connection):
         resent by the next client."""
         self._closing = True
         session = self._session
-        if session is not None:
-            with trio.move_on_after(self.close_timeout) as scope:
-                scope.shield = True
-                seq = self._processed
-                if session.acks and seq is not None and (self._acked is None or seq > self._acked):
-                    with contextlib.suppress(ConnectionClosed):
-                        await session.ws.send_message(_ack(seq))
-                        self._acked = seq
-                await session.ws.aclose(1000, "client closing")
+        try:
+            if session is not None:
+                with trio.move_on_after(self.close_timeout) as scope:
+                    scope.shield = True
+                    seq = self._processed
+                    if session.acks and seq is not None and (
+                        self._acked is None or seq > self._acked
+                    ):
+                        with contextlib.suppress(ConnectionClosed):
+                            await session.ws.send_message(_ack(seq))
+                            self._acked = seq
+                    await session.ws.aclose(1000, "client closing")
+        finally:
+            self._handshake_done.set()
         self._run_scope.cancel()
         if self._started and not self._inside_run():
             with trio.CancelScope(shield=True):

@@ -39,15 +39,8 @@ from tests.catsock.test_serve import Served, cli_env, run_cli
 PROCESS_TIMEOUT = 30
 #: Reconnect quickly while the gateway restarts (the default starts at 2 s).
 FAST_BACKOFF = Backoff(base=0.05, factor=2.0, cap=0.5, jitter=0.2)
-#: A publishing ``catsock.client`` for these tests. ``close_timeout``: leaving
-#: ``connect`` often waits all of it for a close handshake that cannot complete
-#: (test_kill.py ``test_client_aclose_does_not_wait_out_its_close_timeout``).
-CLIENT_OPTIONS: dict[str, Any] = {
-    "receive": False,
-    "backoff": FAST_BACKOFF,
-    "max_in_flight": 500,
-    "close_timeout": 1.0,
-}
+#: A publishing ``catsock.client`` for these tests.
+CLIENT_OPTIONS: dict[str, Any] = {"receive": False, "backoff": FAST_BACKOFF, "max_in_flight": 500}
 
 
 def conversion_payload(i: int, **extra: Any) -> dict[str, Any]:

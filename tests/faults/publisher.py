@@ -38,8 +38,7 @@ async def main(url: str, token: str, outbox: str, count: int) -> None:
     already = stored_ids(outbox)
     backoff = Backoff(base=0.05, factor=2.0, cap=0.5, jitter=0.2)
     async with connect(
-        url, token, "CATS", outbox_path=outbox, receive=False, backoff=backoff,
-        close_timeout=1.0,  # see test_kill.py test_client_aclose_does_not_wait_out_...
+        url, token, "CATS", outbox_path=outbox, receive=False, backoff=backoff
     ) as client:
         send, receive = trio.open_memory_channel[Publication](count)
         async with trio.open_nursery() as nursery:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 import storage
@@ -349,22 +348,16 @@ async def test_a_recipient_offline_for_the_whole_stream_gets_all_of_it(
     assert not any(a.duplicate for a in accepted.values())
 
 
-# -- found while writing these tests ------------------------------------------------------
+# -- found while writing these tests (fixed in 5f8e3a2) -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="catsock/client: Client.aclose() -> ws.aclose() closes the receive channel, so "
-    "the reader (connection.py) ends the session and _connect_once cancels ws_nursery, "
-    "trio-websocket's reader task with it, before the gateway's close frame is read; "
-    "aclose() then waits out close_timeout",
-)
 async def test_client_aclose_does_not_wait_out_its_close_timeout(
     start_gateway: GatewayFactory,
 ) -> None:
-    """Leaving ``connect`` should take one round trip, not ``close_timeout``. It takes
-    the whole timeout in about half the runs (so: up to 20 tries, stop at the first
-    slow one); a raw trio-websocket client closes in about a millisecond."""
+    """Leaving ``connect`` takes one round trip, not ``close_timeout``. Before 5f8e3a2
+    it took the whole timeout in about half the runs (hence 20 tries): closing ended
+    the session, whose task cancelled trio-websocket's reader before the gateway's
+    close frame was read."""
     gw = await start_gateway()
     token = gw.token("cats", "CATS")
     close_timeout = 2.0

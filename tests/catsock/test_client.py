@@ -569,3 +569,25 @@ async def test_publish_only_client_and_close_code(
         assert side.close_code == 1000
         with pytest.raises(ClientClosed):
             await cats.publish("conversion", CONVERSION)
+
+
+async def test_client_aclose_does_not_wait_out_its_close_timeout(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    """Leaving ``connect`` takes one round trip, not ``close_timeout``. Before 5f8e3a2
+    it took the whole timeout in about half the runs (hence 20 tries): closing ended
+    the session, whose task cancelled trio-websocket's reader before the gateway's
+    close frame was read. On the fake clock a round trip takes no time at all, and
+    waiting out the timeout takes all of it."""
+    gw = await start_gateway()
+    token = gw.token("cats", "CATS")
+    close_timeout = 2.0
+    with trio.fail_after(600):
+        for _ in range(20):
+            async with connect(
+                gw.url, token, "CATS", receive=False, close_timeout=close_timeout
+            ) as client:
+                started = trio.current_time()
+                await client.aclose()
+                elapsed = trio.current_time() - started
+            assert elapsed < close_timeout, f"aclose waited out its close_timeout ({elapsed} s)"

@@ -24,6 +24,8 @@ import pytest
 import trio
 import trio_websocket
 
+from tests.lines import LineReader
+
 from .harness import CONVERSION, Client, envelope
 
 #: Every wait on a subprocess is bounded by this; an interpreter start takes ~1 s.
@@ -82,44 +84,23 @@ class Served:
 
     def __init__(self, process: trio.Process) -> None:
         self.process = process
-        self.lines: list[str] = []
-        self.eof = False
-        self._changed = trio.Event()
+        assert process.stderr is not None
+        self.err = LineReader(process.stderr)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.err.lines
 
     @property
     def stderr(self) -> str:
         return "\n".join(self.lines)
 
     async def read_stderr(self) -> None:
-        stream = self.process.stderr
-        assert stream is not None
-        pending = b""
-        async for chunk in stream:
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            self.lines.extend(line.decode() for line in complete)
-            self._notify()
-        if pending:
-            self.lines.append(pending.decode())
-        self.eof = True
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        await self.err.run()
 
     async def wait_for_line(self, pattern: re.Pattern[str]) -> tuple[int, re.Match[str]]:
         """The index and match of the first stderr line matching ``pattern``."""
-        seen = 0
-        while True:
-            for index in range(seen, len(self.lines)):
-                match = pattern.search(self.lines[index])
-                if match is not None:
-                    return index, match
-            seen = len(self.lines)
-            if self.eof:
-                raise AssertionError(f"stderr ended without {pattern.pattern!r}:\n{self.stderr}")
-            await self._changed.wait()
+        return await self.err.wait_for_match(pattern)
 
     async def port(self) -> int:
         _, match = await self.wait_for_line(LISTENING)
@@ -128,8 +109,7 @@ class Served:
     async def wait_exit(self) -> int:
         """Wait for the process to exit and its stderr to end; the exit code."""
         code = await self.process.wait()
-        while not self.eof:
-            await self._changed.wait()
+        await self.err.wait_eof()
         return code
 
     async def stop(self, signum: int = signal.SIGTERM) -> int:

@@ -34,6 +34,7 @@ from catsock.backoff import Backoff
 from catsock.client import Accepted, Client, Publication
 from tests.catsock.harness import CONVERSION
 from tests.catsock.test_serve import Served, cli_env, run_cli
+from tests.lines import LineReader
 
 #: Every wait on a process (start, exit) is bounded by this.
 PROCESS_TIMEOUT = 30
@@ -187,40 +188,6 @@ async def gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Gatewa
 
 
 # -- other processes: the CLI's tail, the publisher script ----------------------------------
-
-
-class LineReader:
-    """The lines of a process's output stream as they come (never sleeping for them)."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.lines: list[str] = []
-        self.eof = False
-        self._changed = trio.Event()
-
-    async def run(self) -> None:
-        pending = b""
-        async for chunk in self.stream:
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            self.lines.extend(line.decode() for line in complete)
-            self._notify()
-        if pending:
-            self.lines.append(pending.decode())
-        self.eof = True
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, done: Callable[[list[str]], bool]) -> None:
-        """Wait until ``done(lines)``; fail if the stream ends first."""
-        while not done(self.lines):
-            if self.eof:
-                raise AssertionError("the process's output ended first:\n" + "\n".join(
-                    self.lines[-20:]))
-            await self._changed.wait()
 
 
 @attrs.define

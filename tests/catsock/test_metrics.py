@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,6 +13,8 @@ from protocol import ErrorCode
 
 from .harness import CONVERSION, GatewayFactory, RunningGateway, envelope
 from .test_http import http
+
+HTTP_API_DOC = (Path(__file__).resolve().parents[2] / "docs" / "http-api.md").read_text()
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -158,3 +162,22 @@ async def test_event_log_numbers_are_scraped(start_gateway: GatewayFactory) -> N
     assert value(samples, "catsock_publish_to_deliver_seconds_count") == 1
     assert value(samples, "catsock_publish_to_deliver_seconds_bucket", le="+Inf") == 1
     assert value(samples, "catsock_messages_out_total", type="conversion") == 1
+
+
+async def test_every_metric_in_the_http_api_doc_is_scraped(start_gateway: GatewayFactory) -> None:
+    """docs/http-api.md's metrics table names what /metrics serves, and all of it."""
+    table = HTTP_API_DOC[HTTP_API_DOC.index("| metric | type |") :].split("\n\n", 1)[0]
+    documented = set(re.findall(r"`(catsock_[a-z_]+)`", table))
+    gw = await start_gateway()
+    with trio.fail_after(10):
+        await scrape(gw)  # so that the HTTP request counter has a sample
+        samples = await scrape(gw)
+    served = {name for name, _labels in samples}
+    # A counter's samples are named NAME_total; a histogram's NAME_bucket, _sum, _count.
+    families = {re.sub(r"_(bucket|sum|count|created)$", "", name) for name in served}
+    assert documented, "no metrics table found in docs/http-api.md"
+    missing = documented - families - served
+    assert not missing, f"documented but not served: {missing}"
+    undocumented = {f for f in families if f.startswith("catsock_")} - documented
+    undocumented = {f for f in undocumented if f.removesuffix("_total") not in documented}
+    assert not undocumented, f"served but not in docs/http-api.md: {undocumented}"

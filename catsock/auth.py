@@ -65,7 +65,12 @@ class Authenticator:
         if credential is not None:
             if credential.client_type != client_type:
                 return None
-            return Principal(credential.name, credential.client_type, credential.user_id)
+            return Principal(
+                credential.name,
+                credential.client_type,
+                credential.user_id,
+                receives=not credential.publish_only,
+            )
         if (
             self._shared is not None
             and client_type in self._shared_types
@@ -84,7 +89,12 @@ class Authenticator:
         if credential is None and await self.refresh():
             credential = storage.verify(self._active, token)
         if credential is not None:
-            return Principal(credential.name, credential.client_type, credential.user_id)
+            return Principal(
+                credential.name,
+                credential.client_type,
+                credential.user_id,
+                receives=not credential.publish_only,
+            )
         if shared_as is not None:
             return await self.verify(token, shared_as)
         return None

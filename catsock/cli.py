@@ -170,13 +170,25 @@ def _open(config_path: str | None, database: str | None) -> Any:
 @click.option("--client-type", required=True, help="CATS, AFAD, DASHBOARD or your own type.")
 @click.option("--name", required=True, help="Identity name, e.g. afad-prod (unique).")
 @click.option("--user-id", help="Bind to one user: the token then sees only user:<id>.")
+@click.option(
+    "--publish-only",
+    is_flag=True,
+    help="The token publishes and receives nothing (e.g. PHP request handlers).",
+)
 def token_create(
-    config_path: str | None, database: str | None, client_type: str, name: str, user_id: str | None
+    config_path: str | None,
+    database: str | None,
+    client_type: str,
+    name: str,
+    user_id: str | None,
+    publish_only: bool,
 ) -> None:
     """Create a token and print it once (only its hash is stored)."""
     db = _open(config_path, database)
     try:
-        plain = storage.create_token(db, name=name, client_type=client_type, user_id=user_id)
+        plain = storage.create_token(
+            db, name=name, client_type=client_type, user_id=user_id, publish_only=publish_only
+        )
     except storage.CredentialError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(plain)
@@ -189,11 +201,11 @@ def token_create(
 def token_list(config_path: str | None, database: str | None) -> None:
     """List tokens (names and types; never the tokens themselves)."""
     rows = storage.list_tokens(_open(config_path, database))
-    click.echo(f"{'NAME':<24} {'TYPE':<10} {'USER':<10} {'CREATED':<25} REVOKED")
+    click.echo(f"{'NAME':<24} {'TYPE':<10} {'USER':<10} {'CREATED':<25} {'REVOKED':<25} RECEIVES")
     for c in rows:
         click.echo(
             f"{c.name:<24} {c.client_type:<10} {c.user_id or '-':<10} "
-            f"{c.created_at:<25} {c.revoked_at or '-'}"
+            f"{c.created_at:<25} {c.revoked_at or '-':<25} {'no' if c.publish_only else 'yes'}"
         )
 
 

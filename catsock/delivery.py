@@ -306,7 +306,7 @@ class Delivery:
         The replay of what a durable identity missed goes to the connection that
         finds it offline; while another connection of it is open, a new one starts
         live (the identity is not returning: it never left)."""
-        if not self.enabled:
+        if not self.enabled or not channels:
             return None
         if since is not None:
             return {channel: min(since, self.head) for channel in channels}

@@ -293,7 +293,11 @@ class HttpApi:
         delivery = self.gateway.delivery
         if not delivery.enabled:
             return _api_error(ErrorCode.PROCESSING_ERROR, "the event log is off (delivery.log)")
-        channels = subscriptions_for(principal.client_type, principal.user_id)
+        channels = (
+            subscriptions_for(principal.client_type, principal.user_id)
+            if principal.receives
+            else ()
+        )
         identity = principal.identity
         if since is not None:
             since = min(since, delivery.head)

@@ -66,6 +66,8 @@ def _candidates(
     names = {row["identity"] for row in storage.ledger_rows(db, event["seq"])}
     names |= {row["identity"] for row in storage.recipients_of(db, channels)}
     for credential in storage.list_tokens(db):
+        if credential.publish_only:
+            continue
         if set(channels) & set(subscriptions_for(credential.client_type, credential.user_id)):
             names.add(credential.name)
     names.discard(event["sender"])
@@ -84,6 +86,8 @@ def _fate(
         return [f"{name} published it; nobody receives its own events"]
     credential = next((c for c in storage.list_tokens(db) if c.name == name), None)
     listens: tuple[str, ...] = ()
+    if credential is not None and credential.publish_only:
+        return [f"{name} is a publish-only token: nothing is delivered to it"]
     if credential is not None:
         listens = subscriptions_for(credential.client_type, credential.user_id)
         if not set(listens) & set(channels):

@@ -170,6 +170,8 @@ class Principal:
     identity: str
     client_type: str
     user_id: str | None = None
+    #: False for a publish-only token: it joins no channel.
+    receives: bool = True
 
 
 @attrs.frozen(slots=True)
@@ -311,7 +313,11 @@ class ConnectionMachine:
                     extensions=self.extensions,
                 )
             ),
-            Subscribe(subscriptions_for(principal.client_type, principal.user_id)),
+            Subscribe(
+                subscriptions_for(principal.client_type, principal.user_id)
+                if principal.receives
+                else ()
+            ),
         ]
         heartbeat = (self.extensions or {}).get("heartbeat")
         if heartbeat is not None:

@@ -34,7 +34,7 @@ __all__ = [
 TOKEN_PREFIX = "cs_"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CLIENT_TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
-_COLUMNS = "name, client_type, user_id, token_hash, created_at, revoked_at"
+_COLUMNS = "name, client_type, user_id, token_hash, created_at, revoked_at, publish_only"
 
 
 @attrs.frozen
@@ -47,6 +47,8 @@ class Credential:
     token_hash: str
     created_at: str
     revoked_at: str | None
+    #: Publishes only: joins no channel, so nothing is delivered or replayed to it.
+    publish_only: bool = False
 
 
 class CredentialError(Exception):
@@ -66,8 +68,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _row_to_credential(row: tuple[str, str, str | None, str, str, str | None]) -> Credential:
-    return Credential(*row)
+def _row_to_credential(
+    row: tuple[str, str, str | None, str, str, str | None, int],
+) -> Credential:
+    return Credential(*row[:6], publish_only=bool(row[6]))
 
 
 def create_token(
@@ -76,6 +80,7 @@ def create_token(
     name: str,
     client_type: str,
     user_id: str | None = None,
+    publish_only: bool = False,
     now: float | None = None,
 ) -> str:
     """Create a credential and return its plain token; this is the only time it exists."""
@@ -91,8 +96,8 @@ def create_token(
     try:
         with db.atomic():
             db.conn.execute(
-                f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
-                (name, client_type, user_id, hash_token(token), created_at),
+                f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (name, client_type, user_id, hash_token(token), created_at, int(publish_only)),
             )
             # A durable identity is kept every event from now on, even before it
             # first connects (storage/events.py, LOG_START).

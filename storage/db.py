@@ -7,15 +7,31 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlite_utils
 
 __all__ = ["SCHEMA_VERSION", "SchemaVersionError", "iso", "migrate", "open_db"]
 
+Step = str | Callable[[sqlite3.Connection], None]
+
+
+def _add_column(table: str, column: str, declaration: str) -> Step:
+    """ALTER TABLE ADD COLUMN, skipped when the column is there (SQLite has no IF NOT EXISTS
+    for it), so a re-run migration still converges."""
+
+    def step(conn: sqlite3.Connection) -> None:
+        existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+    return step
+
+
 # One entry per schema version; entry N moves a database from user_version N to N + 1.
 # Statements use IF NOT EXISTS so a half-applied or hand-created schema still converges.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+_MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (
         """
         CREATE TABLE IF NOT EXISTS credentials (
@@ -103,6 +119,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS idx_ledger_identity ON ledger (identity, last_seq)",
         "CREATE INDEX IF NOT EXISTS idx_ledger_last_seq ON ledger (last_seq)",
     ),
+    # 3: publish-only tokens (they receive nothing; docs/delivery.md §7).
+    (_add_column("credentials", "publish_only", "INTEGER NOT NULL DEFAULT 0"),),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -141,7 +159,10 @@ def migrate(db: sqlite_utils.Database) -> None:
             )
         for step in _MIGRATIONS[version:]:
             for statement in step:
-                conn.execute(statement)
+                if callable(statement):
+                    statement(conn)
+                else:
+                    conn.execute(statement)
         # PRAGMA cannot take a bound parameter; SCHEMA_VERSION is our own int.
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
     except BaseException:

@@ -113,14 +113,16 @@ async def test_user_bound_token_and_list(tmp_path: Path, start_gateway: GatewayF
     with trio.fail_after(TIMEOUT):
         cats = await create_token(tmp_path, env, "CATS", "cats-1")
         dash = await create_token(tmp_path, env, "DASHBOARD", "dash-500", "--user-id", "500")
+        web = await create_token(tmp_path, env, "AFAD", "afad-web", "--publish-only")
         listed = await run_cli("token", "list", cwd=tmp_path, env=env)
         assert listed.code == 0, listed
         header, *rows = listed.out.splitlines()
-        assert header.split() == ["NAME", "TYPE", "USER", "CREATED", "REVOKED"]
+        assert header.split() == ["NAME", "TYPE", "USER", "CREATED", "REVOKED", "RECEIVES"]
         fields = sorted(row.split() for row in rows)
-        assert [(f[0], f[1], f[2], f[4]) for f in fields] == [
-            ("cats-1", "CATS", "-", "-"),
-            ("dash-500", "DASHBOARD", "500", "-"),
+        assert [(f[0], f[1], f[2], f[4], f[5]) for f in fields] == [
+            ("afad-web", "AFAD", "-", "-", "no"),
+            ("cats-1", "CATS", "-", "-", "yes"),
+            ("dash-500", "DASHBOARD", "500", "-", "yes"),
         ]
         # Never a token, nor its hash.
         assert "cs_" not in listed.out
@@ -129,16 +131,23 @@ async def test_user_bound_token_and_list(tmp_path: Path, start_gateway: GatewayF
 
         # The user-bound token authenticates and sees only its user's channel.
         gw = await start_gateway(database=str(db))
-        gw.tokens.update({"cats-1": cats, "dash-500": dash})
+        gw.tokens.update({"cats-1": cats, "dash-500": dash, "afad-web": web})
         async with (
             gw.client("DASHBOARD", "dash-500") as dashboard,
             gw.client("CATS", "cats-1") as sender,
+            gw.client("AFAD", "afad-web") as publish_only,
         ):
             other = {**CONVERSION, "owner_id": 7, "tier_rewards": []}
             await sender.send(envelope("conversion", other, "CATS", "not-for-500"))
             await sender.send(envelope("conversion", CONVERSION, "CATS", "for-500"))
             event = await dashboard.recv()
             assert event["message_id"] == "for-500"
+            # A publish-only token still publishes, and gets nothing routed to AFAD.
+            update = {"adware_id": 100, "action": "UPDATE", "data": {"money": 1}}
+            await publish_only.send(envelope("adware_update", update, "AFAD", "from-web"))
+            assert (await sender.recv())["message_id"] == "from-web"
+            await publish_only.send({"type": "ping"})
+            assert (await publish_only.recv())["type"] == "pong"
 
 
 async def test_revoke_then_list_and_revoked_token_is_refused(
@@ -154,7 +163,7 @@ async def test_revoke_then_list_and_revoked_token_is_refused(
         listed = await run_cli("token", "list", cwd=tmp_path, env=env)
         (row,) = listed.out.splitlines()[1:]
         assert row.split()[0] == "afad-1"
-        assert row.split()[-1].endswith("Z")  # the revocation time
+        assert row.split()[-2].endswith("Z")  # the revocation time
 
         again = await run_cli("token", "revoke", "afad-1", cwd=tmp_path, env=env)
         assert "afad-1" in _one_error_line(again)

@@ -223,6 +223,8 @@ async def test_ledger_says_why_a_recipient_did_not_get_an_event(
     gw = await start_gateway()
     gw.token("afad", "AFAD")
     gw.token("user-7", "DASHBOARD", "7")
+    with storage.open_db(gw.database) as tokens:
+        storage.create_token(tokens, name="afad-web", client_type="AFAD", publish_only=True)
     with trio.fail_after(20):
         async with gw.client("CATS") as cats:
             await publish_all(cats, [conversion("x1")])
@@ -232,4 +234,7 @@ async def test_ledger_says_why_a_recipient_did_not_get_an_event(
     assert "waiting in the log for afad" in story.recipients["afad"][0]
     (only,) = explain(db, "x1", recipient="user-7")
     assert "not routed to user-7" in only.recipients["user-7"][0]
+    assert "afad-web" not in story.recipients  # publish-only: never a recipient
+    (web,) = explain(db, "x1", recipient="afad-web")
+    assert "publish-only" in web.recipients["afad-web"][0]
     assert explain(db, "no-such-message") == []

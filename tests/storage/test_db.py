@@ -49,6 +49,7 @@ def test_open_db_creates_tables_and_indexes(db: sqlite_utils.Database) -> None:
         "token_hash": str,
         "created_at": str,
         "revoked_at": str,
+        "publish_only": int,
     }
     assert list(db["connections"].columns_dict) == [
         "id", "client_type", "identity", "remote_addr", "connected_at",

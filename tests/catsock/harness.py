@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import trio
 import trio_websocket
+import trustme
 import wsproto
 import wsproto.events as ev
 
@@ -206,3 +207,16 @@ class RawClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+def tls_config(tmp_path: Path) -> tuple[trustme.CA, dict[str, str]]:
+    """A throwaway CA and the gateway's ``tls`` settings for a 127.0.0.1 certificate
+    it issued (chain included); clients trust it with ``ca.configure_trust``."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_file)
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(cert_file, append=True)
+    cert.private_key_pem.write_to_path(key_file)
+    return ca, {"cert": str(cert_file), "key": str(key_file)}

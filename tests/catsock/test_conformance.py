@@ -23,7 +23,6 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-import trustme
 from click.testing import CliRunner
 
 from catsock.cli import main
@@ -37,7 +36,7 @@ from catsock.conformance import (
 )
 from protocol.conformance import load_decode_vectors, load_session_vectors
 
-from .harness import GatewayFactory, RunningGateway
+from .harness import GatewayFactory, RunningGateway, tls_config
 
 #: The vector that needs the gateway at a per-identity connection limit, which is
 #: runtime configuration the runner cannot know.
@@ -157,14 +156,8 @@ async def test_checks_needing_a_missing_token_are_skipped(
 
 
 async def test_runner_over_tls(start_gateway: GatewayFactory, tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(cert_file)
-    for blob in cert.cert_chain_pems[1:]:
-        blob.write_to_path(cert_file, append=True)
-    cert.private_key_pem.write_to_path(key_file)
-    gw = await start_gateway(tls={"cert": str(cert_file), "key": str(key_file)})
+    ca, tls = tls_config(tmp_path)
+    gw = await start_gateway(tls=tls)
     tokens = _tokens(gw)
     url = f"wss://127.0.0.1:{gw.port}/ws"
     context = ssl.create_default_context()

@@ -19,12 +19,19 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-import trustme
 import wsproto.events as ev
 
 from catsock.config import ConfigError
 
-from .harness import ADWARE_UPDATE, CONVERSION, GatewayFactory, RawClient, RunningGateway, envelope
+from .harness import (
+    ADWARE_UPDATE,
+    CONVERSION,
+    GatewayFactory,
+    RawClient,
+    RunningGateway,
+    envelope,
+    tls_config,
+)
 
 
 @attrs.frozen
@@ -396,12 +403,8 @@ async def test_upgrade_after_a_keep_alive_request_on_the_same_connection(
 async def test_https_serves_http_and_wss_on_one_port(
     start_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(cert_file)
-    cert.private_key_pem.write_to_path(key_file)
-    gw = await start_gateway(tls={"cert": str(cert_file), "key": str(key_file)})
+    ca, tls = tls_config(tmp_path)
+    gw = await start_gateway(tls=tls)
     context = ssl.create_default_context()
     ca.configure_trust(context)
     with trio.fail_after(10):

@@ -10,10 +10,9 @@ from pathlib import Path
 import trio
 import trio.testing
 import trio_websocket
-import trustme
 import wsproto.events as ev
 
-from .harness import GatewayFactory, RawClient
+from .harness import GatewayFactory, RawClient, tls_config
 
 
 async def _raw_auth(gw_port: int, token: str, extensions: dict[str, object] | None) -> RawClient:
@@ -101,14 +100,8 @@ async def test_tcp_keepalive_is_set_on_accepted_sockets(start_gateway: GatewayFa
 async def test_tls_serves_wss_and_refuses_plain_text(
     start_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(cert_file)
-    for blob in cert.cert_chain_pems[1:]:
-        blob.write_to_path(cert_file, append=True)
-    cert.private_key_pem.write_to_path(key_file)
-    gw = await start_gateway(tls={"cert": str(cert_file), "key": str(key_file)})
+    ca, tls = tls_config(tmp_path)
+    gw = await start_gateway(tls=tls)
     token = gw.token("cats", "CATS")
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)

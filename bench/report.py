@@ -217,6 +217,34 @@ def loss_text(m: dict[str, Any]) -> str:
     return f"{m['lost']:,} not delivered before the drain limit, no gaps"
 
 
+#: The columns of a closed-loop fan-out step (scenarios 1 and 5).
+_FAN_OUT_HEADER = (
+    "P",
+    "S",
+    "msgs/s",
+    "deliveries/s",
+    "deliveries per server CPU-s",
+    "lossless",
+    "server CPU",
+    "generator CPU",
+    "cpu-wait",
+)
+
+
+def _fan_out_cells(m: dict[str, Any]) -> list[str]:
+    return [
+        str(m["publishers"]),
+        f"{m['subscribers']:,}",
+        f"{m['msgs_per_s']:,.0f}",
+        f"{m['deliveries_per_s']:,.0f}",
+        _per_cpu(m),
+        _lossless(m),
+        _pct(m["server_cpu_pct"]),
+        _pct(m["generator_cpu_pct"]),
+        _pct(m.get("cpu_pressure_pct")),
+    ]
+
+
 def _per_cpu(m: dict[str, Any]) -> str:
     """Deliveries per second of server CPU: comparable even when the machine is busy."""
     cpu = m.get("server_cpu_pct") or 0.0
@@ -270,40 +298,14 @@ def to_markdown(run: dict[str, Any]) -> str:
         "",
     ]
     if by.get("throughput"):
-        header = [
-            "peer",
-            "P",
-            "S",
-            "msgs/s",
-            "deliveries/s",
-            "deliveries per server CPU-s",
-            "lossless",
-            "server CPU",
-            "generator CPU",
-            "cpu-wait",
-            "seed target",
-        ]
+        header = ["peer", *_FAN_OUT_HEADER, "seed target"]
         rows = []
         for r in by["throughput"]:
             m = r["metrics"]
             if m is None:
                 rows.append(_error_row(r, len(header)))
                 continue
-            rows.append(
-                [
-                    r["peer"],
-                    str(m["publishers"]),
-                    f"{m['subscribers']:,}",
-                    f"{m['msgs_per_s']:,.0f}",
-                    f"{m['deliveries_per_s']:,.0f}",
-                    _per_cpu(m),
-                    _lossless(m),
-                    _pct(m["server_cpu_pct"]),
-                    _pct(m["generator_cpu_pct"]),
-                    _pct(m.get("cpu_pressure_pct")),
-                    _targets_cell(r),
-                ]
-            )
+            rows.append([r["peer"], *_fan_out_cells(m), _targets_cell(r)])
         out += ["## 1. Fan-out throughput (closed loop)", "", _table(header, rows), ""]
         out += _headroom(by["throughput"])
     if by.get("latency"):
@@ -411,20 +413,7 @@ def to_markdown(run: dict[str, Any]) -> str:
                 )
         out += ["## 4. Idle memory", "", _table(header, rows), ""]
     if by.get("durability"):
-        header = [
-            "log policy",
-            "P",
-            "S",
-            "msgs/s",
-            "deliveries/s",
-            "deliveries per server CPU-s",
-            "lossless",
-            "server CPU",
-            "generator CPU",
-            "cpu-wait",
-            "vs live (no logs)",
-            "seed target",
-        ]
+        header = ["log policy", *_FAN_OUT_HEADER, "vs live (no logs)", "seed target"]
         off = {
             r["params"]["subscribers"]: r["metrics"]
             for r in by["durability"]
@@ -445,22 +434,7 @@ def to_markdown(run: dict[str, Any]) -> str:
             if base and r["params"]["log_policy"] != "live" and base["deliveries_per_s"]:
                 change = m["deliveries_per_s"] / base["deliveries_per_s"] - 1
                 ratio = f"{change:+.0%} deliveries/s"
-            rows.append(
-                [
-                    r["params"]["log_policy"],
-                    str(m["publishers"]),
-                    f"{m['subscribers']:,}",
-                    f"{m['msgs_per_s']:,.0f}",
-                    f"{m['deliveries_per_s']:,.0f}",
-                    _per_cpu(m),
-                    _lossless(m),
-                    _pct(m["server_cpu_pct"]),
-                    _pct(m["generator_cpu_pct"]),
-                    _pct(m.get("cpu_pressure_pct")),
-                    ratio,
-                    _targets_cell(r),
-                ]
-            )
+            rows.append([r["params"]["log_policy"], *_fan_out_cells(m), ratio, _targets_cell(r)])
         out += [
             "## 5. Durability cost (catsock: both logs, event log only, live relay with no logs)",
             "",

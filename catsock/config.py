@@ -110,6 +110,9 @@ class DeliveryConfig:
     durable_types: list[str] = attrs.Factory(lambda: ["CATS", "AFAD"])
     retention_days: float = 7.0
     retention_rows: int = 1_000_000
+    #: Seconds at least between two commits of the event log: events arriving
+    #: meanwhile share the next transaction (0: commit as soon as the last ended).
+    commit_interval: float = 0.005
     #: Events accepted but not yet committed before publishers are made to wait.
     max_pending: int = 10_000
     #: Events read from the log per catch-up query.
@@ -246,6 +249,8 @@ def _validate(config: Config) -> Config:
             problems.append(f"delivery.ttl.{event_type} must be positive")
     if delivery.max_pending < 1 or delivery.replay_batch < 1:
         problems.append("delivery.max_pending and delivery.replay_batch must be at least 1")
+    if not 0 <= delivery.commit_interval <= 1:
+        problems.append("delivery.commit_interval must be between 0 and 1 (seconds)")
     if delivery.queue_full_grace < 0 or delivery.retention_days <= 0:
         problems.append("delivery.queue_full_grace must be >= 0, retention_days > 0")
     if config.limits.max_message_size < 256:

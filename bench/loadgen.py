@@ -390,7 +390,12 @@ async def run_closed_loop(
                     senders.start_soon(publish, pub)
             await _drain(step, idle_timeout=DRAIN_IDLE, hard_timeout=max(15.0, 3 * duration))
             usage = cpu.stop()
-            elapsed = max(tracker.last_delivery - first_send, 1e-9)
+            # From the first send to the last delivery; with nothing delivered (a server
+            # that died), the whole step, so msgs/s is not published / 0.
+            if tracker.last_delivery > first_send:
+                elapsed = tracker.last_delivery - first_send
+            else:
+                elapsed = usage["wall_s"]
             result = _loss(step)
             result.update(
                 {

@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,154 @@ def _error_row(record: dict[str, Any], width: int) -> list[str]:
     return cells + [""] * (width - 3) + [_targets_cell(record)]
 
 
+#: The peers every comparing table measures catsock against, in this order: the
+#: trio + wsproto reference relay (what a trio server can reach) and websockets.
+REFERENCES = ("trio-wsproto", "websockets")
+
+#: A step's metrics → one number (None when the step has none).
+Metric = Callable[[dict[str, Any]], float | None]
+
+
+def _ratio(mine: float | None, theirs: float | None) -> str:
+    if mine is None or theirs is None or theirs <= 0:
+        return "—"
+    return f"{mine / theirs:.2f}×"
+
+
+def _step_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _ratio_table(
+    records: list[dict[str, Any]],
+    label: tuple[list[str], Callable[[dict[str, Any]], list[str]]],
+    values: list[tuple[str, Metric, Callable[[float], str]]],
+    note: str,
+    sound: tuple[Callable[[dict[str, Any]], bool], str] | None = None,
+) -> list[str]:
+    """catsock's ratio to each of ``REFERENCES``, step by step: for each of ``values``
+    (name, metric, format) one column with catsock's value and one ``÷ peer`` column
+    per reference. A peer or value that is missing (peer not run, step failed) shows
+    "—". ``sound`` is (check, what it means): a ratio where either side fails the
+    check gets a † and the table a footnote saying what was wrong."""
+    steps: dict[str, dict[str, Any]] = {}
+    params_of: dict[str, dict[str, Any]] = {}
+    for r in records:
+        key = _step_key(r["params"])
+        params_of.setdefault(key, r["params"])
+        steps.setdefault(key, {})[r["peer"]] = r["metrics"]
+    if not any("catsock" in peers for peers in steps.values()):
+        return []
+    label_header, label_cells = label
+    header = list(label_header)
+    for name, _, _ in values:
+        header.append(f"catsock {name}")
+        header += [f"{name} ÷ {ref}" for ref in REFERENCES]
+    rows = []
+    flagged = False
+    for key, peers in steps.items():
+        if "catsock" not in peers:
+            continue
+        mine = peers["catsock"]
+        row = label_cells(params_of[key])
+        for _, metric, fmt in values:
+            value = None if mine is None else metric(mine)
+            row.append("ERROR" if mine is None else ("—" if value is None else fmt(value)))
+            for ref in REFERENCES:
+                theirs = peers.get(ref)
+                cell = _ratio(value, None if theirs is None else metric(theirs))
+                if (
+                    sound is not None
+                    and cell != "—"
+                    and not (sound[0](mine) and theirs is not None and sound[0](theirs))
+                ):
+                    cell += " †"
+                    flagged = True
+                row.append(cell)
+        rows.append(row)
+    out = [f"catsock ÷ reference peers ({note}):", "", _table(header, rows), ""]
+    if flagged and sound is not None:
+        out += [f"† {sound[1]}", ""]
+    return out
+
+
+def _throughput_ratios(records: list[dict[str, Any]]) -> list[str]:
+    def per_cpu(m: dict[str, Any]) -> float | None:
+        cpu = m.get("server_cpu_pct") or 0.0
+        return None if cpu <= 0 else float(m["deliveries_per_s"] / (cpu / 100))
+
+    return _ratio_table(
+        records,
+        (["P", "S"], lambda p: [str(p["publishers"]), f"{p['subscribers']:,}"]),
+        [
+            ("deliveries/s", lambda m: float(m["deliveries_per_s"]), lambda v: f"{v:,.0f}"),
+            ("per server CPU-s", per_cpu, lambda v: f"{v:,.0f}"),
+        ],
+        "above 1 catsock delivers more; per server CPU-s is deliveries/s over the server's "
+        "CPU use, which counts even when the generator, not the server, was the limit",
+        sound=(lambda m: bool(m["lossless"]), "catsock or the peer was not lossless here."),
+    )
+
+
+def _latency_ratios(records: list[dict[str, Any]]) -> list[str]:
+    return _ratio_table(
+        records,
+        (["offered msg/s", "S"], lambda p: [f"{p['rate']:,}", str(p["subscribers"])]),
+        [
+            ("p50 ms", lambda m: m.get("p50_ms"), _ms),
+            ("p99 ms", lambda m: m.get("p99_ms"), _ms),
+        ],
+        "below 1 catsock is faster",
+        sound=(
+            lambda m: bool(m["lossless"]) and not m["unsent"],
+            "catsock or the peer did not keep up (not lossless, or messages left unsent): "
+            "its latency includes its backlog, so the ratio says more about the backlog.",
+        ),
+    )
+
+
+def _storm_ratios(records: list[dict[str, Any]]) -> list[str]:
+    return _ratio_table(
+        records,
+        (
+            ["clients", "mode"],
+            lambda p: [
+                f"{p['clients']:,}",
+                "all at once" if p["wave"] is None else f"waves of {p['wave']}",
+            ],
+        ),
+        [
+            ("p99 setup ms", lambda m: float(m["setup_p99_ms"]), lambda v: f"{v:.0f}"),
+            ("connections/s", lambda m: float(m["connections_per_s"]), lambda v: f"{v:,.0f}"),
+        ],
+        "p99 set-up time: below 1 catsock is faster; connections/s: above 1 catsock is faster",
+    )
+
+
+def _memory_ratios(records: list[dict[str, Any]]) -> list[str]:
+    # One record holds every level: one pseudo-step per level with connections.
+    levels = [
+        {"peer": r["peer"], "params": {"connections": level["connections"]}, "metrics": level}
+        for r in records
+        if r["metrics"] is not None
+        for level in r["metrics"]["levels"]
+        if level.get("kib_per_conn") is not None
+    ]
+    levels += [
+        {"peer": r["peer"], "params": {"connections": n}, "metrics": None}
+        for r in records
+        if r["metrics"] is None and r["peer"] == "catsock"
+        for n in r["params"]["levels"]
+        if n
+    ]
+    return _ratio_table(
+        levels,
+        (["idle connections"], lambda p: [f"{p['connections']:,}"]),
+        [("KiB per connection", lambda m: m.get("kib_per_conn"), lambda v: f"{v:.1f}")],
+        "below 1 catsock uses less memory per connection",
+    )
+
+
 def to_markdown(run: dict[str, Any]) -> str:
     records = run["records"]
     by = {s: [r for r in records if r["scenario"] == s] for s in run["plan"]["scenarios"]}
@@ -307,6 +456,7 @@ def to_markdown(run: dict[str, Any]) -> str:
                 continue
             rows.append([r["peer"], *_fan_out_cells(m), _targets_cell(r)])
         out += ["## 1. Fan-out throughput (closed loop)", "", _table(header, rows), ""]
+        out += _throughput_ratios(by["throughput"])
         out += _headroom(by["throughput"])
     if by.get("latency"):
         header = [
@@ -350,6 +500,7 @@ def to_markdown(run: dict[str, Any]) -> str:
                 ]
             )
         out += ["## 2. Latency at fixed offered load (open loop)", "", _table(header, rows), ""]
+        out += _latency_ratios(by["latency"])
     if by.get("storm"):
         header = [
             "peer",
@@ -392,6 +543,7 @@ def to_markdown(run: dict[str, Any]) -> str:
                 ]
             )
         out += ["## 3. Connection storm (connect + auth)", "", _table(header, rows), ""]
+        out += _storm_ratios(by["storm"])
     if by.get("memory"):
         header = ["peer", "idle connections", "server RSS MiB", "KiB per connection", "seed target"]
         rows = []
@@ -412,6 +564,7 @@ def to_markdown(run: dict[str, Any]) -> str:
                     ]
                 )
         out += ["## 4. Idle memory", "", _table(header, rows), ""]
+        out += _memory_ratios(by["memory"])
     if by.get("durability"):
         header = ["log policy", *_FAN_OUT_HEADER, "vs live (no logs)", "seed target"]
         off = {

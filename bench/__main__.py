@@ -34,7 +34,7 @@ from .servers import (
 )
 
 DEFAULT_OUT = BENCH_DIR / "results"
-QUICK_PEERS = ["catsock", "websockets"]
+QUICK_PEERS = ["catsock", "trio-wsproto", "websockets"]
 
 
 def _names(value: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -62,15 +62,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=(
-            "Benchmark catsock against peer relays (websockets, python-socketio, Node ws, a naive "
-            "trio-websocket relay): fan-out throughput, latency at fixed load, connection storms, "
-            "idle memory and the cost of the message log. See docs/benchmarks.md."
+            "Benchmark catsock against peer relays (a trio + wsproto reference relay, websockets, "
+            "python-socketio, Node ws, a naive trio-websocket relay): fan-out throughput, latency "
+            "at fixed load, connection storms, idle memory and the cost of the message log. "
+            "See docs/benchmarks.md."
         ),
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="every scenario in a reduced form, catsock and the websockets peer (under a minute)",
+        help="every scenario in a reduced form, catsock, trio-wsproto and websockets "
+        "(under a minute)",
     )
     parser.add_argument(
         "--peers",
@@ -92,8 +94,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="directory the timestamped run directory is created in (default: bench/results)",
     )
     parser.add_argument("--subscribers", type=_ints, help="throughput: subscriber counts S")
-    parser.add_argument("--publishers", type=int, help="throughput: publishers P (default 2)")
+    parser.add_argument(
+        "--publishers", type=int, help="throughput: publishers P (default 4; quick: 2)"
+    )
     parser.add_argument("--rates", type=_ints, help="latency: offered msg/s per step")
+    parser.add_argument(
+        "--latency-subscribers",
+        type=int,
+        metavar="N",
+        help="latency: subscribers S (default 4; quick: 5)",
+    )
     parser.add_argument("--storm-sizes", type=_ints, help="storm: client counts")
     parser.add_argument("--memory-levels", type=_ints, help="memory: idle connection counts")
     parser.add_argument("--duration", type=float, help="seconds per throughput/latency step")
@@ -123,6 +133,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         plan.publishers = args.publishers
     if args.rates:
         plan.latency_rates = args.rates
+    if args.latency_subscribers:
+        plan.latency_subscribers = args.latency_subscribers
     if args.storm_sizes:
         plan.storm_sizes = args.storm_sizes
     if args.memory_levels:

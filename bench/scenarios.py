@@ -41,11 +41,11 @@ class Plan:
     peers: list[str]
     scenarios: list[str]
     quick: bool = False
-    publishers: int = 2
+    publishers: int = 4
     throughput_subscribers: list[int] = field(default_factory=lambda: [1, 10, 100, 1000])
     throughput_duration: float = 5.0
     latency_rates: list[int] = field(default_factory=lambda: [1000, 5000, 10000])
-    latency_subscribers: int = 10
+    latency_subscribers: int = 4
     latency_publishers: int = 1
     latency_duration: float = 5.0
     storm_sizes: list[int] = field(default_factory=lambda: [1000, 10000])
@@ -65,6 +65,7 @@ class Plan:
             peers=peers,
             scenarios=scenarios,
             quick=True,
+            publishers=2,
             throughput_subscribers=[1, 10],
             throughput_duration=1.0,
             latency_rates=[1000],
@@ -302,7 +303,7 @@ class Runner:
             outcome = _summary(scenario, metrics)
         width = len(str(len(self._steps)))
         self.log(
-            f"bench [{self._done:>{width}}/{len(self._steps)}] {peer:<10} {scenario:<10} "
+            f"bench [{self._done:>{width}}/{len(self._steps)}] {peer:<12} {scenario:<10} "
             f"{_describe(params):<28} {outcome} ({seconds:.1f} s)"
         )
 

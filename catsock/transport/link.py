@@ -1,0 +1,244 @@
+"""One WebSocket connection's bytes after the handshake: large reads, writes without a task.
+
+A plain TCP connection leaves trio's ``SocketStream`` once its handshake is done:
+the link owns the socket and uses trio only to wait (``wait_readable``,
+``wait_writable``). A write is tried at once, from whatever code produced it
+(the fan-out after a commit, the reader answering a ping); only when the kernel
+will not take all of it does the link start a drain task, which finishes the
+write and then calls ``on_drained``. An idle connection therefore has one task
+(its reader) and a busy one pays no task switch per write. Reads go through one
+256 KiB buffer shared by every link (each read is copied out before any await).
+
+A TLS connection keeps its ``trio.SSLStream`` and every write goes through a
+drain task, since encryption happens inside the stream.
+
+``send`` takes one write at a time: the caller waits for ``on_drained`` (or a
+``SENT`` result) before the next, which is how a connection keeps its own
+queue bounded and knows what reached the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from typing import Final
+
+import trio
+
+__all__ = ["BROKEN", "PENDING", "RECEIVE_SIZE", "SENT", "Link"]
+
+#: The largest single read (the reference relay's, and the load generator's).
+RECEIVE_SIZE: Final = 256 * 1024
+#: ``send`` results.
+SENT: Final = 1
+PENDING: Final = 0
+BROKEN: Final = -1
+
+#: After our close frame: how long, and how much, to read and discard before the
+#: socket closes, so the peer reads the close frame instead of a reset.
+LINGER_SECONDS: Final = 1.0
+LINGER_BYTES: Final = 256 * 1024
+
+_buffer = bytearray(RECEIVE_SIZE)
+_view = memoryview(_buffer)
+_GONE: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT})
+
+
+def _nothing() -> None:
+    pass
+
+
+class Link:
+    """Reads and writes for one connection; create with ``Link.over``."""
+
+    __slots__ = (
+        "_draining",
+        "_nursery",
+        "_pending",
+        "_rest",
+        "_sock",
+        "_stream",
+        "broken",
+        "on_drained",
+        "received_eof",
+    )
+
+    def __init__(
+        self, sock: socket.socket | None, stream: trio.abc.Stream | None, rest: bytes
+    ) -> None:
+        self._sock = sock
+        self._stream = stream
+        self._rest = rest
+        self._pending: memoryview | bytes | None = None
+        self._draining = False
+        self._nursery: trio.Nursery | None = None
+        #: Called (from the drain task) when a ``PENDING`` write has fully gone out.
+        self.on_drained: Callable[[], None] = _nothing
+        #: The peer reset the connection, or a write failed: nothing more goes out.
+        self.broken = False
+        self.received_eof = False
+
+    @classmethod
+    def over(cls, stream: trio.abc.Stream, rest: bytes = b"") -> Link:
+        """Take over ``stream`` (whose handshake is done); ``rest`` is what was read past
+        the handshake. A plain ``trio.SocketStream`` gives up its socket to the link."""
+        if type(stream) is trio.SocketStream:
+            fd = stream.socket.detach()
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            return cls(sock, None, rest)
+        return cls(None, stream, rest)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Where drain tasks run: the connection's nursery."""
+        self._nursery = nursery
+
+    @property
+    def busy(self) -> bool:
+        """A write is in flight; ``send`` must wait for ``on_drained``."""
+        return self._pending is not None
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def receive(self) -> bytes:
+        """The next bytes from the peer; ``b""`` at end of stream or on a reset.
+
+        Every call passes through the scheduler at least once, so a peer that always
+        has data ready still cannot keep other tasks from running."""
+        if self._rest:
+            data, self._rest = self._rest, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        sock = self._sock
+        if sock is None:
+            assert self._stream is not None
+            try:
+                return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.received_eof = True
+                return b""
+        while True:
+            try:
+                n = sock.recv_into(_buffer)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                n = 0
+            if n == 0:
+                self.received_eof = True
+                await trio.lowlevel.checkpoint()
+                return b""
+            data = bytes(_view[:n])
+            await trio.lowlevel.checkpoint()
+            return data
+
+    # -- writing ------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> int:
+        """Write ``data``: ``SENT`` (the kernel took it all), ``PENDING`` (a drain task
+        finishes it, then calls ``on_drained``) or ``BROKEN`` (the connection is gone)."""
+        assert self._pending is None, "one write at a time"
+        if self.broken:
+            return BROKEN
+        if self._draining:
+            # Called back from the drain task's on_drained: it picks this up.
+            self._pending = data
+            return PENDING
+        sock = self._sock
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.broken = True
+                return BROKEN
+            if sent == len(data):
+                return SENT
+            self._pending = memoryview(data)[sent:]
+        else:
+            self._pending = data
+        self._draining = True
+        assert self._nursery is not None, "start() the link before writing"
+        self._nursery.start_soon(self._drain)
+        return PENDING
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending is not None:
+                if self._sock is not None:
+                    await self._drain_socket(self._sock)
+                else:
+                    assert self._stream is not None
+                    data, self._pending = self._pending, None
+                    try:
+                        await self._stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.broken = True
+                if self.broken:
+                    self._pending = None
+                    return
+                self.on_drained()  # may hand the next write to this task (see send)
+        finally:
+            self._draining = False
+
+    async def _drain_socket(self, sock: socket.socket) -> None:
+        while self._pending is not None:
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                sent = sock.send(self._pending)
+            except BlockingIOError:
+                continue
+            except OSError:
+                self.broken = True
+                return
+            rest = self._pending[sent:]
+            self._pending = rest if len(rest) else None
+
+    # -- closing --------------------------------------------------------------------------
+
+    async def aclose(self, *, linger: bool = True) -> None:
+        """Close the connection. With ``linger``, first stop sending and read (and drop)
+        what the peer still sends, briefly, so it reads our last frames before the
+        socket closes; without, close at once."""
+        sock, stream = self._sock, self._stream
+        if sock is not None:
+            self._sock = None
+            if linger and not self.broken and not self.received_eof:
+                with trio.move_on_after(LINGER_SECONDS):
+                    await _linger(sock)
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        elif stream is not None:
+            self._stream = None
+            if linger and not self.broken:
+                with trio.move_on_after(LINGER_SECONDS):
+                    await stream.aclose()
+            await trio.aclose_forcefully(stream)
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 for a TLS stream or a closed link)."""
+        return self._sock.fileno() if self._sock is not None else -1
+
+
+async def _linger(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    drained = 0
+    while drained < LINGER_BYTES:
+        try:
+            n = sock.recv_into(_buffer)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError:
+            return
+        if n == 0:
+            return
+        drained += n

@@ -65,6 +65,8 @@ def _default_rates() -> dict[str, RateConfig]:
 @attrs.frozen
 class LimitsConfig:
     max_message_size: int = 64 * 1024
+    #: Fragments one WebSocket message may arrive in (RFC 6455 §5.4); more close 1009.
+    max_fragments: int = 1000
     max_connections: int = 10_000
     #: Connections one token may hold at once, by client type (seed 002: 3 per
     #: user for dashboards); client types not listed get ``per_identity_default``.
@@ -255,6 +257,8 @@ def _validate(config: Config) -> Config:
         problems.append("delivery.queue_full_grace must be >= 0, retention_days > 0")
     if config.limits.max_message_size < 256:
         problems.append("limits.max_message_size must be at least 256")
+    if config.limits.max_fragments < 1:
+        problems.append("limits.max_fragments must be at least 1")
     if problems:
         raise ConfigError("; ".join(problems))
     return config

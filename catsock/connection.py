@@ -1,34 +1,41 @@
-"""One client connection: a nursery with a reader, a writer and (if negotiated) a heartbeat.
+"""One client connection: a nursery whose own task reads; writes need no task of their own.
 
-The reader decodes frames and feeds ``protocol.ConnectionMachine``; this module
-only carries out the actions the machine returns. The writer drains the
-connection's bounded queue, writing everything pending in one system call. When
-any task ends, the connection's scope ends and ``finally`` does the cleanup
-(unsubscribe, log the disconnect).
+The reader feeds each read to a ``FrameReader`` and every message in it, in one
+pass, to ``protocol.ConnectionMachine``, carrying out the actions the machine
+returns. What goes out — control replies, and events the hub offers — waits in
+the connection's bounded queue until ``pump`` hands it to the link, one write at
+a time: written at once when the kernel takes it, or finished by a drain task
+that calls back. Deadlines are cancel scopes on the reader's wait: the auth
+deadline until authenticated, then (if negotiated) the heartbeat, which pings
+every interval and closes 4000 after two silent ones.
 
 Delivery (docs/delivery.md): a connection is either *live* (the hub offers it
-each committed event) or *catching up* (its writer reads the log from its
-positions, and live offers are ignored because the log has them). Catching up
-ends when a read reaches the committed head with no await in between, so the
-switch to live has no gap and no reordering.
+each committed event) or *catching up* (a task reads the log from its positions,
+and live offers are ignored because the log has them). Catching up ends when a
+read reaches the committed head with no await in between, so the switch to live
+has no gap and no reordering.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
+import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from protocol import (
     Acknowledge,
     Action,
     Close,
     CloseCode,
+    Codec,
     ConnectionMachine,
     ErrorCode,
+    MachineConfig,
     Principal,
     ProtocolError,
     Publish,
@@ -36,20 +43,20 @@ from protocol import (
     StartHeartbeat,
     State,
     Subscribe,
+    TokenBucket,
     Verify,
     iso_timestamp,
 )
 from protocol import messages as m
 from storage import ConnectionClosed as ClosedRow
-from storage import ConnectionHeartbeat, ConnectionOpened, MessageLogged
+from storage import ConnectionHeartbeat, ConnectionOpened, LogRow, MessageLogged
 
 from .delivery import PRIORITY_NAMES, Entry
-from .wsadapter import check_internals, send_frames, text_frame
+from .transport.frames import BINARY, CLOSE, PING, TEXT, FrameError, FrameReader, close_frame
+from .transport.frames import frame as ws_frame
+from .transport.link import BROKEN, SENT, Link
 
-if TYPE_CHECKING:
-    from .server import Gateway
-
-__all__ = ["Connection"]
+__all__ = ["Connection", "ConnectionContext", "DeliveryView", "Registry", "StatsSink"]
 
 logger = logging.getLogger("catsock.connection")
 
@@ -59,27 +66,121 @@ CLOSE_GRACE = 5.0
 HEARTBEAT_LOG_EVERY = 60.0
 #: Writes within this many seconds share one "written" ledger row.
 LEDGER_SPAN = 1.0
+#: Frames handled per slice of one read before other tasks get to run.
+FRAME_BUDGET = 1000
+#: At most this many bytes go to the link in one write.
+MAX_WRITE = 256 * 1024
+#: Bytes of control replies (pongs, errors, accepted) a peer may leave unread
+#: before the gateway stops reading from it.
+MAX_UNREAD_REPLIES = 256 * 1024
+
+
+class StatsSink(Protocol):
+    """The gateway's counters, as a connection reports into them."""
+
+    def count_in(self, type_: str) -> None: ...
+    def count_out(self, type_: str, n: int = 1) -> None: ...
+    def count_error(self, code: str) -> None: ...
+    def count_delivered(self, n: int) -> None: ...
+    def count_slow_consumer(self) -> None: ...
+
+
+class Registry(Protocol):
+    """Who is connected: the gateway's side of authentication, joining and leaving."""
+
+    async def authenticate(
+        self, conn: Connection, token: str, client_type: str
+    ) -> Principal | tuple[str, ErrorCode]: ...
+    def identity_bucket(self, principal: Principal) -> TokenBucket | None: ...
+    def connections_of(self, identity: str) -> int: ...
+    def subscribe(self, conn: Connection, channels: Iterable[str]) -> None: ...
+    def publish(self, event: m.Event, channels: tuple[str, ...], sender: Connection) -> None: ...
+    def connection_ended(self, conn: Connection) -> None: ...
+
+
+class DeliveryView(Protocol):
+    """What a connection uses of the event log (``catsock.delivery.Delivery``)."""
+
+    head: int
+
+    def is_durable(self, principal: Principal) -> bool: ...
+    async def start_positions(
+        self,
+        principal: Principal,
+        channels: tuple[str, ...],
+        since: int | None,
+        *,
+        others_online: bool = False,
+    ) -> dict[str, int] | None: ...
+    async def read(
+        self, positions: Mapping[str, int], exclude_sender: str | None, limit: int
+    ) -> tuple[list[Entry], int]: ...
+    def advance(self, identity: str, channels: Iterable[str], seq: int) -> None: ...
+    def note(
+        self,
+        identity: str,
+        kind: str,
+        first: int,
+        last: int,
+        connection_id: str | None,
+        detail: str | None = None,
+    ) -> None: ...
+    def expire(self, entry: Entry, identity: str, connection_id: str | None) -> None: ...
+    def drop(self, entry: Entry, identity: str, connection_id: str | None, why: str) -> None: ...
+    def observe_latency(self, entry: Entry) -> None: ...
+    def count_catchup(self) -> None: ...
+    @property
+    def congested(self) -> bool: ...
+    async def room(self) -> None: ...
+
+
+@attrs.frozen
+class ConnectionContext:
+    """What every connection reads and reports to, fixed when the gateway starts."""
+
+    codec: Codec
+    machine_config: MachineConfig
+    wall_clock: Callable[[], float]
+    stats: StatsSink
+    record_log: Callable[[LogRow], None]
+    auth_timeout: float
+    send_queue: int
+    queue_full_grace: float
+    replay_batch: int
+    #: Frames larger than this close 1009 at once; between the codec's own limit
+    #: and this one the peer gets a MESSAGE_TOO_LARGE error first.
+    max_frame_size: int
+    max_fragments: int = 1000
 
 
 class Connection:
     def __init__(
-        self, gateway: Gateway, ws: WebSocketConnection, connection_id: str, remote: str
+        self,
+        ctx: ConnectionContext,
+        registry: Registry,
+        delivery: DeliveryView,
+        link: Link,
+        connection_id: str,
+        remote: str,
     ) -> None:
-        self.gateway = gateway
-        self.ws = ws
+        self.ctx = ctx
+        self.registry = registry
+        self.delivery = delivery
+        self.link = link
         self.id = connection_id
         self.remote = remote
         self.machine = ConnectionMachine(
-            connection_id,
-            gateway.machine_config,
-            clock=trio.current_time,
-            wall_clock=gateway.wall_clock,
+            connection_id, ctx.machine_config, clock=trio.current_time, wall_clock=ctx.wall_clock
         )
-        self.connected_at = gateway.wall_clock()
+        self.connected_at = ctx.wall_clock()
+        link.on_drained = self._drained
         self._queue: deque[bytes | Entry] = deque()
-        self._max_queue = gateway.config.limits.send_queue
-        self._grace = gateway.config.delivery.queue_full_grace
+        self._replies = 0  # bytes of control frames in the queue
         self._full_since: float | None = None
+        # What the link is writing now: (first seq, last seq, the batch).
+        self._inflight: tuple[int, int, list[bytes | Entry]] | None = None
+        self._room = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
         # Delivery state, set once authenticated (see the module docstring).
         self._identity: str | None = None
         self._channels: tuple[str, ...] = ()
@@ -88,6 +189,7 @@ class Connection:
         self._with_seq = False
         self._start: dict[str, int] | None = None
         self._positions: dict[str, int] | None = None  # not None: catching up
+        self._catching_up = False  # the catch-up task is running
         self._written = 0  # the highest seq written (or expired) for this connection
         self._acked = 0
         self._range: tuple[int, int, float] | None = None  # written, not yet in the ledger
@@ -96,11 +198,13 @@ class Connection:
         self._uncommitted = 0
         self._replaying = False
         self._held: list[m.ControlMessage] = []
-        self._writer_lot = trio.lowlevel.ParkingLot()
         self._close: Close | None = None
+        self._close_sent = False
+        self._peer_closed_too = False  # the peer's close frame arrived
         self._scope = trio.CancelScope()
-        self._heartbeat_scope: trio.CancelScope | None = None
-        self._heartbeat_window = 0.0
+        self._heartbeat = 0.0  # the negotiated interval; 0: no heartbeat
+        self._silent_at = math.inf  # heartbeat: close if nothing arrives by then
+        self._ping_at = math.inf
         self._last_heartbeat_log = 0.0
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -111,23 +215,22 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        """Frames waiting for the writer (for metrics)."""
+        """Frames waiting for the link (for metrics)."""
         return len(self._queue)
 
     # -- called by others --------------------------------------------------------
 
     def offer(self, entry: Entry) -> None:
         """Queue a committed event for writing; never blocks, never grows memory past
-        the queue bound (see ``_overflow``)."""
+        the queue bound (see ``_overflow``). The caller ``pump``s afterwards."""
         if self._close is not None or self._positions is not None:
             return  # closing, or catching up: the log has it
         if entry.sender == self._identity:
             return  # nobody receives its own events
-        if len(self._queue) >= self._max_queue:
+        if len(self._queue) >= self.ctx.send_queue:
             self._overflow(entry)
             return
         self._queue.append(entry)
-        self._writer_lot.unpark()
 
     def accepted(self, entry: Entry) -> None:
         """Our publish is committed: tell the client, if it negotiated acks."""
@@ -138,30 +241,312 @@ class Connection:
                     message_id=entry.message_id,
                     seq=entry.effective_seq,
                     duplicate=entry.duplicate_of is not None,
-                    timestamp=iso_timestamp(self.gateway.wall_clock()),
+                    timestamp=iso_timestamp(self.ctx.wall_clock()),
                 )
             )
         self._release_held()
 
-    def _release_held(self) -> None:
-        if self._held and not self._uncommitted and not self._replaying:
-            held, self._held = self._held, []
-            for message in held:
-                self._send(message)
+    def close(self, code: int, reason: str) -> None:
+        """Flush what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
+        if self._close is not None:
+            return
+        self._close = Close(CloseCode(code), reason)
+        self._ping_at = self._silent_at = math.inf
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand queued frames to the link, as far as it takes them without waiting."""
+        link = self.link
+        if link.busy or self._close_sent or self._nursery is None:
+            return
+        queue = self._queue
+        while queue:
+            batch: list[bytes | Entry] = []
+            size = 0
+            while queue and size < MAX_WRITE:
+                item = queue.popleft()
+                batch.append(item)
+                if isinstance(item, bytes):
+                    self._replies -= len(item)
+                    size += len(item)
+                else:
+                    size += len(item.body)
+            self._full_since = None
+            frames, first, last = self._frames(batch)
+            if not frames:
+                self._written_up_to(first, last, batch)
+                continue
+            result = link.send(frames[0] if len(frames) == 1 else b"".join(frames))
+            self.ctx.stats.count_delivered(len(frames))
+            if result == SENT:
+                self._written_up_to(first, last, batch)
+            elif result == BROKEN:
+                self._scope.cancel()
+                return
+            else:
+                self._inflight = (first, last, batch)
+                return
+        self._room.unpark_all()
+        if self._close is not None:
+            self._close_sent = True
+            self.close_code, self.close_reason = self._close.code, self._close.reason
+            if link.send(close_frame(self._close.code, self._close.reason)) == BROKEN:
+                self._scope.cancel()
+        elif self._positions is not None:
+            self._start_catch_up()
+        else:
+            self._note_range()  # idle: let the ledger know now
+
+    def _drained(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            self._written_up_to(*inflight)
+        self.pump()
+        self._room.unpark_all()
+
+    def _closing_frame_pending(self) -> bool:
+        if self.link.broken:
+            return False
+        if self._close_sent:
+            return self.link.busy
+        return self._close is not None
+
+    # -- the connection's life ---------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.link.start(nursery)
+                    self.pump()  # anything queued before the run began (a close)
+                    await self._read()
+                    # Our close frame goes out before the nursery's tasks end
+                    # (bounded by the close deadline).
+                    while self._closing_frame_pending():
+                        await self._room.park()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._note_range()
+            self.registry.connection_ended(self)
+            if self.machine.state is not State.CLOSED:
+                self.machine.closed()
+            self._log_close()
+            with trio.move_on_after(CLOSE_GRACE) as cleanup:
+                cleanup.shield = True
+                # Once both close frames passed, nothing more can come: close at once.
+                # Ours alone (a protocol error, a peer that never answers): read and
+                # drop what the peer still sends, so it sees the close, not a reset.
+                await self.link.aclose(linger=self._close_sent and not self._peer_closed_too)
+
+    async def _read(self) -> None:
+        """Read and handle frames until the peer or we close, or the link breaks."""
+        reader = FrameReader(max_size=self.ctx.max_frame_size, max_fragments=self.ctx.max_fragments)
+        auth_deadline = trio.current_time() + self.ctx.auth_timeout
+        while True:
+            if self.machine.state is State.AWAITING_AUTH:
+                deadline = auth_deadline
+            else:
+                deadline = min(self._ping_at, self._silent_at)
+            data = None
+            with trio.move_on_at(deadline):
+                data = await self.link.receive()
+            if data is None:
+                self._deadline_passed()
+                continue
+            if not data:
+                return
+            if self._heartbeat:
+                self._silent_at = trio.current_time() + 2 * self._heartbeat
+            reader.feed(data)
+            while True:
+                try:
+                    events = reader.read(FRAME_BUDGET)
+                except FrameError as error:
+                    self._queue.clear()
+                    self._replies = 0
+                    self.close(error.code, error.reason)
+                    return
+                for kind, value in events:
+                    if kind in (TEXT, BINARY):
+                        if self._close is None:
+                            await self._receive(value)  # type: ignore[arg-type]
+                    elif kind == PING:
+                        self._send_frame(ws_frame(0xA, value))  # type: ignore[arg-type]
+                    elif kind == CLOSE:
+                        self._peer_closed(*value)  # type: ignore[misc]
+                        return
+                self.pump()
+                if not reader.more:
+                    break
+                await trio.lowlevel.checkpoint()
+            if self._replies > MAX_UNREAD_REPLIES:
+                await self._wait_for_room()
+            if self.delivery.congested:
+                await self.delivery.room()  # the log writer is behind: stop reading
+
+    def _deadline_passed(self) -> None:
+        now = trio.current_time()
+        if self.machine.state is State.AWAITING_AUTH or now >= self._silent_at:
+            self._silent_at = self._ping_at = math.inf
+            for action in self.machine.timeout():
+                if isinstance(action, Send):
+                    self._send(action.message)
+                elif isinstance(action, Close):
+                    self.close(action.code, action.reason)
+        elif now >= self._ping_at:
+            self._ping_at = now + self._heartbeat
+            self._send_frame(ws_frame(0x9, b""))
+            self._log_heartbeat()
+            self.pump()
+
+    def _peer_closed(self, code: int | None, reason: str) -> None:
+        """The peer's close frame: answer it (unless ours went first) and stop."""
+        self._peer_closed_too = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code or 1005, reason
+        if not self._close_sent:
+            self._queue.clear()
+            self._replies = 0
+            self._close_sent = True
+            if not self.link.busy:
+                self.link.send(close_frame(code if code is not None else None, ""))
+
+    async def _receive(self, frame: str | bytes) -> None:
+        try:
+            message = self.ctx.codec.decode(frame)
+        except ProtocolError as error:
+            self.ctx.stats.count_in("other")
+            actions = self.machine.receive_invalid(error)
+        else:
+            self.ctx.stats.count_in(message.type)
+            actions = self.machine.receive(message)
+            self._log_inbound(message, len(frame))
+        await self._execute(actions)
+
+    async def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Publish):
+                self._uncommitted += 1
+                self.registry.publish(action.event, action.channels, self)
+            elif isinstance(action, Send):
+                if isinstance(action.message, m.Pong) and (self._uncommitted or self._replaying):
+                    self._held.append(action.message)
+                else:
+                    self._send(action.message)
+            elif isinstance(action, Verify):
+                await self._verify(action)
+            elif isinstance(action, Subscribe):
+                self._join()
+                self._log_open()
+            elif isinstance(action, Acknowledge):
+                self._acknowledge(action.seq)
+            elif isinstance(action, StartHeartbeat):
+                self._heartbeat = action.interval
+                now = trio.current_time()
+                self._ping_at = now + action.interval
+                self._silent_at = now + 2 * action.interval
+            elif isinstance(action, Close):
+                self.close(action.code, action.reason)
+
+    async def _verify(self, action: Verify) -> None:
+        principal = await self.registry.authenticate(self, action.token, action.client_type)
+        if isinstance(principal, Principal):
+            bucket = self.registry.identity_bucket(principal)
+            more = self.machine.auth_accepted(principal, bucket)
+            await self._plan_delivery(principal, more)
+        else:
+            more = self.machine.auth_rejected(*principal)
+        await self._execute(more)
+
+    # -- delivery ------------------------------------------------------------------
+
+    async def _plan_delivery(self, principal: Principal, actions: list[Action]) -> None:
+        """Decide, before ``auth_success`` goes out, where this connection's events
+        start: replay from the log (durable identity or ``resume``) or live."""
+        delivery = self.delivery
+        extensions = self.machine.extensions or {}
+        self._identity = principal.identity
+        self._channels = next((a.channels for a in actions if isinstance(a, Subscribe)), ())
+        self._durable = delivery.is_durable(principal)
+        self._acks = "acks" in extensions
+        self._with_seq = self._acks or "resume" in extensions
+        resume = extensions.get("resume")
+        since = resume.get("since") if isinstance(resume, dict) else None
+        others = self.registry.connections_of(principal.identity) > 1  # this one counts too
+        self._start = await delivery.start_positions(
+            principal, self._channels, since, others_online=others
+        )
+        if isinstance(resume, dict):
+            # The grant is the dict the queued-to-be auth_success holds: fill it in.
+            start = min(self._start.values(), default=delivery.head) if self._start else None
+            resume["since"] = delivery.head if start is None else start
+            resume["head"] = delivery.head
+
+    def _join(self) -> None:
+        # Synchronous with subscribing: positions and the live head agree.
+        self._positions = self._start
+        base = self.delivery.head if self._start is None else min(self._start.values(), default=0)
+        self._written = self._acked = base
+        self.registry.subscribe(self, self._channels)
+        if self._positions is not None:
+            self._replaying = True
+            self._start_catch_up()
+
+    def _start_catch_up(self) -> None:
+        if not self._catching_up and self._nursery is not None and self._close is None:
+            self._catching_up = True
+            self._nursery.start_soon(self._catch_up)
+
+    async def _catch_up(self) -> None:
+        """Read the log from ``_positions`` into the queue, a page at a time, each page
+        once the last one is written, until a read reaches the committed head."""
+        try:
+            delivery = self.delivery
+            limit = max(1, min(self.ctx.replay_batch, self.ctx.send_queue))
+            while self._positions is not None and self._close is None:
+                await self._wait_for_room(empty=True)
+                positions = self._positions
+                if positions is None or self._close is not None:
+                    return
+                entries, scanned = await delivery.read(positions, self._identity, limit)
+                self._queue.extend(entries)
+                if self._positions is not positions:
+                    return  # cannot happen today; guards a future second writer of _positions
+                if scanned >= delivery.head:
+                    self._positions = None  # caught up: live from the next fan-out on
+                    if self._replaying:
+                        self._replaying = False
+                        self._release_held()
+                else:
+                    self._positions = {c: max(p, scanned) for c, p in positions.items()}
+                if not entries and scanned > self._written:
+                    self._written = scanned
+                    if self._durable and not self._acks and self._identity is not None:
+                        delivery.advance(self._identity, self._channels, scanned)
+                self.pump()
+        finally:
+            self._catching_up = False
+
+    async def _wait_for_room(self, *, empty: bool = False) -> None:
+        """Wait until the link is idle and the queue holds no more than a reply's worth
+        (``empty``: nothing at all)."""
+        while self.link.busy or (self._queue if empty else self._replies > MAX_UNREAD_REPLIES):
+            await self._room.park()
 
     def _overflow(self, entry: Entry) -> None:
-        delivery = self.gateway.delivery
         if self._durable:
             # Everything before this entry is queued; it and what follows are in
             # the log. Memory stays bounded and nothing is lost.
             self._positions = dict.fromkeys(self._channels, entry.seq - 1)
-            delivery.catchups += 1
-            self._writer_lot.unpark()
+            self.delivery.count_catchup()
             return
         now = trio.current_time()
         if self._full_since is None:
             self._full_since = now
-        if now - self._full_since >= self._grace:
+        if now - self._full_since >= self.ctx.queue_full_grace:
             self._slow_consumer()
             return
         # Shed the least important event: the newest of the lowest priority.
@@ -175,11 +560,12 @@ class Connection:
             self._queue.append(entry)
         why = f"queue full: shed {PRIORITY_NAMES.get(victim.priority, '?')} priority first"
         assert self._identity is not None
-        delivery.drop(victim, self._identity, self.id, why)
+        self.delivery.drop(victim, self._identity, self.id, why)
 
     def _slow_consumer(self) -> None:
-        self.gateway.stats.slow_consumers += 1
+        self.ctx.stats.count_slow_consumer()
         self._queue.clear()
+        self._replies = 0
         self._send(
             m.Error(
                 payload=m.ErrorPayload(
@@ -190,137 +576,17 @@ class Connection:
         )
         self.close(CloseCode.SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value)
 
-    def close(self, code: int, reason: str) -> None:
-        """Flush what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
-        if self._close is not None:
-            return
-        self._close = Close(CloseCode(code), reason)
-        self._writer_lot.unpark()
-        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
-
-    # -- the connection's life ---------------------------------------------------------
-
-    async def run(self) -> None:
-        check_internals(self.ws)
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    nursery.start_soon(self._reader, nursery)
-        finally:
-            self._note_range()
-            self.gateway.connection_ended(self)
-            if self.machine.state is not State.CLOSED:
-                self.machine.closed()
-            self._log_close()
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True
-                await self.ws.aclose()
-
-    async def _reader(self, nursery: trio.Nursery) -> None:
-        try:
-            with trio.move_on_after(self.gateway.config.auth_timeout) as auth_deadline:
-                while self.machine.state is not State.ACTIVE:
-                    if not await self._receive_one(nursery):
-                        return
-            if auth_deadline.cancelled_caught:
-                await self._execute(self.machine.timeout(), nursery)
-                return
-            while await self._receive_one(nursery):
-                pass
-        except ConnectionClosed as exc:
-            reason = exc.reason
-            if reason is not None and self.close_code is None:
-                self.close_code, self.close_reason = reason.code, reason.reason
-            nursery.cancel_scope.cancel()
-
-    async def _receive_one(self, nursery: trio.Nursery) -> bool:
-        """Read and handle one frame; False once the connection is closing."""
-        frame = await self.ws.get_message()
-        if self._heartbeat_scope is not None:
-            self._heartbeat_scope.deadline = trio.current_time() + self._heartbeat_window
-        try:
-            message = self.gateway.codec.decode(frame)
-        except ProtocolError as error:
-            self.gateway.stats.count_in("other")
-            actions = self.machine.receive_invalid(error)
-        else:
-            self.gateway.stats.count_in(message.type)
-            actions = self.machine.receive(message)
-            self._log_inbound(message, len(frame))
-        await self._execute(actions, nursery)
-        if self.gateway.delivery.congested:
-            await self.gateway.delivery.room()  # the log writer is behind: stop reading
-        return self._close is None
-
-    async def _execute(self, actions: list[Action], nursery: trio.Nursery) -> None:
-        for action in actions:
-            if isinstance(action, Publish):
-                self._uncommitted += 1
-                self.gateway.publish(action.event, action.channels, self)
-            elif isinstance(action, Send):
-                if isinstance(action.message, m.Pong) and (self._uncommitted or self._replaying):
-                    self._held.append(action.message)
-                else:
-                    self._send(action.message)
-            elif isinstance(action, Verify):
-                principal = await self.gateway.authenticate(self, action.token, action.client_type)
-                if isinstance(principal, Principal):
-                    bucket = self.gateway.identity_bucket(principal)
-                    more = self.machine.auth_accepted(principal, bucket)
-                    await self._plan_delivery(principal, more)
-                else:
-                    more = self.machine.auth_rejected(*principal)
-                await self._execute(more, nursery)
-            elif isinstance(action, Subscribe):
-                self._join()
-                self._log_open()
-            elif isinstance(action, Acknowledge):
-                self._acknowledge(action.seq)
-            elif isinstance(action, StartHeartbeat):
-                nursery.start_soon(self._heartbeat, action.interval)
-            elif isinstance(action, Close):
-                self.close(action.code, action.reason)
-
-    # -- delivery ------------------------------------------------------------------
-
-    async def _plan_delivery(self, principal: Principal, actions: list[Action]) -> None:
-        """Decide, before ``auth_success`` goes out, where this connection's events
-        start: replay from the log (durable identity or ``resume``) or live."""
-        delivery = self.gateway.delivery
-        extensions = self.machine.extensions or {}
-        self._identity = principal.identity
-        self._channels = next((a.channels for a in actions if isinstance(a, Subscribe)), ())
-        self._durable = delivery.is_durable(principal)
-        self._acks = "acks" in extensions
-        self._with_seq = self._acks or "resume" in extensions
-        resume = extensions.get("resume")
-        since = resume.get("since") if isinstance(resume, dict) else None
-        others = self.gateway.connections_of(principal.identity) > 1  # this one counts too
-        self._start = await delivery.start_positions(
-            principal, self._channels, since, others_online=others
-        )
-        if isinstance(resume, dict):
-            # The grant is the dict the queued-to-be auth_success holds: fill it in.
-            start = min(self._start.values(), default=delivery.head) if self._start else None
-            resume["since"] = delivery.head if start is None else start
-            resume["head"] = delivery.head
-
-    def _join(self) -> None:
-        delivery = self.gateway.delivery
-        # Synchronous with subscribing: positions and the live head agree.
-        self._positions = self._start
-        base = delivery.head if self._start is None else min(self._start.values(), default=0)
-        self._written = self._acked = base
-        self.gateway.subscribe(self, self._channels)
-        if self._positions is not None:
-            self._replaying = True
-            self._writer_lot.unpark()
+    def _release_held(self) -> None:
+        if self._held and not self._uncommitted and not self._replaying:
+            held, self._held = self._held, []
+            for message in held:
+                self._send(message)
+            self.pump()
 
     def _note_range(self) -> None:
         if self._range is not None and self._identity is not None:
             first, last, _ = self._range
-            self.gateway.delivery.note(self._identity, "written", first, last, self.id)
+            self.delivery.note(self._identity, "written", first, last, self.id)
         self._range = None
 
     def _acknowledge(self, seq: int) -> None:
@@ -328,37 +594,18 @@ class Connection:
         seq = min(seq, self._written)
         if seq <= self._acked or self._identity is None:
             return
-        delivery = self.gateway.delivery
-        delivery.note(self._identity, "acked", self._acked + 1, seq, self.id)
+        self.delivery.note(self._identity, "acked", self._acked + 1, seq, self.id)
         self._acked = seq
         if self._durable:
-            delivery.advance(self._identity, self._channels, seq)
-
-    async def _catch_up(self, positions: dict[str, int]) -> None:
-        delivery = self.gateway.delivery
-        limit = max(1, min(self.gateway.config.delivery.replay_batch, self._max_queue))
-        entries, scanned = await delivery.read(positions, self._identity, limit)
-        self._queue.extend(entries)
-        if self._positions is not positions:
-            return  # cannot happen today; guards a future second writer of _positions
-        if scanned >= delivery.head:
-            self._positions = None  # caught up: live from the next fan-out on
-            if self._replaying:
-                self._replaying = False
-                self._release_held()
-        else:
-            self._positions = {c: max(p, scanned) for c, p in positions.items()}
-        if not entries and scanned > self._written:
-            self._written = scanned
-            if self._durable and not self._acks and self._identity is not None:
-                delivery.advance(self._identity, self._channels, scanned)
+            self.delivery.advance(self._identity, self._channels, seq)
 
     def _frames(self, batch: list[bytes | Entry]) -> tuple[list[bytes], int, int]:
         """The frames to write for ``batch``, and the first and last event seq among them
         (expired events are dropped here, and count as handled)."""
         frames: list[bytes] = []
         first = last = 0
-        now = self.gateway.wall_clock()
+        now = self.ctx.wall_clock()
+        stats = self.ctx.stats
         for item in batch:
             if isinstance(item, bytes):
                 frames.append(item)
@@ -366,15 +613,14 @@ class Connection:
             last = item.seq
             if item.expires_at is not None and now > item.expires_at:
                 assert self._identity is not None
-                self.gateway.delivery.expire(item, self._identity, self.id)
+                self.delivery.expire(item, self._identity, self.id)
                 continue
             first = first or item.seq
             frames.append(item.frame(self._with_seq))
-            self.gateway.stats.count_out(item.type)
+            stats.count_out(item.type)
         return frames, first, last
 
     def _written_up_to(self, first: int, last: int, batch: list[bytes | Entry]) -> None:
-        delivery = self.gateway.delivery
         if last <= 0 or self._identity is None:
             return
         self._written = max(self._written, last)
@@ -388,84 +634,44 @@ class Connection:
                 self._note_range()
                 self._range = (first, last, now)
         if self._durable and not self._acks:
-            delivery.advance(self._identity, self._channels, last)
+            self.delivery.advance(self._identity, self._channels, last)
         for item in batch:
             if isinstance(item, Entry):
-                delivery.observe_latency(item)
+                self.delivery.observe_latency(item)
                 break
 
     def _send(self, message: m.ControlMessage) -> None:
-        text = self.gateway.codec.encode(message)
-        self.gateway.stats.count_out(message.type)
+        text = self.ctx.codec.encode(message)
+        self.ctx.stats.count_out(message.type)
         if isinstance(message, m.Error):
-            self.gateway.stats.count_error(message.payload.error_code)
-            self.gateway.log.record(
-                MessageLogged(
-                    "out", "error", None, self.id, len(text), text, self.gateway.wall_clock()
-                )
+            self.ctx.stats.count_error(message.payload.error_code)
+            self.ctx.record_log(
+                MessageLogged("out", "error", None, self.id, len(text), text, self.ctx.wall_clock())
             )
-        self._queue.append(text_frame(text))
-        self._writer_lot.unpark()
+        self._send_frame(ws_frame(0x1, text.encode("utf-8")))
 
-    async def _writer(self) -> None:
-        queue = self._queue
-        try:
-            while True:
-                if queue:
-                    batch = list(queue)
-                    queue.clear()
-                    self._full_since = None
-                    frames, first, last = self._frames(batch)
-                    await send_frames(self.ws, frames)
-                    self.gateway.stats.delivered += len(frames)
-                    self._written_up_to(first, last, batch)
-                elif self._close is not None:
-                    break
-                elif self._positions is not None:
-                    await self._catch_up(self._positions)
-                else:
-                    self._note_range()  # idle: let the ledger know now
-                    await self._writer_lot.park()
-            self.close_code, self.close_reason = self._close.code, self._close.reason
-            await self.ws.aclose(self._close.code, self._close.reason)
-        except ConnectionClosed:
-            pass
-        self._scope.cancel()
-
-    async def _heartbeat(self, interval: float) -> None:
-        """Negotiated clients only: ping every ``interval``; any inbound frame or
-        pong pushes the deadline; silence for two intervals closes 4000."""
-        self._heartbeat_window = 2 * interval
-        with trio.CancelScope(deadline=trio.current_time() + 2 * interval) as scope:
-            self._heartbeat_scope = scope
-            while True:
-                await trio.sleep(interval)
-                await self.ws.ping()
-                scope.deadline = trio.current_time() + self._heartbeat_window
-                self._log_heartbeat()
-        self._heartbeat_scope = None
-        if scope.cancelled_caught and self._close is None:
-            for action in self.machine.timeout():
-                if isinstance(action, Close):
-                    self.close(action.code, action.reason)
+    def _send_frame(self, data: bytes) -> None:
+        if not self._close_sent:
+            self._queue.append(data)
+            self._replies += len(data)
 
     # -- logging (rows are buffered; the writer commits them off the loop) -----------
 
     def _log_open(self) -> None:
         p = self.principal
         assert p is not None
-        self.gateway.log.record(
+        self.ctx.record_log(
             ConnectionOpened(self.id, p.client_type, p.identity, self.remote, self.connected_at)
         )
 
     def _log_close(self) -> None:
         if self.principal is None:
             # Never authenticated: still worth a row (failed auths are how attacks show).
-            self.gateway.log.record(
+            self.ctx.record_log(
                 ConnectionOpened(self.id, None, None, self.remote, self.connected_at)
             )
-        self.gateway.log.record(
-            ClosedRow(self.id, self.gateway.wall_clock(), self.close_code, self.close_reason)
+        self.ctx.record_log(
+            ClosedRow(self.id, self.ctx.wall_clock(), self.close_code, self.close_reason)
         )
 
     def _log_inbound(self, message: m.Message, size: int) -> None:
@@ -477,19 +683,19 @@ class Connection:
                 self.id,
                 size,
                 message.raw,
-                self.gateway.wall_clock(),
+                self.ctx.wall_clock(),
             )
         elif isinstance(message, m.Auth):
             # The auth message carries the token: its content is never logged.
-            row = MessageLogged("in", "auth", None, self.id, size, None, self.gateway.wall_clock())
+            row = MessageLogged("in", "auth", None, self.id, size, None, self.ctx.wall_clock())
         else:
             if isinstance(message, m.Ping):
                 self._log_heartbeat()
             return
-        self.gateway.log.record(row)
+        self.ctx.record_log(row)
 
     def _log_heartbeat(self) -> None:
-        now = self.gateway.wall_clock()
+        now = self.ctx.wall_clock()
         if self.principal is not None and now - self._last_heartbeat_log >= HEARTBEAT_LOG_EVERY:
             self._last_heartbeat_log = now
-            self.gateway.log.record(ConnectionHeartbeat(self.id, now))
+            self.ctx.record_log(ConnectionHeartbeat(self.id, now))

@@ -29,10 +29,10 @@ from protocol import Principal, encode
 from protocol import messages as m
 
 from .config import DeliveryConfig
-from .wsadapter import text_frame
+from .transport.frames import text_frame
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from .hub import Hub, Subscriber
 
 __all__ = ["PRIORITIES", "Delivery", "DeliveryStatistics", "Entry", "Publisher"]
 
@@ -56,6 +56,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Publisher(Protocol):
     def accepted(self, entry: Entry) -> None:
         """The entry is committed (or a duplicate of a committed one)."""
+
+    def pump(self) -> None:
+        """Write what ``accepted`` queued (called once after a batch)."""
 
 
 @attrs.define(slots=True, eq=False)
@@ -203,9 +206,11 @@ class Delivery:
             appended_at=trio.current_time(),
         )
         if not self.enabled:
-            self.hub.publish(entry)
+            for recipient in self.hub.publish(entry):
+                recipient.pump()
             if publisher is not None:
                 publisher.accepted(entry)
+                publisher.pump()
             return entry
         entry.seq = self._next
         self._next += 1
@@ -280,6 +285,10 @@ class Delivery:
     def drop(self, entry: Entry, identity: str, connection_id: str | None, why: str) -> None:
         self.dropped += 1
         self.note(identity, "dropped", entry.seq, entry.seq, connection_id, why)
+
+    def count_catchup(self) -> None:
+        """A live recipient fell behind and reads from the log again."""
+        self.catchups += 1
 
     def observe_latency(self, entry: Entry) -> None:
         if math.isnan(entry.appended_at):
@@ -446,21 +455,26 @@ class Delivery:
     def _after_commit(self, batch: list[Entry], duplicates: Mapping[int, int]) -> None:
         # Synchronous from here to the end: the head moves and each event fans out
         # in seq order with no await between, which is what lets a catching-up
-        # connection switch to live without a gap (connection.py).
+        # connection switch to live without a gap (connection.py). Each recipient
+        # writes once for the whole batch, after it.
+        recipients: dict[Subscriber | Publisher, None] = {}
         for entry in batch:
             earlier = duplicates.get(entry.seq)
             if earlier is None:
                 self.head = entry.seq
                 self.committed_count += 1
-                self.hub.publish(entry)
+                recipients.update(dict.fromkeys(self.hub.publish(entry)))
             else:
                 entry.duplicate_of = earlier
                 self.duplicates += 1
                 self.note(entry.sender, "duplicate", earlier, earlier, entry.connection_id)
             if entry.publisher is not None:
                 entry.publisher.accepted(entry)
+                recipients[entry.publisher] = None
             if entry.committed is not None:
                 entry.committed.set()
+        for recipient in recipients:
+            recipient.pump()
         self._committed.set()
         self._committed = trio.Event()
         if not self.congested:

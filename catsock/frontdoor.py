@@ -1,10 +1,10 @@
-"""The one port's front door: WebSocket upgrades go to trio-websocket, the rest is HTTP.
+"""The one port's front door: WebSocket upgrades go to the gateway, the rest is HTTP.
 
 Every TCP (or TLS) stream starts here. The request head is read under one
 deadline and hard size limits, and parsed with h11. A ``GET /ws`` carrying
 ``Upgrade: websocket`` (and an acceptable ``Origin``) leaves ``FrontDoor.serve``
-as a ``PrefixStream`` that replays the bytes already read, so trio-websocket
-performs the handshake as if it had read them itself. Anything else is plain
+as an ``Upgrade``, its head parsed and the bytes read past it kept, for the
+gateway to answer (``catsock/transport/handshake.py``). Anything else is plain
 HTTP/1.1, served with h11 by a handler (``catsock/httpapi.py``): bodies are
 bounded, keep-alive is allowed but bounded, and a client that misbehaves gets
 one error response and a gentle close.
@@ -29,9 +29,9 @@ __all__ = [
     "MAX_HEAD_BYTES",
     "MAX_LINE_BYTES",
     "FrontDoor",
-    "PrefixStream",
     "Request",
     "Response",
+    "Upgrade",
     "error_response",
     "json_response",
     "origin_allowed",
@@ -96,45 +96,19 @@ class HeadRefused(Exception):
         self.response = response
 
 
-class PrefixStream(trio.abc.Stream):
-    """``stream`` with ``prefix`` put back in front of what it will receive.
+@attrs.frozen
+class Upgrade:
+    """A WebSocket handshake request, its head parsed; the handshake is not answered yet.
 
-    Once the prefix has been handed out, ``receive_some`` is the wrapped stream's
-    own bound method (an instance attribute shadowing this class's), as
-    ``send_all`` is from the start, so the WebSocket connection pays nothing for
-    the wrapper after its handshake. Other attributes (``socket``,
-    ``transport_stream``) are the wrapped stream's.
-    """
+    ``rest`` is what the client sent past the head (frames, if it did not wait)."""
 
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self.stream = stream
-        self._prefix = prefix
-        self.send_all = stream.send_all  # type: ignore[method-assign]
-        self.wait_send_all_might_not_block = stream.wait_send_all_might_not_block  # type: ignore[method-assign]
-        if not prefix:
-            self.receive_some = stream.receive_some  # type: ignore[method-assign]
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        prefix = self._prefix
-        if max_bytes is None or max_bytes >= len(prefix):
-            self._prefix = b""
-            self.receive_some = self.stream.receive_some  # type: ignore[method-assign]
-        else:
-            prefix, self._prefix = prefix[:max_bytes], prefix[max_bytes:]
-        await trio.lowlevel.checkpoint()
-        return prefix
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)  # pragma: no cover - shadowed in __init__
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()  # pragma: no cover - shadowed
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
+    stream: trio.abc.Stream
+    method: str
+    http_version: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    rest: bytes
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
@@ -208,29 +182,28 @@ class FrontDoor:
         self.stats = FrontDoorStats()
         self.open_http = 0
 
-    async def serve(self, stream: trio.abc.Stream) -> trio.abc.Stream | None:
+    async def serve(self, stream: trio.abc.Stream) -> Upgrade | None:
         """Serve plain HTTP until the connection ends (then ``None``; the stream is
-        closed), or return the stream to run a WebSocket handshake on, its request
-        head still to be received."""
+        closed), or return a WebSocket handshake request for the caller to answer."""
         buf = bytearray()
         counted = False
         served = 0
         try:
             while True:
                 conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES + 1024)
-                next_request: Request | trio.abc.Stream | None = None
+                next_request: Request | Upgrade | None = None
                 with trio.move_on_after(self.config.request_timeout) as deadline:
                     try:
                         next_request = await self._next_request(stream, buf, conn)
                     except HeadRefused as refused:
                         self.stats.heads_refused += 1
-                        await self._refuse(stream, refused.response)
+                        await self.refuse(stream, refused.response)
                         return None
                 if deadline.cancelled_caught:
                     if buf.strip():
                         self.stats.heads_timed_out += 1
                         timeout = error_response(408, "REQUEST_TIMEOUT", "request too slow")
-                        await self._refuse(stream, timeout)
+                        await self.refuse(stream, timeout)
                     else:  # an idle keep-alive connection, or one that never spoke
                         await trio.aclose_forcefully(stream)
                     return None
@@ -243,7 +216,7 @@ class FrontDoor:
                     if self.open_http >= self.config.max_connections:
                         self.stats.http_refused_full += 1
                         full = error_response(503, "CONNECTION_LIMIT", "too many HTTP connections")
-                        await self._refuse(stream, full)
+                        await self.refuse(stream, full)
                         return None
                     counted = True
                     self.open_http += 1
@@ -254,7 +227,7 @@ class FrontDoor:
                 except Exception:
                     logger.warning("HTTP handler failed", exc_info=True)
                     failed = error_response(500, "PROCESSING_ERROR", "internal error")
-                    await self._refuse(stream, failed)
+                    await self.refuse(stream, failed)
                     return None
                 last = served >= self.config.keepalive_requests or self.closing()
                 head = next_request.method == "HEAD"
@@ -272,7 +245,7 @@ class FrontDoor:
 
     async def _next_request(
         self, stream: trio.abc.Stream, buf: bytearray, conn: h11.Connection
-    ) -> Request | trio.abc.Stream | None:
+    ) -> Request | Upgrade | None:
         end = await _read_head(stream, buf)
         if end == 0:
             return None
@@ -302,7 +275,8 @@ class FrontDoor:
                     raise HeadRefused(
                         error_response(403, "ORIGIN_NOT_ALLOWED", "origin not allowed")
                     )
-                return PrefixStream(stream, bytes(buf))
+                version = event.http_version.decode("ascii")
+                return Upgrade(stream, method, version, path, query, headers, bytes(buf[end:]))
         body = await self._read_body(stream, buf, end, conn, headers)
         return Request(method, path, query, headers, body)
 
@@ -370,7 +344,7 @@ class FrontDoor:
         data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
         return await self._write(stream, data)
 
-    async def _refuse(self, stream: trio.abc.Stream, response: Response) -> None:
+    async def refuse(self, stream: trio.abc.Stream, response: Response) -> None:
         """Answer a request that cannot be served (it may not even have parsed), then close."""
         lines = [f"HTTP/1.1 {response.status} {_reason(response.status).decode()}"]
         lines += [f"{name}: {value}" for name, value in [*_headers(response), *_CLOSE]]

@@ -22,6 +22,9 @@ class Subscriber(Protocol):
     def offer(self, entry: Entry) -> None:
         """Take an event for sending (or decide not to); must not block."""
 
+    def pump(self) -> None:
+        """Write what was offered (called once after a batch of offers)."""
+
 
 class Hub:
     def __init__(self) -> None:
@@ -42,12 +45,13 @@ class Hub:
                 if not members:
                     del self._channels[channel]
 
-    def publish(self, entry: Entry) -> int:
-        """Offer ``entry`` to everyone on its channels; returns how many."""
+    def publish(self, entry: Entry) -> list[Subscriber]:
+        """Offer ``entry`` to everyone on its channels; returns who (they still need
+        a ``pump``)."""
         recipients = fan_out(entry.channels, self._channels, None)
         for recipient in recipients:
             recipient.offer(entry)
-        return len(recipients)
+        return recipients
 
     def subscribers(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))

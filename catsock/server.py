@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable
 
 import attrs
 import trio
-import wsproto.utilities
-from trio_websocket import wrap_server_stream
 
 import storage
 from protocol import (
@@ -38,11 +36,14 @@ from protocol import messages as m
 
 from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
-from .connection import Connection
+from .connection import Connection, ConnectionContext
 from .delivery import Delivery
+from .frontdoor import error_response
 from .httpapi import HttpApi
 from .hub import Hub
 from .logsink import LogSink
+from .transport.handshake import accept_response, check_upgrade
+from .transport.link import Link
 
 __all__ = ["Gateway", "GatewayStats", "StartupError"]
 
@@ -53,7 +54,7 @@ CREDENTIAL_REFRESH = 2.0
 #: Identities whose rate-limit bucket is remembered after they disconnect, so
 #: reconnecting is no way around the limiter.
 MAX_REMEMBERED_BUCKETS = 10_000
-#: Beyond our own limit (which answers with an error first), trio-websocket
+#: Beyond our own limit (which answers with an error first), the frame reader
 #: closes 1009 by itself without buffering more.
 HARD_SIZE_FACTOR = 4
 
@@ -88,6 +89,12 @@ class GatewayStats:
 
     def count_out(self, type_: str, n: int = 1) -> None:
         self.messages_out[type_] = self.messages_out.get(type_, 0) + n
+
+    def count_delivered(self, n: int) -> None:
+        self.delivered += n
+
+    def count_slow_consumer(self) -> None:
+        self.slow_consumers += 1
 
 
 class Gateway:
@@ -134,6 +141,20 @@ class Gateway:
             wall_clock=wall_clock,
         )
         self.stats = GatewayStats()
+        limits = config.limits
+        self.context = ConnectionContext(
+            codec=self.codec,
+            machine_config=self.machine_config,
+            wall_clock=wall_clock,
+            stats=self.stats,
+            record_log=self.log.record,
+            auth_timeout=config.auth_timeout,
+            send_queue=limits.send_queue,
+            queue_full_grace=config.delivery.queue_full_grace,
+            replay_batch=config.delivery.replay_batch,
+            max_frame_size=limits.max_message_size * HARD_SIZE_FACTOR,
+            max_fragments=limits.max_fragments,
+        )
         self.http = HttpApi(self)
         self.connections: set[Connection] = set()
         self._identities: dict[str, set[Connection]] = {}
@@ -142,6 +163,7 @@ class Gateway:
         # Built now so a bad certificate fails before anything binds.
         self._ssl_context = self._tls_context() if config.tls.cert else None
         self._closing = False
+        self._handshakes = 0
         self._drained = trio.Event()
         self._accept_scope = trio.CancelScope()
         self._serve_scope = trio.CancelScope()
@@ -232,15 +254,9 @@ class Gateway:
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         try:
             await self._serve_stream(stream)
-        except* wsproto.utilities.LocalProtocolError as group:
-            # trio-websocket's reader answers a peer's oversize message or ping
-            # with a frame even after our close went out; wsproto refuses it.
-            # Harmless: the connection is closing anyway.
-            logger.debug("late frame on a closing connection", exc_info=group)
-            await trio.aclose_forcefully(stream)
-        except* Exception as group:
+        except Exception:
             # Any other fault in one connection ends that connection only.
-            logger.warning("connection ended by an internal error", exc_info=group)
+            logger.warning("connection ended by an internal error", exc_info=True)
             self.stats.internal_errors += 1
             await trio.aclose_forcefully(stream)
 
@@ -252,10 +268,8 @@ class Gateway:
             await trio.aclose_forcefully(stream)
             return
         self._keepalive(sock)
-        limits = self.config.limits
-        request = None
         if isinstance(stream, trio.SSLStream):
-            # Done here, not lazily inside trio-websocket, so a peer that does not
+            # Done here, not lazily on the first read, so a peer that does not
             # speak TLS is dropped at once instead of holding a slot until timeout.
             secured = False
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
@@ -268,37 +282,48 @@ class Gateway:
                 await trio.aclose_forcefully(stream)
                 return
         # The front door serves plain HTTP itself, and hands back WebSocket upgrades
-        # (GET /ws, origin checked) with the head it read put back in front.
-        upgrade = await self.http.front_door.serve(stream)
+        # (GET /ws, origin checked) with their head parsed.
+        front_door = self.http.front_door
+        upgrade = await front_door.serve(stream)
         if upgrade is None:
             return
-        async with trio.open_nursery() as nursery:
+        refusal = check_upgrade(upgrade.method, upgrade.http_version, upgrade.headers)
+        if refusal is not None:
+            response = error_response(
+                refusal.status, refusal.code, refusal.message, refusal.headers
+            )
+            await front_door.refuse(stream, response)
+            return
+        taken = len(self.connections) + self._handshakes
+        if self._closing or taken >= self.config.limits.max_connections:
+            self.stats.refused_full += not self._closing
+            response = error_response(503, "CONNECTION_LIMIT", "connection limit reached")
+            await front_door.refuse(stream, response)
+            return
+        # The slot is taken now, not once the 101 is out, so concurrent handshakes
+        # cannot exceed max_connections together.
+        self._handshakes += 1
+        link: Link | None = None
+        try:
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
-                request = await wrap_server_stream(
-                    nursery,
-                    upgrade,
-                    max_message_size=limits.max_message_size * HARD_SIZE_FACTOR,
-                    receive_buffer_size=64 * 1024,
-                )
-            if request is None or not _ws_path(request.path):
-                if request is not None:
-                    await request.reject(404, body=b"catsock: WebSocket endpoint is /ws\n")
-                nursery.cancel_scope.cancel()
-                await trio.aclose_forcefully(stream)
-                return
-            if len(self.connections) >= limits.max_connections:
-                self.stats.refused_full += 1
-                await request.reject(503, body=b"catsock: connection limit reached\n")
-                nursery.cancel_scope.cancel()
-                return
-            ws = await request.accept()
-            conn = Connection(self, ws, f"conn_{secrets.token_hex(8)}", remote)
-            self.connections.add(conn)
-            self.stats.accepted += 1
-            try:
-                await conn.run()
-            finally:
-                nursery.cancel_scope.cancel()
+                await stream.send_all(accept_response(upgrade.headers))
+                link = Link.over(stream, upgrade.rest)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer left during the handshake: its business, not our fault
+        finally:
+            self._handshakes -= 1
+        if link is None:
+            await trio.aclose_forcefully(stream)
+            return
+        conn = Connection(
+            self.context, self, self.delivery, link, f"conn_{secrets.token_hex(8)}", remote
+        )
+        self.connections.add(conn)
+        self.stats.accepted += 1
+        if self._closing:
+            # shutdown() closed everyone while the 101 went out: this one too.
+            conn.close(1001, "server shutting down")
+        await conn.run()
 
     def _allowed(self, remote: str) -> bool:
         if not self._networks:
@@ -397,5 +422,3 @@ def _peer(sock: socket.socket | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _ws_path(path: str) -> bool:
-    return path.split("?", 1)[0].rstrip("/") == "/ws"

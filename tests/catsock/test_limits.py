@@ -120,14 +120,3 @@ async def test_slow_non_durable_consumer_is_disconnected_with_4001(
             # The publisher was never slowed down or cut off.
             await cats.send({"type": "ping"})
             assert (await cats.recv())["type"] == "pong"
-
-
-async def test_trio_websocket_internals_are_what_the_adapter_needs(
-    start_gateway: GatewayFactory,
-) -> None:
-    from catsock.wsadapter import check_internals
-
-    gw = await start_gateway()
-    with trio.fail_after(10):
-        async with trio_websocket.open_websocket_url(gw.url) as ws:
-            check_internals(ws)

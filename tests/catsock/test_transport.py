@@ -90,11 +90,12 @@ async def test_tcp_keepalive_is_set_on_accepted_sockets(start_gateway: GatewayFa
     with trio.fail_after(10):
         async with gw.client("AFAD"):
             (conn,) = gw.gateway.connections
-            sock = conn.ws._stream.socket
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 42
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+            # A duplicate of the gateway's descriptor: the options are the socket's.
+            with socket.fromfd(conn.link.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 42
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
 
 
 async def test_tls_serves_wss_and_refuses_plain_text(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import trio
-import trio_websocket
 import wsproto.events as ev
 
 from .harness import CONVERSION, GatewayFactory, RawClient, envelope

@@ -248,6 +248,7 @@ def logs(
     as_json: bool,
 ) -> None:
     """Show recent connections or messages from the log, newest first."""
+    config = _load(config_path, _flags(database=database))
     db = _open(config_path, database)
     if connections:
         rows = storage.recent_connections(db, limit=limit, client_type=type_, identity=identity)
@@ -269,6 +270,8 @@ def logs(
             connection_id=connection_id,
             direction=direction,
             message_id=message_id,
+            policy=storage.LogPolicy(config.log.policy),
+            redact_fields=frozenset(config.log.redact),
         )
         columns = ["created_at", "direction", "type", "message_id", "connection_id", "size"]
     if as_json:

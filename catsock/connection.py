@@ -151,6 +151,8 @@ class ConnectionContext:
     #: and this one the peer gets a MESSAGE_TOO_LARGE error first.
     max_frame_size: int
     max_fragments: int = 1000
+    #: Published events are in the event log: the message log does not copy them.
+    events_logged: bool = True
 
 
 class Connection:
@@ -423,7 +425,7 @@ class Connection:
         else:
             self.ctx.stats.count_in(message.type)
             actions = self.machine.receive(message)
-            self._log_inbound(message, len(frame))
+            self._log_inbound(message, len(frame), actions)
         await self._execute(actions)
 
     async def _execute(self, actions: list[Action]) -> None:
@@ -674,8 +676,10 @@ class Connection:
             ClosedRow(self.id, self.ctx.wall_clock(), self.close_code, self.close_reason)
         )
 
-    def _log_inbound(self, message: m.Message, size: int) -> None:
+    def _log_inbound(self, message: m.Message, size: int, actions: list[Action]) -> None:
         if isinstance(message, m.Event):
+            if self.ctx.events_logged and any(isinstance(a, Publish) for a in actions):
+                return  # one write per event: the event log's row is its record
             row = MessageLogged(
                 "in",
                 message.type,

@@ -154,6 +154,7 @@ class Gateway:
             replay_batch=config.delivery.replay_batch,
             max_frame_size=limits.max_message_size * HARD_SIZE_FACTOR,
             max_fragments=limits.max_fragments,
+            events_logged=config.delivery.log,
         )
         self.http = HttpApi(self)
         self.connections: set[Connection] = set()

@@ -121,6 +121,16 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     ),
     # 3: publish-only tokens (they receive nothing; docs/delivery.md §7).
     (_add_column("credentials", "publish_only", "INTEGER NOT NULL DEFAULT 0"),),
+    # 4: published events are no longer copied into the message log (the event log
+    # holds them; storage/logs.py reads them from there): drop the old copies.
+    (
+        """
+        DELETE FROM messages WHERE direction = 'in' AND EXISTS (
+            SELECT 1 FROM events e
+            WHERE e.message_id = messages.message_id AND e.connection_id = messages.connection_id
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

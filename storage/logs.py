@@ -260,12 +260,63 @@ def recent_messages(
     connection_id: str | None = None,
     direction: str | None = None,
     message_id: str | None = None,
+    policy: LogPolicy = LogPolicy.FULL,
+    redact_fields: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """The newest messages first, optionally filtered."""
+    """The newest messages first, optionally filtered.
+
+    Published events are not copied into the message table: the event log holds
+    them (storage/events.py), and they are read from there as inbound rows
+    (``id`` None, ``seq`` set), shaped by ``policy`` and ``redact_fields`` as a
+    message row would have been when it was written.
+    """
     filters = {
         "type": type,
         "connection_id": connection_id,
         "direction": direction,
         "message_id": message_id,
     }
-    return _select(db, "messages", filters, "created_at DESC, id DESC", limit)
+    rows = _select(db, "messages", filters, "created_at DESC, id DESC", limit)
+    for row in rows:
+        row["seq"] = None
+    if direction in (None, "in") and policy is not LogPolicy.OFF:
+        rows.extend(_published(db, type, connection_id, message_id, limit, policy, redact_fields))
+        rows.sort(key=lambda r: (r["created_at"], r["seq"] or 0, r["id"] or 0), reverse=True)
+    return rows[: max(limit, 0)]
+
+
+def _published(
+    db: sqlite_utils.Database,
+    type: str | None,
+    connection_id: str | None,
+    message_id: str | None,
+    limit: int,
+    policy: LogPolicy,
+    redact_fields: frozenset[str],
+) -> list[dict[str, Any]]:
+    """Events of the event log as inbound message rows (see ``recent_messages``)."""
+    active = {
+        c: v
+        for c, v in {"type": type, "connection_id": connection_id, "message_id": message_id}.items()
+        if v is not None
+    }
+    where = " AND ".join(f"{column} = ?" for column in active) or "1"
+    # Column names come from this module; values are bound. seq order is time order.
+    sql = (
+        "SELECT seq, type, message_id, connection_id, created_at, body FROM events"
+        f" WHERE {where} ORDER BY seq DESC LIMIT ?"
+    )
+    return [
+        {
+            "id": None,
+            "direction": "in",
+            "type": row["type"],
+            "message_id": row["message_id"],
+            "connection_id": row["connection_id"],
+            "size": len(row["body"].encode("utf-8")),
+            "payload": _stored_payload(row["body"], policy, redact_fields),
+            "created_at": iso(row["created_at"]),
+            "seq": row["seq"],
+        }
+        for row in db.query(sql, [*active.values(), max(limit, 0)])
+    ]

@@ -52,11 +52,25 @@ def test_open_db_creates_tables_and_indexes(db: sqlite_utils.Database) -> None:
         "publish_only": int,
     }
     assert list(db["connections"].columns_dict) == [
-        "id", "client_type", "identity", "remote_addr", "connected_at",
-        "last_heartbeat_at", "disconnected_at", "close_code", "close_reason",
+        "id",
+        "client_type",
+        "identity",
+        "remote_addr",
+        "connected_at",
+        "last_heartbeat_at",
+        "disconnected_at",
+        "close_code",
+        "close_reason",
     ]
     assert list(db["messages"].columns_dict) == [
-        "id", "direction", "type", "message_id", "connection_id", "size", "payload", "created_at",
+        "id",
+        "direction",
+        "type",
+        "message_id",
+        "connection_id",
+        "size",
+        "payload",
+        "created_at",
     ]
     indexed = {
         table: {tuple(index.columns) for index in db[table].indexes}
@@ -136,3 +150,22 @@ def test_iso_sorts_like_time() -> None:
     formatted = [iso(ts) for ts in stamps]
     assert sorted(formatted) == formatted
     assert len(set(formatted)) == len(formatted)
+
+
+def test_version_4_drops_message_rows_that_copy_a_published_event(
+    db: sqlite_utils.Database,
+) -> None:
+    conn = db.conn
+    conn.execute(
+        "INSERT INTO events (seq, message_id, sender, connection_id, type, channels, priority,"
+        " created_at, body) VALUES (1, 'e1', 'cats', 'c1', 'click', 'type:AFAD', 3, 0, '{}')"
+    )
+    copy = "INSERT INTO messages (direction, type, message_id, connection_id, size, created_at)"
+    conn.execute(copy + " VALUES ('in', 'click', 'e1', 'c1', 2, 'x')")  # the old copy
+    conn.execute(copy + " VALUES ('in', 'click', 'e1', 'c9', 2, 'x')")  # refused elsewhere
+    conn.execute(copy + " VALUES ('out', 'error', 'e1', 'c1', 2, 'x')")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    migrate(db)
+    rows = db.conn.execute("SELECT direction, connection_id FROM messages ORDER BY id").fetchall()
+    assert rows == [("in", "c9"), ("out", "c1")]

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from storage.db import iso, open_db
+from storage.events import EventRow, commit
 from storage.logs import (
     ConnectionClosed,
     ConnectionHeartbeat,
@@ -77,10 +78,13 @@ def test_redact_replaces_values_at_any_depth_and_keeps_order() -> None:
     assert json.loads(out, object_pairs_hook=list) == [
         ("z", 1),
         ("token", "[redacted]"),
-        ("a", [
-            ("b", [[("password", "[redacted]"), ("keep", "me")]]),
-            ("token", "[redacted]"),
-        ]),
+        (
+            "a",
+            [
+                ("b", [[("password", "[redacted]"), ("keep", "me")]]),
+                ("token", "[redacted]"),
+            ],
+        ),
         ("m", [1, [2, [("token", "[redacted]")]]]),
     ]
     assert "top" not in out
@@ -130,8 +134,9 @@ FIELD_NAMES = ["token", "password", "secret"]
 json_keys = st.sampled_from([*FIELD_NAMES, "a", "b", "data"]) | st.text(max_size=8)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(json_keys, children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(json_keys, children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -256,12 +261,16 @@ def test_write_batch_connection_lifecycle_in_one_batch(db: sqlite_utils.Database
 
 def test_write_batch_duplicate_open_does_not_lose_the_batch(db: sqlite_utils.Database) -> None:
     write_batch(
-        db, [ConnectionOpened("c1", "BOT", "a", None, NOW)],
-        policy=LogPolicy.FULL, redact_fields=frozenset(),
+        db,
+        [ConnectionOpened("c1", "BOT", "a", None, NOW)],
+        policy=LogPolicy.FULL,
+        redact_fields=frozenset(),
     )
     write_batch(
-        db, [ConnectionOpened("c1", "BOT", "b", None, NOW + 1), _message()],
-        policy=LogPolicy.FULL, redact_fields=frozenset(),
+        db,
+        [ConnectionOpened("c1", "BOT", "b", None, NOW + 1), _message()],
+        policy=LogPolicy.FULL,
+        redact_fields=frozenset(),
     )
     assert [row["identity"] for row in _rows(db, "connections")] == ["a"]
     assert len(_rows(db, "messages")) == 1
@@ -360,8 +369,57 @@ def test_recent_messages_newest_first_with_filters(db: sqlite_utils.Database) ->
             "size": len(SECRET_PAYLOAD),
             "payload": None,
             "created_at": iso(NOW + 3),
+            "seq": None,
         }
     ]
+
+
+def _event(seq: int, at: float, body: str, **kw: Any) -> EventRow:
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "message_id": f"e{seq}",
+        "sender": "cats",
+        "connection_id": "c1",
+        "type": "click",
+        "channels": ("type:AFAD",),
+        "priority": 3,
+        "created_at": at,
+        "expires_at": None,
+        "body": body,
+    }
+    fields.update(kw)
+    return EventRow(**fields)
+
+
+def test_published_events_are_read_from_the_event_log_as_inbound_messages(
+    db: sqlite_utils.Database,
+) -> None:
+    body = '{"type":"click","payload":{"ipaddress":"203.0.113.9","owner_id":5}}'
+    commit(db, [_event(1, NOW + 1, body), _event(2, NOW + 3, body, connection_id="c2")], {}, [])
+    write_batch(
+        db,
+        [_message(at=NOW, message_id="m0"), _message(at=NOW + 2, message_id="m2", direction="out")],
+        policy=LogPolicy.FULL,
+        redact_fields=frozenset(),
+    )
+    rows = recent_messages(db, redact_fields=frozenset({"ipaddress"}))
+    assert [(r["message_id"], r["direction"], r["seq"]) for r in rows] == [
+        ("e2", "in", 2),
+        ("m2", "out", None),
+        ("e1", "in", 1),
+        ("m0", "in", None),
+    ]
+    first = rows[2]
+    assert first["created_at"] == iso(NOW + 1)
+    assert first["size"] == len(body.encode())
+    assert first["connection_id"] == "c1"
+    assert json.loads(first["payload"])["payload"] == {"ipaddress": "[redacted]", "owner_id": 5}
+    # Filters and limits apply to both, and the policy shapes events as it did rows.
+    assert [r["message_id"] for r in recent_messages(db, connection_id="c2")] == ["e2"]
+    assert [r["message_id"] for r in recent_messages(db, direction="out")] == ["m2"]
+    assert [r["message_id"] for r in recent_messages(db, limit=1)] == ["e2"]
+    assert recent_messages(db, message_id="e1", policy=LogPolicy.METADATA)[0]["payload"] is None
+    assert [r["message_id"] for r in recent_messages(db, policy=LogPolicy.OFF)] == ["m2", "m0"]
 
 
 def test_recent_connections_newest_first_with_filters(db: sqlite_utils.Database) -> None:

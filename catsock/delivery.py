@@ -438,6 +438,25 @@ class Delivery:
                     duplicates = await trio.to_thread.run_sync(
                         storage.commit_events, self._db, rows, cursors, ledger
                     )
+                except storage.SeqTaken as taken:
+                    # Another process wrote this log: number what is not committed yet
+                    # (nobody has seen those seqs) after its head, and go on.
+                    logger.warning(
+                        "event log: %s; another process writes this database? renumbering"
+                        " %d uncommitted events",
+                        taken,
+                        len(batch) + len(self._pending),
+                    )
+                    self.commit_errors += 1
+                    self._pending[:0] = batch
+                    for entry in self._pending:
+                        taken.head += 1
+                        entry.seq = taken.head
+                    self._next = taken.head + 1
+                    for key, seq in cursors.items():
+                        self._cursors[key] = max(seq, self._cursors.get(key, -1))
+                    self._ledger[:0] = ledger
+                    return True
                 except Exception as exc:
                     self.commit_errors += 1
                     logger.warning("event log: commit of %d events failed: %s", len(batch), exc)

@@ -10,6 +10,7 @@ Times are Unix seconds (REAL): compact, and cheap to write on the hot path.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "LOG_START",
     "EventRow",
     "LedgerRow",
+    "SeqTaken",
     "StoredEvent",
     "commit",
     "events_by_message_id",
@@ -85,6 +87,30 @@ def head(db: sqlite_utils.Database) -> int:
     return int(row[0])
 
 
+class SeqTaken(Exception):
+    """An event's ``seq`` is already in the log under another publish: something else
+    wrote this log (a second gateway on the same file). ``head`` is the log's head now;
+    nothing of the batch was stored."""
+
+    def __init__(self, seq: int, head: int) -> None:
+        super().__init__(f"seq {seq} is already taken (the log's head is {head})")
+        self.seq = seq
+        self.head = head
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (seq, message_id, sender, connection_id, type, channels, priority,"
+    " created_at, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _values(e: EventRow) -> tuple[Any, ...]:
+    return (
+        e.seq, e.message_id, e.sender, e.connection_id, e.type, " ".join(e.channels),
+        e.priority, e.created_at, e.expires_at, e.body,
+    )  # fmt: skip
+
+
 def commit(
     db: sqlite_utils.Database,
     events: Sequence[EventRow],
@@ -96,40 +122,67 @@ def commit(
     """Write one batch in one transaction; meant for a worker thread.
 
     Returns ``{seq: earlier_seq}`` for every event that repeats an earlier
-    (sender, message_id): those are not stored again.
+    (sender, message_id): those are not stored again. Raises ``SeqTaken`` (and
+    stores nothing) if an event's seq is in the log already for another publish.
     """
-    duplicates: dict[int, int] = {}
     stamp = time.time() if now is None else now
+    try:
+        with db.atomic():
+            duplicates = _insert_events(db, events)
+            _move_cursors_and_note(db, cursors, ledger, stamp)
+    except SeqTaken as taken:
+        taken.head = head(db)  # rolled back: the head without any of this batch
+        raise
+    return duplicates
+
+
+def _move_cursors_and_note(
+    db: sqlite_utils.Database,
+    cursors: Mapping[tuple[str, str], int],
+    ledger: Sequence[LedgerRow],
+    stamp: float,
+) -> None:
     conn = db.conn
-    with db.atomic():
-        for e in events:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO events (seq, message_id, sender, connection_id, type,"
-                " channels, priority, created_at, expires_at, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.seq, e.message_id, e.sender, e.connection_id, e.type, " ".join(e.channels),
-                 e.priority, e.created_at, e.expires_at, e.body),
-            )
-            if cur.rowcount == 0:
-                earlier = conn.execute(
-                    "SELECT seq FROM events WHERE sender = ? AND message_id = ?",
-                    (e.sender, e.message_id),
-                ).fetchone()
-                duplicates[e.seq] = int(earlier[0])
-        if cursors:
-            # Cursors only move forward, whatever order moves arrive in.
-            conn.executemany(
-                "INSERT INTO cursors (identity, channel, seq, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (identity, channel) DO UPDATE"
-                " SET seq = MAX(seq, excluded.seq), updated_at = excluded.updated_at",
-                [(identity, channel, seq, stamp) for (identity, channel), seq in cursors.items()],
-            )
-        if ledger:
-            conn.executemany(
-                "INSERT INTO ledger (identity, kind, first_seq, last_seq, connection_id, at,"
-                " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [attrs.astuple(row) for row in ledger],
-            )
+    if cursors:
+        # Cursors only move forward, whatever order moves arrive in.
+        conn.executemany(
+            "INSERT INTO cursors (identity, channel, seq, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (identity, channel) DO UPDATE"
+            " SET seq = MAX(seq, excluded.seq), updated_at = excluded.updated_at",
+            [(identity, channel, seq, stamp) for (identity, channel), seq in cursors.items()],
+        )
+    if ledger:
+        conn.executemany(
+            "INSERT INTO ledger (identity, kind, first_seq, last_seq, connection_id, at,"
+            " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [attrs.astuple(row) for row in ledger],
+        )
+
+
+def _insert_events(db: sqlite_utils.Database, events: Sequence[EventRow]) -> dict[int, int]:
+    if not events:
+        return {}
+    conn = db.conn
+    try:
+        # The common case, a batch of new events: one statement for all of them.
+        with db.atomic():
+            conn.executemany(_INSERT_EVENT, [_values(e) for e in events])
+        return {}
+    except sqlite3.IntegrityError:
+        pass  # a retried publish, most likely: sort it out row by row
+    duplicates: dict[int, int] = {}
+    for e in events:
+        earlier = conn.execute(
+            "SELECT seq FROM events WHERE sender = ? AND message_id = ?", (e.sender, e.message_id)
+        ).fetchone()
+        if earlier is not None:
+            duplicates[e.seq] = int(earlier[0])
+            continue
+        try:
+            conn.execute(_INSERT_EVENT, _values(e))
+        except sqlite3.IntegrityError:
+            # Not a duplicate publish, so the seq itself is taken.
+            raise SeqTaken(e.seq, -1) from None  # commit() fills in the head
     return duplicates
 
 

@@ -238,3 +238,43 @@ async def test_ledger_says_why_a_recipient_did_not_get_an_event(
     (web,) = explain(db, "x1", recipient="afad-web")
     assert "publish-only" in web.recipients["afad-web"][0]
     assert explain(db, "no-such-message") == []
+
+
+async def test_a_seq_taken_by_another_writer_is_renumbered_not_retried_forever(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Issue 20, bug 10: a seq collision raised TypeError in the commit and the batch
+    was retried forever, blocking every publisher. Now the uncommitted events are
+    numbered after the log's head and go out."""
+    gw = await start_gateway(limits={"rate_limits_enabled": False})
+    with trio.fail_after(20):
+        async with gw.client("CATS", extensions=ACKS) as cats, gw.client("AFAD") as afad:
+            await cats.send(conversion("first"))
+            assert (await cats.recv())["seq"] == 1
+            # Another process writes seq 2 behind the gateway's back.
+            other = storage.open_db(gw.database)
+            with other.atomic():
+                storage.commit_events(
+                    other,
+                    [
+                        storage.EventRow(
+                            2,
+                            "intruder",
+                            "someone",
+                            None,
+                            "conversion",
+                            ("type:AFAD",),
+                            2,
+                            0.0,
+                            None,
+                            conversion("intruder"),
+                        )
+                    ],
+                    {},
+                    [],
+                )
+            other.close()
+            await cats.send(conversion("second"))
+            reply = await cats.recv()
+            assert (reply["type"], reply["message_id"], reply["seq"]) == ("accepted", "second", 3)
+            assert [m["message_id"] for m in await until_pong(afad)] == ["first", "second"]

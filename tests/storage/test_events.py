@@ -47,7 +47,15 @@ def row(
     at: float = T0,
 ) -> EventRow:
     return EventRow(
-        seq, message_id or f"m{seq}", sender, "conn_1", "conversion", channels, 2, at, None,
+        seq,
+        message_id or f"m{seq}",
+        sender,
+        "conn_1",
+        "conversion",
+        channels,
+        2,
+        at,
+        None,
         f'{{"n":{seq}}}',
     )
 
@@ -85,9 +93,7 @@ def test_read_after_filters_channels_and_sender_and_pages(db: sqlite_utils.Datab
         row(5),
     ]
     commit(db, rows, {}, [])
-    found, scanned = read_after(
-        db, {"type:AFAD": 0}, upto=5, exclude_sender="afad", limit=2
-    )
+    found, scanned = read_after(db, {"type:AFAD": 0}, upto=5, exclude_sender="afad", limit=2)
     assert ([e.seq for e in found], scanned) == ([1, 4], 4)
     found, scanned = read_after(db, {"type:AFAD": 4}, upto=5, exclude_sender="afad", limit=2)
     assert ([e.seq for e in found], scanned) == ([5], 5)
@@ -144,3 +150,17 @@ def test_ledger_and_recipient_queries(db: sqlite_utils.Database) -> None:
     assert [r["identity"] for r in ledger_rows(db, 2, "afad")] == ["afad"]
     assert ledger_rows(db, 4) == []
     assert [r["identity"] for r in recipients_of(db, ["type:AFAD"])] == ["afad"]
+
+
+def test_a_taken_seq_is_reported_with_the_head_and_stores_nothing(
+    db: sqlite_utils.Database,
+) -> None:
+    commit(db, [row(1, "a"), row(2, "b")], {}, [])
+    # seq 2 again under another publish (another process wrote the log), next to a
+    # new event and a retried publish: the whole batch is refused, the head named.
+    with pytest.raises(storage.SeqTaken) as taken:
+        commit(db, [row(3, "c"), row(2, "other"), row(4, "a")], {("afad", "x"): 3}, [])
+    assert (taken.value.seq, taken.value.head) == (2, 2)
+    assert head(db) == 2
+    assert load_cursors(db, "afad") == {}
+    assert commit(db, [row(3, "c"), row(4, "a")], {}, []) == {4: 1}

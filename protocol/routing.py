@@ -71,11 +71,21 @@ class Route:
 
     def targets(self, payload: Any) -> list[str]:
         """The channels for one payload, in order, without repeats."""
-        out = [type_channel(t) for t in self.to_types]
+        out = [f"type:{t}" for t in self.to_types]
         for path in self.user_fields:
-            out.extend(user_channel(u) for u in _user_ids(payload, path))
-        out.extend(self.channels)
-        return list(dict.fromkeys(out))
+            head, sep, tail = path.partition("[].")
+            value = _get(payload, head)
+            if not sep:
+                if _is_id(value):
+                    out.append(f"user:{value}")
+            elif isinstance(value, list):
+                for item in value:
+                    user = _get(item, tail)
+                    if _is_id(user):
+                        out.append(f"user:{user}")
+        if self.channels:
+            out.extend(self.channels)
+        return list(dict.fromkeys(out)) if len(out) > 1 else out
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -86,20 +96,11 @@ def _get(obj: Any, name: str) -> Any:
     return None
 
 
-def _user_ids(payload: Any, path: str) -> Iterator[int | str]:
-    head, sep, tail = path.partition("[].")
-    values = _get(payload, head)
-    if sep:
-        items = values if isinstance(values, list) else []
-        values_iter: Iterable[Any] = (_get(item, tail) for item in items)
-    else:
-        values_iter = (values,)
-    for value in values_iter:
-        # Only scalar ids make channels: a bool, null or object names nobody.
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int) or (isinstance(value, str) and 0 < len(value) <= _MAX_USER_ID):
-            yield value
+def _is_id(value: Any) -> bool:
+    """Only scalar ids make channels: a bool, null or object names nobody."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and 0 < len(value) <= _MAX_USER_ID)
 
 
 _BUSINESS = ("AFAD", "DASHBOARD")

@@ -51,7 +51,7 @@ from protocol import messages as m
 from storage import ConnectionClosed as ClosedRow
 from storage import ConnectionHeartbeat, ConnectionOpened, LogRow, MessageLogged
 
-from .delivery import PRIORITY_NAMES, Entry
+from .entries import PRIORITY_NAMES, Entry, Run
 from .transport.frames import BINARY, CLOSE, PING, TEXT, FrameError, FrameReader, close_frame
 from .transport.frames import frame as ws_frame
 from .transport.link import BROKEN, SENT, Link
@@ -176,11 +176,12 @@ class Connection:
         )
         self.connected_at = ctx.wall_clock()
         link.on_drained = self._drained
-        self._queue: deque[bytes | Entry] = deque()
+        self._queue: deque[bytes | Entry | Run] = deque()
+        self._events = 0  # events in the queue (entries, and the entries of runs)
         self._replies = 0  # bytes of control frames in the queue
         self._full_since: float | None = None
         # What the link is writing now: (first seq, last seq, the batch).
-        self._inflight: tuple[int, int, list[bytes | Entry]] | None = None
+        self._inflight: tuple[int, int, list[bytes | Entry | Run]] | None = None
         self._room = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         # Delivery state, set once authenticated (see the module docstring).
@@ -217,22 +218,34 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        """Frames waiting for the link (for metrics)."""
-        return len(self._queue)
+        """Events waiting for the link (for metrics)."""
+        return self._events
 
     # -- called by others --------------------------------------------------------
 
-    def offer(self, entry: Entry) -> None:
-        """Queue a committed event for writing; never blocks, never grows memory past
+    def offer(self, run: Run) -> None:
+        """Queue committed events for writing; never blocks, never grows memory past
         the queue bound (see ``_overflow``). The caller ``pump``s afterwards."""
         if self._close is not None or self._positions is not None:
             return  # closing, or catching up: the log has it
+        if self._identity in run.senders or self._events + len(run.entries) > self.ctx.send_queue:
+            # Rare: its own events are in the run, or the queue is (nearly) full.
+            for entry in run.entries:
+                self._offer_entry(entry)
+            return
+        self._queue.append(run)
+        self._events += len(run.entries)
+
+    def _offer_entry(self, entry: Entry) -> None:
+        if self._close is not None or self._positions is not None:
+            return
         if entry.sender == self._identity:
             return  # nobody receives its own events
-        if len(self._queue) >= self.ctx.send_queue:
+        if self._events >= self.ctx.send_queue:
             self._overflow(entry)
             return
         self._queue.append(entry)
+        self._events += 1
 
     def accepted(self, entry: Entry) -> None:
         """Our publish is committed: tell the client, if it negotiated acks."""
@@ -264,7 +277,7 @@ class Connection:
             return
         queue = self._queue
         while queue:
-            batch: list[bytes | Entry] = []
+            batch: list[bytes | Entry | Run] = []
             size = 0
             while queue and size < MAX_WRITE:
                 item = queue.popleft()
@@ -272,7 +285,11 @@ class Connection:
                 if isinstance(item, bytes):
                     self._replies -= len(item)
                     size += len(item)
+                elif isinstance(item, Run):
+                    self._events -= len(item.entries)
+                    size += item.size
                 else:
+                    self._events -= 1
                     size += len(item.body)
             self._full_since = None
             frames, first, last = self._frames(batch)
@@ -367,8 +384,7 @@ class Connection:
                 try:
                     events = reader.read(FRAME_BUDGET)
                 except FrameError as error:
-                    self._queue.clear()
-                    self._replies = 0
+                    self._clear_queue()
                     self.close(error.code, error.reason)
                     return
                 for kind, value in events:
@@ -410,8 +426,7 @@ class Connection:
         if self.close_code is None:
             self.close_code, self.close_reason = code or 1005, reason
         if not self._close_sent:
-            self._queue.clear()
-            self._replies = 0
+            self._clear_queue()
             self._close_sent = True
             if not self.link.busy:
                 self.link.send(close_frame(code if code is not None else None, ""))
@@ -514,7 +529,9 @@ class Connection:
                 if positions is None or self._close is not None:
                     return
                 entries, scanned = await delivery.read(positions, self._identity, limit)
-                self._queue.extend(entries)
+                if entries:
+                    self._queue.append(Run.of(entries))
+                    self._events += len(entries)
                 if self._positions is not positions:
                     return  # cannot happen today; guards a future second writer of _positions
                 if scanned >= delivery.head:
@@ -551,6 +568,7 @@ class Connection:
         if now - self._full_since >= self.ctx.queue_full_grace:
             self._slow_consumer()
             return
+        self._explode_runs()
         # Shed the least important event: the newest of the lowest priority.
         victim, index = entry, -1
         last = len(self._queue) - 1
@@ -564,10 +582,24 @@ class Connection:
         assert self._identity is not None
         self.delivery.drop(victim, self._identity, self.id, why)
 
+    def _explode_runs(self) -> None:
+        """Turn queued runs into their entries, so shedding can pick single events."""
+        if any(isinstance(item, Run) for item in self._queue):
+            items: list[bytes | Entry | Run] = []
+            for item in self._queue:
+                if isinstance(item, Run):
+                    items.extend(item.entries)
+                else:
+                    items.append(item)
+            self._queue = deque(items)
+
+    def _clear_queue(self) -> None:
+        self._queue.clear()
+        self._events = self._replies = 0
+
     def _slow_consumer(self) -> None:
         self.ctx.stats.count_slow_consumer()
-        self._queue.clear()
-        self._replies = 0
+        self._clear_queue()
         self._send(
             m.Error(
                 payload=m.ErrorPayload(
@@ -601,7 +633,7 @@ class Connection:
         if self._durable:
             self.delivery.advance(self._identity, self._channels, seq)
 
-    def _frames(self, batch: list[bytes | Entry]) -> tuple[list[bytes], int, int]:
+    def _frames(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes], int, int]:
         """The frames to write for ``batch``, and the first and last event seq among them
         (expired events are dropped here, and count as handled)."""
         frames: list[bytes] = []
@@ -611,18 +643,25 @@ class Connection:
         for item in batch:
             if isinstance(item, bytes):
                 frames.append(item)
-                continue
-            last = item.seq
-            if item.expires_at is not None and now > item.expires_at:
-                assert self._identity is not None
-                self.delivery.expire(item, self._identity, self.id)
-                continue
-            first = first or item.seq
-            frames.append(item.frame(self._with_seq))
-            stats.count_out(item.type)
+            elif isinstance(item, Run) and (item.expires_at is None or now <= item.expires_at):
+                frames.append(item.frames(self._with_seq))
+                for type_, n in item.types.items():
+                    stats.count_out(type_, n)
+                first = first or item.first
+                last = item.last
+            else:
+                for entry in item.entries if isinstance(item, Run) else (item,):
+                    last = entry.seq
+                    if entry.expires_at is not None and now > entry.expires_at:
+                        assert self._identity is not None
+                        self.delivery.expire(entry, self._identity, self.id)
+                        continue
+                    first = first or entry.seq
+                    frames.append(entry.frame(self._with_seq))
+                    stats.count_out(entry.type)
         return frames, first, last
 
-    def _written_up_to(self, first: int, last: int, batch: list[bytes | Entry]) -> None:
+    def _written_up_to(self, first: int, last: int, batch: list[bytes | Entry | Run]) -> None:
         if last <= 0 or self._identity is None:
             return
         self._written = max(self._written, last)
@@ -638,8 +677,8 @@ class Connection:
         if self._durable and not self._acks:
             self.delivery.advance(self._identity, self._channels, last)
         for item in batch:
-            if isinstance(item, Entry):
-                self.delivery.observe_latency(item)
+            if isinstance(item, Entry | Run):
+                self.delivery.observe_latency(item if isinstance(item, Entry) else item.entries[0])
                 break
 
     def _send(self, message: m.ControlMessage) -> None:

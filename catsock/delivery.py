@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import sqlite_utils
@@ -29,20 +29,17 @@ from protocol import Principal, encode
 from protocol import messages as m
 
 from .config import DeliveryConfig
-from .transport.frames import text_frame
+from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Publisher, Run
 
 if TYPE_CHECKING:
     from .hub import Hub, Subscriber
 
-__all__ = ["PRIORITIES", "Delivery", "DeliveryStatistics", "Entry", "Publisher"]
+__all__ = ["PRIORITIES", "PRIORITY_NAMES", "Delivery", "DeliveryStatistics", "Entry"]
 
 logger = logging.getLogger("catsock.delivery")
 
 T = TypeVar("T")
 
-#: Seed 002's levels: a lower number is more important.
-PRIORITIES: Mapping[str, int] = {"CRITICAL": 1, "HIGH": 2, "NORMAL": 3, "LOW": 4}
-PRIORITY_NAMES: Mapping[int, str] = {v: k for k, v in PRIORITIES.items()}
 #: Cursor moves and ledger rows alone wait this long to share a transaction.
 IDLE_FLUSH = 0.05
 #: A failed commit (disk full, database locked) is retried after this long.
@@ -51,52 +48,6 @@ MAX_BATCH = 5000
 MAX_KNOWN_CURSORS = 100_000
 #: Upper bounds (seconds) of the publish-to-write latency histogram.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-class Publisher(Protocol):
-    def accepted(self, entry: Entry) -> None:
-        """The entry is committed (or a duplicate of a committed one)."""
-
-    def pump(self) -> None:
-        """Write what ``accepted`` queued (called once after a batch)."""
-
-
-@attrs.define(slots=True, eq=False)
-class Entry:
-    """One event on its way: committed once, written to many recipients."""
-
-    seq: int
-    type: str
-    message_id: str
-    sender: str  # the publisher's identity
-    channels: tuple[str, ...]
-    priority: int
-    expires_at: float | None
-    body: str
-    publisher: Publisher | None = None
-    connection_id: str | None = None
-    created_at: float = 0.0
-    appended_at: float = math.nan  # trio time, for the latency histogram
-    duplicate_of: int | None = None
-    committed: trio.Event | None = None
-    _frame: bytes | None = None
-    _seq_frame: bytes | None = None
-
-    def frame(self, with_seq: bool) -> bytes:
-        """The WebSocket frame, built once per entry whoever receives it."""
-        if with_seq:
-            if self._seq_frame is None:
-                # The body is a JSON object; seq goes in as its first key.
-                rest = self.body.lstrip()[1:]
-                self._seq_frame = text_frame(f'{{"seq":{self.seq},{rest}')
-            return self._seq_frame
-        if self._frame is None:
-            self._frame = text_frame(self.body)
-        return self._frame
-
-    @property
-    def effective_seq(self) -> int:
-        return self.seq if self.duplicate_of is None else self.duplicate_of
 
 
 @attrs.frozen
@@ -206,7 +157,7 @@ class Delivery:
             appended_at=trio.current_time(),
         )
         if not self.enabled:
-            for recipient in self.hub.publish(entry):
+            for recipient in self.hub.publish(Run.of([entry])):
                 recipient.pump()
             if publisher is not None:
                 publisher.accepted(entry)
@@ -477,12 +428,16 @@ class Delivery:
         # connection switch to live without a gap (connection.py). Each recipient
         # writes once for the whole batch, after it.
         recipients: dict[Subscriber | Publisher, None] = {}
+        run: list[Entry] = []
         for entry in batch:
             earlier = duplicates.get(entry.seq)
             if earlier is None:
                 self.head = entry.seq
                 self.committed_count += 1
-                recipients.update(dict.fromkeys(self.hub.publish(entry)))
+                if run and run[-1].channels != entry.channels:
+                    recipients.update(dict.fromkeys(self.hub.publish(Run.of(run))))
+                    run = []
+                run.append(entry)
             else:
                 entry.duplicate_of = earlier
                 self.duplicates += 1
@@ -492,6 +447,8 @@ class Delivery:
                 recipients[entry.publisher] = None
             if entry.committed is not None:
                 entry.committed.set()
+        if run:
+            recipients.update(dict.fromkeys(self.hub.publish(Run.of(run))))
         for recipient in recipients:
             recipient.pump()
         self._committed.set()

@@ -1,7 +1,7 @@
 """The delivery hub: which local connections listen on which channels.
 
-Publishing hands the same entry (whose frame is built once, never per
-recipient) to every recipient; the routing decision itself is
+Publishing hands the same run of entries (whose frames are joined once, never
+per recipient) to every recipient; the routing decision itself is
 ``protocol.fan_out``, so the hub holds state and nothing else.
 """
 
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Protocol
 from protocol import fan_out
 
 if TYPE_CHECKING:
-    from .delivery import Entry
+    from .entries import Run
 
 __all__ = ["Hub", "Subscriber"]
 
 
 class Subscriber(Protocol):
-    def offer(self, entry: Entry) -> None:
-        """Take an event for sending (or decide not to); must not block."""
+    def offer(self, run: Run) -> None:
+        """Take committed events for sending (or decide not to); must not block."""
 
     def pump(self) -> None:
         """Write what was offered (called once after a batch of offers)."""
@@ -45,12 +45,12 @@ class Hub:
                 if not members:
                     del self._channels[channel]
 
-    def publish(self, entry: Entry) -> list[Subscriber]:
-        """Offer ``entry`` to everyone on its channels; returns who (they still need
+    def publish(self, run: Run) -> list[Subscriber]:
+        """Offer ``run`` to everyone on its channels; returns who (they still need
         a ``pump``)."""
-        recipients = fan_out(entry.channels, self._channels, None)
+        recipients = fan_out(run.entries[0].channels, self._channels, None)
         for recipient in recipients:
-            recipient.offer(entry)
+            recipient.offer(run)
         return recipients
 
     def subscribers(self, channel: str) -> int:

@@ -17,7 +17,7 @@ import sqlite_utils
 import storage
 from protocol import subscriptions_for
 
-from .delivery import PRIORITY_NAMES
+from .entries import PRIORITY_NAMES
 
 __all__ = ["Story", "explain"]
 

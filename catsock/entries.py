@@ -1,0 +1,124 @@
+"""What travels from the event log to recipients: one ``Entry`` per event, ``Run``s of them.
+
+An ``Entry`` is built once when an event is accepted and shared by everyone who
+receives it; its WebSocket frame is encoded once (two variants: as published, and
+with the log's ``seq`` as first key). A ``Run`` is a slice of one commit's entries
+that go to the same channels: the hub offers it to each recipient as one item,
+and its frames are joined once, so fanning a commit out costs each recipient a
+few operations however many events the commit holds (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Protocol
+
+import attrs
+import trio
+
+from .transport.frames import text_frame
+
+__all__ = ["PRIORITIES", "PRIORITY_NAMES", "Entry", "Publisher", "Run"]
+
+#: Seed 002's levels: a lower number is more important.
+PRIORITIES: Mapping[str, int] = {"CRITICAL": 1, "HIGH": 2, "NORMAL": 3, "LOW": 4}
+PRIORITY_NAMES: Mapping[int, str] = {v: k for k, v in PRIORITIES.items()}
+
+
+class Publisher(Protocol):
+    def accepted(self, entry: Entry) -> None:
+        """The entry is committed (or a duplicate of a committed one)."""
+
+    def pump(self) -> None:
+        """Write what ``accepted`` queued (called once after a batch)."""
+
+
+@attrs.define(slots=True, eq=False)
+class Entry:
+    """One event on its way: committed once, written to many recipients."""
+
+    seq: int
+    type: str
+    message_id: str
+    sender: str  # the publisher's identity
+    channels: tuple[str, ...]
+    priority: int
+    expires_at: float | None
+    body: str
+    publisher: Publisher | None = None
+    connection_id: str | None = None
+    created_at: float = 0.0
+    appended_at: float = math.nan  # trio time, for the latency histogram
+    duplicate_of: int | None = None
+    committed: trio.Event | None = None
+    _frame: bytes | None = None
+    _seq_frame: bytes | None = None
+
+    def frame(self, with_seq: bool) -> bytes:
+        """The WebSocket frame, built once per entry whoever receives it."""
+        if with_seq:
+            if self._seq_frame is None:
+                # The body is a JSON object; seq goes in as its first key.
+                rest = self.body.lstrip()[1:]
+                self._seq_frame = text_frame(f'{{"seq":{self.seq},{rest}')
+            return self._seq_frame
+        if self._frame is None:
+            self._frame = text_frame(self.body)
+        return self._frame
+
+    @property
+    def effective_seq(self) -> int:
+        return self.seq if self.duplicate_of is None else self.duplicate_of
+
+
+@attrs.define(slots=True, eq=False)
+class Run:
+    """Consecutive committed entries with the same channels, offered as one item."""
+
+    entries: list[Entry]
+    #: Publishers' identities: a recipient among them must skip its own events.
+    senders: frozenset[str]
+    #: The earliest expiry among the entries (None: none of them expires).
+    expires_at: float | None
+    #: Events by type, for the counters.
+    types: dict[str, int]
+    size: int
+    _frames: bytes | None = None
+    _seq_frames: bytes | None = None
+
+    @classmethod
+    def of(cls, entries: list[Entry]) -> Run:
+        types: dict[str, int] = {}
+        expiries = []
+        size = 0
+        for entry in entries:
+            types[entry.type] = types.get(entry.type, 0) + 1
+            size += len(entry.body)
+            if entry.expires_at is not None:
+                expiries.append(entry.expires_at)
+        return cls(
+            entries,
+            frozenset(e.sender for e in entries),
+            min(expiries) if expiries else None,
+            types,
+            size,
+        )
+
+    @property
+    def first(self) -> int:
+        return self.entries[0].seq
+
+    @property
+    def last(self) -> int:
+        return self.entries[-1].seq
+
+    def frames(self, with_seq: bool) -> bytes:
+        """Every entry's frame, joined once whoever receives them."""
+        if with_seq:
+            if self._seq_frames is None:
+                self._seq_frames = b"".join(e.frame(True) for e in self.entries)
+            return self._seq_frames
+        if self._frames is None:
+            self._frames = b"".join(e.frame(False) for e in self.entries)
+        return self._frames

@@ -76,6 +76,19 @@ def test_catsock_is_lossless_at_quick_loads(quick_run: tuple[dict[str, Any], str
     assert checked >= 3
 
 
+def test_the_reference_relay_is_lossless(quick_run: tuple[dict[str, Any], str, Path]) -> None:
+    data, markdown, _ = quick_run
+    steps = [
+        r
+        for r in data["records"]
+        if r["peer"] == "trio-wsproto" and r["scenario"] in ("throughput", "latency")
+    ]
+    assert steps, "the quick run includes the trio + wsproto reference relay"
+    for record in steps:
+        assert record["metrics"]["lossless"], record
+    assert "÷ trio-wsproto" in markdown
+
+
 def test_reports_carry_machine_and_seed_targets(
     quick_run: tuple[dict[str, Any], str, Path],
 ) -> None:

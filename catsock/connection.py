@@ -1,13 +1,15 @@
-"""One client connection: a nursery whose own task reads; writes need no task of their own.
+"""One client connection: the event protocol on a ``transport.Session``.
 
-The reader feeds each read to a ``FrameReader`` and every message in it, in one
-pass, to ``protocol.ConnectionMachine``, carrying out the actions the machine
-returns. What goes out — control replies, and events the hub offers — waits in
-the connection's bounded queue until ``pump`` hands it to the link, one write at
-a time: written at once when the kernel takes it, or finished by a drain task
-that calls back. Deadlines are cancel scopes on the reader's wait: the auth
-deadline until authenticated, then (if negotiated) the heartbeat, which pings
-every interval and closes 4000 after two silent ones.
+The session (catsock/transport/session.py) reads in slices, writes a queue and
+does the close handshake; this module gives each message to
+``protocol.ConnectionMachine`` and carries out the actions it returns. What
+goes out — replies, and events the hub offers — waits in the session's bounded
+queue until ``pump`` hands it to the link, one write at a time: written at once
+when the kernel takes it, or finished by a drain task that calls back. The
+connection's nursery holds the reader (its own task) and, only while needed, a
+drain task and a catch-up task. Deadlines are cancel scopes on the reader's
+wait: the auth deadline until authenticated, then (if negotiated) the
+heartbeat, which pings every interval and closes 4000 after two silent ones.
 
 Delivery (docs/delivery.md): a connection is either *live* (the hub offers it
 each committed event) or *catching up* (a task reads the log from its positions,
@@ -52,27 +54,21 @@ from storage import ConnectionClosed as ClosedRow
 from storage import ConnectionHeartbeat, ConnectionOpened, LogRow, MessageLogged
 
 from .entries import PRIORITY_NAMES, Entry, Run
-from .transport.frames import BINARY, CLOSE, PING, TEXT, FrameError, FrameReader, close_frame
 from .transport.frames import frame as ws_frame
-from .transport.link import BROKEN, SENT, Link
+from .transport.link import Link
+from .transport.session import Session
 
 __all__ = ["Connection", "ConnectionContext", "DeliveryView", "Registry", "StatsSink"]
 
 logger = logging.getLogger("catsock.connection")
 
-#: How long a closing connection may take to flush and finish the close handshake.
-CLOSE_GRACE = 5.0
 #: At most one heartbeat row per connection per this many seconds in the log.
 HEARTBEAT_LOG_EVERY = 60.0
 #: Writes within this many seconds share one "written" ledger row.
 LEDGER_SPAN = 1.0
-#: Frames handled per slice of one read before other tasks get to run.
-FRAME_BUDGET = 1000
-#: At most this many bytes go to the link in one write.
-MAX_WRITE = 256 * 1024
-#: Bytes of control replies (pongs, errors, accepted) a peer may leave unread
-#: before the gateway stops reading from it.
-MAX_UNREAD_REPLIES = 256 * 1024
+
+#: What ``render`` hands the session for ``written``: first seq, last seq, the batch.
+Written = tuple[int, int, list["bytes | Entry | Run"]]
 
 
 class StatsSink(Protocol):
@@ -155,7 +151,7 @@ class ConnectionContext:
     events_logged: bool = True
 
 
-class Connection:
+class Connection(Session):
     def __init__(
         self,
         ctx: ConnectionContext,
@@ -165,25 +161,19 @@ class Connection:
         connection_id: str,
         remote: str,
     ) -> None:
+        super().__init__(link, max_size=ctx.max_frame_size, max_fragments=ctx.max_fragments)
         self.ctx = ctx
         self.registry = registry
         self.delivery = delivery
-        self.link = link
         self.id = connection_id
         self.remote = remote
         self.machine = ConnectionMachine(
             connection_id, ctx.machine_config, clock=trio.current_time, wall_clock=ctx.wall_clock
         )
         self.connected_at = ctx.wall_clock()
-        link.on_drained = self._drained
-        self._queue: deque[bytes | Entry | Run] = deque()
+        self._auth_deadline = trio.current_time() + ctx.auth_timeout
         self._events = 0  # events in the queue (entries, and the entries of runs)
-        self._replies = 0  # bytes of control frames in the queue
         self._full_since: float | None = None
-        # What the link is writing now: (first seq, last seq, the batch).
-        self._inflight: tuple[int, int, list[bytes | Entry | Run]] | None = None
-        self._room = trio.lowlevel.ParkingLot()
-        self._nursery: trio.Nursery | None = None
         # Delivery state, set once authenticated (see the module docstring).
         self._identity: str | None = None
         self._channels: tuple[str, ...] = ()
@@ -201,16 +191,10 @@ class Connection:
         self._uncommitted = 0
         self._replaying = False
         self._held: list[m.ControlMessage] = []
-        self._close: Close | None = None
-        self._close_sent = False
-        self._peer_closed_too = False  # the peer's close frame arrived
-        self._scope = trio.CancelScope()
         self._heartbeat = 0.0  # the negotiated interval; 0: no heartbeat
         self._silent_at = math.inf  # heartbeat: close if nothing arrives by then
         self._ping_at = math.inf
         self._last_heartbeat_log = 0.0
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
 
     @property
     def principal(self) -> Principal | None:
@@ -226,7 +210,7 @@ class Connection:
     def offer(self, run: Run) -> None:
         """Queue committed events for writing; never blocks, never grows memory past
         the queue bound (see ``_overflow``). The caller ``pump``s afterwards."""
-        if self._close is not None or self._positions is not None:
+        if self.closing or self._positions is not None:
             return  # closing, or catching up: the log has it
         if self._identity in run.senders or self._events + len(run.entries) > self.ctx.send_queue:
             # Rare: its own events are in the run, or the queue is (nearly) full.
@@ -237,7 +221,7 @@ class Connection:
         self._events += len(run.entries)
 
     def _offer_entry(self, entry: Entry) -> None:
-        if self._close is not None or self._positions is not None:
+        if self.closing or self._positions is not None:
             return
         if entry.sender == self._identity:
             return  # nobody receives its own events
@@ -250,7 +234,7 @@ class Connection:
     def accepted(self, entry: Entry) -> None:
         """Our publish is committed: tell the client, if it negotiated acks."""
         self._uncommitted -= 1
-        if self._acks and self._close is None:
+        if self._acks and not self.closing:
             self._send(
                 m.Accepted(
                     message_id=entry.message_id,
@@ -262,150 +246,46 @@ class Connection:
         self._release_held()
 
     def close(self, code: int, reason: str) -> None:
-        """Flush what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
-        if self._close is not None:
-            return
-        self._close = Close(CloseCode(code), reason)
+        """Write what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
         self._ping_at = self._silent_at = math.inf
-        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
-        self.pump()
+        super().close(code, reason)
 
-    def pump(self) -> None:
-        """Hand queued frames to the link, as far as it takes them without waiting."""
-        link = self.link
-        if link.busy or self._close_sent or self._nursery is None:
-            return
-        queue = self._queue
-        while queue:
-            batch: list[bytes | Entry | Run] = []
-            size = 0
-            while queue and size < MAX_WRITE:
-                item = queue.popleft()
-                batch.append(item)
-                if isinstance(item, bytes):
-                    self._replies -= len(item)
-                    size += len(item)
-                elif isinstance(item, Run):
-                    self._events -= len(item.entries)
-                    size += item.size
-                else:
-                    self._events -= 1
-                    size += len(item.body)
-            self._full_since = None
-            frames, first, last = self._frames(batch)
-            if not frames:
-                self._written_up_to(first, last, batch)
-                continue
-            result = link.send(frames[0] if len(frames) == 1 else b"".join(frames))
-            self.ctx.stats.count_delivered(len(frames))
-            if result == SENT:
-                self._written_up_to(first, last, batch)
-            elif result == BROKEN:
-                self._scope.cancel()
-                return
-            else:
-                self._inflight = (first, last, batch)
-                return
-        self._room.unpark_all()
-        if self._close is not None:
-            self._close_sent = True
-            self.close_code, self.close_reason = self._close.code, self._close.reason
-            if link.send(close_frame(self._close.code, self._close.reason)) == BROKEN:
-                self._scope.cancel()
-        elif self._positions is not None:
+    # -- the session's hooks (catsock/transport/session.py) ---------------------------
+
+    def item_size(self, item: Entry | Run) -> int:
+        return item.size if isinstance(item, Run) else len(item.body)
+
+    def render(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes], object]:
+        for item in batch:
+            if isinstance(item, Run):
+                self._events -= len(item.entries)
+            elif isinstance(item, Entry):
+                self._events -= 1
+        self._full_since = None
+        frames, first, last = self._frames(batch)
+        self.ctx.stats.count_delivered(len(frames))
+        return frames, (first, last, batch)
+
+    def written(self, token: object) -> None:
+        if token is not None:
+            written: Written = token  # type: ignore[assignment]
+            self._written_up_to(*written)
+
+    def dropped(self) -> None:
+        self._events = 0
+
+    def idle(self) -> None:
+        if self._positions is not None:
             self._start_catch_up()
         else:
             self._note_range()  # idle: let the ledger know now
 
-    def _drained(self) -> None:
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            self._written_up_to(*inflight)
-        self.pump()
-        self._room.unpark_all()
+    def deadline(self) -> float:
+        if self.machine.state is State.AWAITING_AUTH:
+            return self._auth_deadline
+        return min(self._ping_at, self._silent_at)
 
-    def _closing_frame_pending(self) -> bool:
-        if self.link.broken:
-            return False
-        if self._close_sent:
-            return self.link.busy
-        return self._close is not None
-
-    # -- the connection's life ---------------------------------------------------------
-
-    async def run(self) -> None:
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    self.link.start(nursery)
-                    self.pump()  # anything queued before the run began (a close)
-                    await self._read()
-                    # Our close frame goes out before the nursery's tasks end
-                    # (bounded by the close deadline).
-                    while self._closing_frame_pending():
-                        await self._room.park()
-                    nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None
-            self._note_range()
-            self.registry.connection_ended(self)
-            if self.machine.state is not State.CLOSED:
-                self.machine.closed()
-            self._log_close()
-            with trio.move_on_after(CLOSE_GRACE) as cleanup:
-                cleanup.shield = True
-                # Once both close frames passed, nothing more can come: close at once.
-                # Ours alone (a protocol error, a peer that never answers): read and
-                # drop what the peer still sends, so it sees the close, not a reset.
-                await self.link.aclose(linger=self._close_sent and not self._peer_closed_too)
-
-    async def _read(self) -> None:
-        """Read and handle frames until the peer or we close, or the link breaks."""
-        reader = FrameReader(max_size=self.ctx.max_frame_size, max_fragments=self.ctx.max_fragments)
-        auth_deadline = trio.current_time() + self.ctx.auth_timeout
-        while True:
-            if self.machine.state is State.AWAITING_AUTH:
-                deadline = auth_deadline
-            else:
-                deadline = min(self._ping_at, self._silent_at)
-            data = None
-            with trio.move_on_at(deadline):
-                data = await self.link.receive()
-            if data is None:
-                self._deadline_passed()
-                continue
-            if not data:
-                return
-            if self._heartbeat:
-                self._silent_at = trio.current_time() + 2 * self._heartbeat
-            reader.feed(data)
-            while True:
-                try:
-                    events = reader.read(FRAME_BUDGET)
-                except FrameError as error:
-                    self._clear_queue()
-                    self.close(error.code, error.reason)
-                    return
-                for kind, value in events:
-                    if kind in (TEXT, BINARY):
-                        if self._close is None:
-                            await self._receive(value)  # type: ignore[arg-type]
-                    elif kind == PING:
-                        self._send_frame(ws_frame(0xA, value))  # type: ignore[arg-type]
-                    elif kind == CLOSE:
-                        self._peer_closed(*value)  # type: ignore[misc]
-                        return
-                self.pump()
-                if not reader.more:
-                    break
-                await trio.lowlevel.checkpoint()
-            if self._replies > MAX_UNREAD_REPLIES:
-                await self._wait_for_room()
-            if self.delivery.congested:
-                await self.delivery.room()  # the log writer is behind: stop reading
-
-    def _deadline_passed(self) -> None:
+    def deadline_passed(self) -> None:
         now = trio.current_time()
         if self.machine.state is State.AWAITING_AUTH or now >= self._silent_at:
             self._silent_at = self._ping_at = math.inf
@@ -414,24 +294,29 @@ class Connection:
                     self._send(action.message)
                 elif isinstance(action, Close):
                     self.close(action.code, action.reason)
+            self.pump()
         elif now >= self._ping_at:
             self._ping_at = now + self._heartbeat
-            self._send_frame(ws_frame(0x9, b""))
+            self.send_reply(ws_frame(0x9, b""))
             self._log_heartbeat()
             self.pump()
 
-    def _peer_closed(self, code: int | None, reason: str) -> None:
-        """The peer's close frame: answer it (unless ours went first) and stop."""
-        self._peer_closed_too = True
-        if self.close_code is None:
-            self.close_code, self.close_reason = code or 1005, reason
-        if not self._close_sent:
-            self._clear_queue()
-            self._close_sent = True
-            if not self.link.busy:
-                self.link.send(close_frame(code if code is not None else None, ""))
+    def received(self) -> None:
+        if self._heartbeat:
+            self._silent_at = trio.current_time() + 2 * self._heartbeat
 
-    async def _receive(self, frame: str | bytes) -> None:
+    async def after_read(self) -> None:
+        if self.delivery.congested:
+            await self.delivery.room()  # the log writer is behind: stop reading
+
+    def ended(self) -> None:
+        self._note_range()
+        self.registry.connection_ended(self)
+        if self.machine.state is not State.CLOSED:
+            self.machine.closed()
+        self._log_close()
+
+    async def on_message(self, frame: str | bytes) -> None:
         try:
             message = self.ctx.codec.decode(frame)
         except ProtocolError as error:
@@ -513,7 +398,7 @@ class Connection:
             self._start_catch_up()
 
     def _start_catch_up(self) -> None:
-        if not self._catching_up and self._nursery is not None and self._close is None:
+        if not self._catching_up and self._nursery is not None and not self.closing:
             self._catching_up = True
             self._nursery.start_soon(self._catch_up)
 
@@ -523,10 +408,10 @@ class Connection:
         try:
             delivery = self.delivery
             limit = max(1, min(self.ctx.replay_batch, self.ctx.send_queue))
-            while self._positions is not None and self._close is None:
-                await self._wait_for_room(empty=True)
+            while self._positions is not None and not self.closing:
+                await self.wait_for_room(empty=True)
                 positions = self._positions
-                if positions is None or self._close is not None:
+                if positions is None or self.closing:
                     return
                 entries, scanned = await delivery.read(positions, self._identity, limit)
                 if entries:
@@ -548,12 +433,6 @@ class Connection:
                 self.pump()
         finally:
             self._catching_up = False
-
-    async def _wait_for_room(self, *, empty: bool = False) -> None:
-        """Wait until the link is idle and the queue holds no more than a reply's worth
-        (``empty``: nothing at all)."""
-        while self.link.busy or (self._queue if empty else self._replies > MAX_UNREAD_REPLIES):
-            await self._room.park()
 
     def _overflow(self, entry: Entry) -> None:
         if self._durable:
@@ -593,13 +472,10 @@ class Connection:
                     items.append(item)
             self._queue = deque(items)
 
-    def _clear_queue(self) -> None:
-        self._queue.clear()
-        self._events = self._replies = 0
-
     def _slow_consumer(self) -> None:
         self.ctx.stats.count_slow_consumer()
-        self._clear_queue()
+        self._queue.clear()
+        self._events = self._replies = 0
         self._send(
             m.Error(
                 payload=m.ErrorPayload(
@@ -689,12 +565,7 @@ class Connection:
             self.ctx.record_log(
                 MessageLogged("out", "error", None, self.id, len(text), text, self.ctx.wall_clock())
             )
-        self._send_frame(ws_frame(0x1, text.encode("utf-8")))
-
-    def _send_frame(self, data: bytes) -> None:
-        if not self._close_sent:
-            self._queue.append(data)
-            self._replies += len(data)
+        self.send_reply(ws_frame(0x1, text.encode("utf-8")))
 
     # -- logging (rows are buffered; the writer commits them off the loop) -----------
 

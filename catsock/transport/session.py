@@ -1,0 +1,272 @@
+"""One server WebSocket connection's mechanics: read in slices, write a queue, close right.
+
+``Session`` owns what every server connection does the same way, whatever its
+messages mean: the reader (each read fed to a ``FrameReader`` and handled in
+slices of ``FRAME_BUDGET`` frames, a checkpoint between slices), pongs, the queue
+that ``pump`` hands to the ``Link`` one write at a time, and the close handshake
+(RFC 6455 §5.5.1, §7):
+
+- ``close(code, reason)``: what is queued goes out first, then our close frame;
+  we keep reading until the peer's close frame comes, the peer hangs up, or
+  ``CLOSE_GRACE`` passes; then the socket closes with linger (the peer reads
+  our close instead of a reset);
+- the peer's close frame: replies already queued (pongs, errors) go out, queued
+  messages do not, then a close frame with the peer's code, even when a write
+  was in flight; then the socket closes at once;
+- a broken frame: nothing more is read, the queue is dropped, a close frame with
+  the ``FrameError``'s code (1002, 1007, 1009) goes out.
+
+A subclass (the gateway's ``Connection``, the Autobahn echo server in the tests)
+says what a message means (``on_message``), what its queued items are
+(``render``, ``written``) and what its deadlines are (``deadline``,
+``deadline_passed``). Queued ``bytes`` are replies (control frames); anything
+else is a message the subclass renders into frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Final
+
+import trio
+
+from .frames import BINARY, CLOSE, PING, PONG, TEXT, FrameError, FrameReader, close_frame, frame
+from .link import BROKEN, SENT, Link
+
+__all__ = ["CLOSE_GRACE", "FRAME_BUDGET", "MAX_UNREAD_REPLIES", "MAX_WRITE", "Session"]
+
+#: How long a closing connection may take to flush and finish the close handshake.
+CLOSE_GRACE: Final = 5.0
+#: Frames handled per slice of one read before other tasks get to run.
+FRAME_BUDGET: Final = 1000
+#: At most about this many bytes go to the link in one write.
+MAX_WRITE: Final = 256 * 1024
+#: Bytes of replies (pongs, errors, acknowledgements) a peer may leave unread
+#: before the session stops reading from it.
+MAX_UNREAD_REPLIES: Final = 256 * 1024
+
+
+class Session:
+    """Run with ``run()``; see the module docstring for what subclasses provide."""
+
+    def __init__(self, link: Link, *, max_size: int, max_fragments: int) -> None:
+        self.link = link
+        self._reader = FrameReader(max_size=max_size, max_fragments=max_fragments)
+        link.on_drained = self._drained
+        self._queue: deque[Any] = deque()
+        self._replies = 0  # bytes of replies in the queue
+        self._inflight: object = None  # what the link is writing now (``render``'s token)
+        self._busy = False
+        self._room = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self._scope = trio.CancelScope()
+        # The close frame to send once the queue is written: (code or None, reason).
+        self._close: tuple[int | None, str] | None = None
+        self._close_sent = False
+        self._peer_closed_too = False  # the peer's close frame arrived
+        #: How the connection ended: the first close code sent or received.
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    # -- what subclasses provide ------------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        """A text (``str``) or binary (``bytes``) message arrived."""
+        raise NotImplementedError
+
+    def render(self, batch: list[Any]) -> tuple[list[bytes], object]:
+        """The frames for queued items that are not ``bytes``, and a token that
+        ``written`` gets back once they reached the kernel."""
+        return batch, None
+
+    def item_size(self, item: Any) -> int:
+        """Roughly how many bytes a queued item becomes (for ``MAX_WRITE``)."""
+        return len(item)
+
+    def written(self, token: object) -> None:
+        """What ``render`` returned ``token`` for went out."""
+
+    def dropped(self) -> None:
+        """Queued messages were dropped (the peer is closing)."""
+
+    def idle(self) -> None:
+        """The queue is empty and nothing is being written."""
+
+    def deadline(self) -> float:
+        """When the reader should stop waiting and call ``deadline_passed``."""
+        return math.inf
+
+    def deadline_passed(self) -> None:
+        """``deadline`` came with nothing read."""
+
+    async def after_read(self) -> None:
+        """Called after every read is handled: the place to wait for backpressure."""
+
+    def received(self) -> None:
+        """Bytes arrived from the peer (a heartbeat's sign of life)."""
+
+    def ended(self) -> None:
+        """The connection is over (reading stopped); the socket closes next."""
+
+    # -- queue and writes ----------------------------------------------------------------
+
+    def send_reply(self, data: bytes) -> None:
+        """Queue a frame that answers the peer (a pong, an error); the caller pumps."""
+        if not self._close_sent:
+            self._queue.append(data)
+            self._replies += len(data)
+
+    def pump(self) -> None:
+        """Hand queued frames to the link, as far as it takes them without waiting."""
+        link = self.link
+        if self._busy or self._close_sent or self._nursery is None:
+            return
+        queue = self._queue
+        while queue:
+            batch: list[Any] = []
+            size = 0
+            while queue and size < MAX_WRITE:
+                item = queue.popleft()
+                batch.append(item)
+                if isinstance(item, bytes):
+                    self._replies -= len(item)
+                    size += len(item)
+                else:
+                    size += self.item_size(item)
+            frames, token = self.render(batch)
+            if not frames:
+                self.written(token)
+                continue
+            result = link.send(frames[0] if len(frames) == 1 else b"".join(frames))
+            if result == SENT:
+                self.written(token)
+            elif result == BROKEN:
+                self._scope.cancel()
+                return
+            else:
+                self._busy = True
+                self._inflight = token
+                return
+        self._room.unpark_all()
+        if self._close is not None:
+            self._close_sent = True
+            code, reason = self._close
+            if self.close_code is None:
+                self.close_code, self.close_reason = code, reason
+            if link.send(close_frame(code, reason)) == BROKEN:
+                self._scope.cancel()
+        else:
+            self.idle()
+
+    def _drained(self) -> None:
+        self._busy = False
+        token, self._inflight = self._inflight, None
+        if not self._close_sent:
+            self.written(token)
+        self.pump()
+        self._room.unpark_all()
+
+    async def wait_for_room(self, *, empty: bool = False) -> None:
+        """Wait until nothing is being written and the replies fit their bound
+        (``empty``: until the queue is empty too)."""
+        while self.link.busy or (self._queue if empty else self._replies > MAX_UNREAD_REPLIES):
+            await self._room.park()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Write what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
+        if self._close is not None:
+            return
+        self._close = (int(code), reason)
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
+        self.pump()
+
+    @property
+    def closing(self) -> bool:
+        """A close frame is queued or sent: no more messages are handled or queued."""
+        return self._close is not None
+
+    def _drop_messages(self) -> None:
+        self._queue = deque(item for item in self._queue if isinstance(item, bytes))
+        self.dropped()
+
+    def _peer_closed(self, code: int | None, reason: str) -> None:
+        self._peer_closed_too = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code or 1005, reason
+        if self._close is None:
+            self._drop_messages()
+            self._close = (code, "")
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
+        self.pump()
+
+    def _close_pending(self) -> bool:
+        if self.link.broken:
+            return False
+        if self._close_sent:
+            return self.link.busy
+        return self._close is not None
+
+    # -- the connection's life -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read until closed, then close the socket (see the module docstring)."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.link.start(nursery)
+                    self.pump()  # anything queued before the run began (a close)
+                    await self._read()
+                    while self._close_pending():
+                        await self._room.park()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self.ended()
+            with trio.move_on_after(CLOSE_GRACE) as cleanup:
+                cleanup.shield = True
+                # Both close frames passed: nothing more can come, close at once. Ours
+                # alone: read and drop what the peer still sends, so it sees our close.
+                await self.link.aclose(linger=self._close_sent and not self._peer_closed_too)
+
+    async def _read(self) -> None:
+        reader = self._reader
+        while True:
+            data = None
+            with trio.move_on_at(self.deadline()):
+                data = await self.link.receive()
+            if data is None:
+                self.deadline_passed()
+                continue
+            if not data:
+                return
+            self.received()
+            reader.feed(data)
+            while True:
+                try:
+                    events = reader.read(FRAME_BUDGET)
+                except FrameError as error:
+                    self._queue.clear()
+                    self._replies = 0
+                    self.dropped()
+                    self.close(error.code, error.reason)
+                    return
+                for kind, value in events:
+                    if kind in (TEXT, BINARY):
+                        if self._close is None:
+                            await self.on_message(value)  # type: ignore[arg-type]
+                    elif kind == PING:
+                        self.send_reply(frame(PONG, value))  # type: ignore[arg-type]
+                    elif kind == CLOSE:
+                        self._peer_closed(*value)  # type: ignore[misc]
+                        return
+                self.pump()
+                if not reader.more:
+                    break
+                await trio.lowlevel.checkpoint()
+            if self._replies > MAX_UNREAD_REPLIES:
+                await self.wait_for_room()
+            await self.after_read()

@@ -1,6 +1,6 @@
 """The gateway's plain HTTP endpoints (docs/http-api.md), behind the front door.
 
-``HttpApi.handle`` routes one request, read in full by ``catsock/frontdoor.py``,
+``HttpApi.handle`` routes one request, read in full by ``catsock/transport/frontdoor.py``,
 to its endpoint and returns the response. Every error is JSON,
 ``{"error_code": ..., "error_message": ...}``.
 """
@@ -33,8 +33,8 @@ from protocol import (
 from protocol import messages as m
 
 from . import metrics
-from .frontdoor import FrontDoor, Request, Response, error_response, json_response
 from .static_files import static_response
+from .transport.frontdoor import FrontDoor, Request, Response, error_response, json_response
 
 if TYPE_CHECKING:
     from .server import Gateway

@@ -38,10 +38,10 @@ from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection, ConnectionContext
 from .delivery import Delivery
-from .frontdoor import error_response
 from .httpapi import HttpApi
 from .hub import Hub
 from .logsink import LogSink
+from .transport.frontdoor import error_response
 from .transport.handshake import accept_response, check_upgrade
 from .transport.link import Link
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from catsock.frontdoor import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
+from catsock.transport.frontdoor import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 
 from .harness import GatewayFactory, RunningGateway
 from .test_http import body_of, http, raw_exchange, status_of

@@ -22,7 +22,7 @@ import h11
 import orjson
 import trio
 
-from .config import HttpConfig
+from ..config import HttpConfig
 
 __all__ = [
     "MAX_HEADERS",

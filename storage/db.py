@@ -131,6 +131,16 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         )
         """,
     ),
+    # 5: one index on events instead of three. Each index is a B-tree insert per event
+    # (with UUID message_ids a random one); (message_id, sender) serves both the
+    # duplicate check and lookups by message_id, and age pruning walks seq instead
+    # of an index on created_at (storage/events.py).
+    (
+        "DROP INDEX IF EXISTS idx_events_publish",
+        "DROP INDEX IF EXISTS idx_events_message_id",
+        "DROP INDEX IF EXISTS idx_events_created_at",
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_events_message ON events (message_id, sender)",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

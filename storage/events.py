@@ -251,11 +251,12 @@ def prune_events(
     with db.atomic():
         if max_age is not None:
             cut = (time.time() if now is None else now) - max_age
-            deleted += conn.execute(
-                "DELETE FROM events WHERE created_at < ?"
-                " AND seq < (SELECT MAX(seq) FROM events)",
-                (cut,),
-            ).rowcount
+            older = _last_seq_before(db, cut)
+            if older is not None:
+                deleted += conn.execute(
+                    "DELETE FROM events WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM events)",
+                    (older,),
+                ).rowcount
             deleted += conn.execute("DELETE FROM ledger WHERE at < ?", (cut,)).rowcount
         if max_rows is not None:
             deleted += conn.execute(
@@ -269,6 +270,30 @@ def prune_events(
                     "DELETE FROM ledger WHERE last_seq < ?", (oldest,)
                 ).rowcount
     return deleted
+
+
+def _last_seq_before(db: sqlite_utils.Database, cut: float) -> int | None:
+    """The highest seq created before ``cut``, found by bisecting seq: events are
+    numbered in the order they are created, so their times rise with seq (a wall
+    clock stepped back can blur the edge by the size of the step). A few primary-key
+    lookups, where an index on created_at would cost every insert."""
+    conn = db.conn
+    low, high = conn.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+    if low is None:
+        return None
+    found = None
+    while low <= high:
+        middle = (low + high) // 2
+        row = conn.execute(
+            "SELECT seq, created_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+        ).fetchone()
+        if row is None or row[0] > high:
+            high = middle - 1
+        elif row[1] < cut:
+            found, low = row[0], row[0] + 1
+        else:
+            high = middle - 1
+    return found
 
 
 # -- queries for the ledger CLI ---------------------------------------------------------

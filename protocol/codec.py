@@ -39,6 +39,7 @@ from cattrs.preconf.orjson import make_converter
 
 from . import messages as m
 from .errors import CloseCode, ErrorCode, ProtocolError
+from .fastcheck import compile_check
 from .registry import CONTROL_TYPES, EventRegistry
 
 __all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE", "Codec", "decode", "encode"]
@@ -266,8 +267,9 @@ class Codec:
         self.registry = registry if registry is not None else EventRegistry()
         self.max_size = max_size
         self.max_depth = max_depth
-        # The fast converter validates; on failure the detailed one re-runs only
-        # to name every bad field (its bookkeeping costs ~2x on the happy path).
+        # The generated checks (protocol/fastcheck.py) take valid messages; on a
+        # refusal the fast converter decides again, and the detailed one re-runs
+        # only to name every bad field (its bookkeeping costs ~2x on the happy path).
         self._conv = _make_converter(detailed=False)
         self._detailed = _make_converter(detailed=True)
 
@@ -391,6 +393,11 @@ class Codec:
     def _structure(
         self, obj: dict[str, Any], cls: type, message_id: str | None, path: str = "$"
     ) -> Any:
+        check = compile_check(cls)
+        if check is not None:
+            result = check(obj)
+            if result is not None:
+                return result
         try:
             return self._conv.structure(obj, cls)
         except (CattrsError, ValueError, TypeError, KeyError):

@@ -1,0 +1,1 @@
+"""Attack suite (issue 16): placeholder docstring, rewritten below."""

@@ -1,0 +1,97 @@
+"""What attackers use: sockets from their own loopback address, raw frames, resets.
+
+Attackers connect from ``127.0.0.2`` and up (Linux routes all of 127.0.0.0/8 to
+the loopback interface), the canary and the legitimate clients from
+``127.0.0.1``, so per-address limits can tell them apart as they would tell two
+hosts apart. Frames are built by hand (``frame`` and ``Wire`` come from the
+framing fuzz, tests/catsock/test_framing_fuzz.py).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from tests.catsock.test_framing_fuzz import HANDSHAKE, Wire, frame, text_frame
+from tests.catsock.test_http import body_of, http, raw_exchange, status_of, ws_handshake
+
+__all__ = [
+    "ATTACKER",
+    "HANDSHAKE",
+    "Wire",
+    "auth_frame",
+    "body_of",
+    "connect_from",
+    "frame",
+    "http",
+    "raw_exchange",
+    "read_reply",
+    "reset",
+    "status_of",
+    "text_frame",
+    "until_closed",
+    "ws_from",
+    "ws_handshake",
+]
+
+#: The attacker's address; the canary and legitimate clients use 127.0.0.1.
+ATTACKER = "127.0.0.2"
+
+
+async def connect_from(port: int, source: str = ATTACKER) -> trio.SocketStream:
+    """A TCP connection to the gateway on 127.0.0.1:``port`` from ``source``."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind((source, 0))
+        await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def ws_from(port: int, source: str = ATTACKER) -> Wire:
+    """A raw WebSocket connection from ``source``, its handshake done (101)."""
+    wire = Wire(await connect_from(port, source))
+    await wire.handshake([])
+    return wire
+
+
+def reset(stream: trio.SocketStream) -> None:
+    """Close with SO_LINGER {1, 0}: the kernel sends RST instead of FIN."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+def auth_frame(token: Any, client_type: Any = "DASHBOARD", **extra: Any) -> bytes:
+    auth = {"type": "auth", "token": token, "client_type": client_type, **extra}
+    return text_frame(json.dumps(auth))
+
+
+async def read_reply(stream: trio.abc.ReceiveStream) -> bytes:
+    """Everything until the peer closes (a reset counts as a close)."""
+    reply = b""
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return reply
+        if not chunk:
+            return reply
+        reply += chunk
+
+
+async def until_closed(send: Callable[[], Awaitable[None]]) -> int:
+    """Call ``send`` until the peer stops taking data; return how many calls went through."""
+    n = 0
+    while True:
+        try:
+            await send()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return n
+        n += 1

@@ -255,7 +255,12 @@ class Connection(Session):
     def item_size(self, item: Entry | Run) -> int:
         return item.size if isinstance(item, Run) else len(item.body)
 
-    def render(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes], object]:
+    def split(self, item: Entry | Run, room: int) -> tuple[Entry | Run, Run | None]:
+        if isinstance(item, Run):
+            return item.split(room, self._with_seq)
+        return item, None
+
+    def render(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes | memoryview], object]:
         for item in batch:
             if isinstance(item, Run):
                 self._events -= len(item.entries)
@@ -509,10 +514,12 @@ class Connection(Session):
         if self._durable:
             self.delivery.advance(self._identity, self._channels, seq)
 
-    def _frames(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes], int, int]:
+    def _frames(
+        self, batch: list[bytes | Entry | Run]
+    ) -> tuple[list[bytes | memoryview], int, int]:
         """The frames to write for ``batch``, and the first and last event seq among them
         (expired events are dropped here, and count as handled)."""
-        frames: list[bytes] = []
+        frames: list[bytes | memoryview] = []
         first = last = 0
         now = self.ctx.wall_clock()
         stats = self.ctx.stats

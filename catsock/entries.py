@@ -10,6 +10,8 @@ few operations however many events the commit holds (docs/architecture.md).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Protocol
@@ -19,11 +21,19 @@ import trio
 
 from .transport.frames import text_frame
 
-__all__ = ["PRIORITIES", "PRIORITY_NAMES", "Entry", "Publisher", "Run"]
+__all__ = ["PRIORITIES", "PRIORITY_NAMES", "Entry", "Publisher", "Run", "with_seq_first"]
 
 #: Seed 002's levels: a lower number is more important.
 PRIORITIES: Mapping[str, int] = {"CRITICAL": 1, "HIGH": 2, "NORMAL": 3, "LOW": 4}
 PRIORITY_NAMES: Mapping[int, str] = {v: k for k, v in PRIORITIES.items()}
+
+
+def with_seq_first(seq: int, body: str) -> str:
+    """The event's JSON object text with ``"seq"`` as its first key (docs/delivery.md),
+    the rest byte for byte as published."""
+    rest = body.lstrip()[1:]
+    comma = "" if rest.lstrip().startswith("}") else ","
+    return f'{{"seq":{seq}{comma}{rest}'
 
 
 class Publisher(Protocol):
@@ -59,9 +69,7 @@ class Entry:
         """The WebSocket frame, built once per entry whoever receives it."""
         if with_seq:
             if self._seq_frame is None:
-                # The body is a JSON object; seq goes in as its first key.
-                rest = self.body.lstrip()[1:]
-                self._seq_frame = text_frame(f'{{"seq":{self.seq},{rest}')
+                self._seq_frame = text_frame(with_seq_first(self.seq, self.body))
             return self._seq_frame
         if self._frame is None:
             self._frame = text_frame(self.body)
@@ -84,8 +92,8 @@ class Run:
     #: Events by type, for the counters.
     types: dict[str, int]
     size: int
-    _frames: bytes | None = None
-    _seq_frames: bytes | None = None
+    _frames: bytes | memoryview | None = None
+    _seq_frames: bytes | memoryview | None = None
 
     @classmethod
     def of(cls, entries: list[Entry]) -> Run:
@@ -113,7 +121,7 @@ class Run:
     def last(self) -> int:
         return self.entries[-1].seq
 
-    def frames(self, with_seq: bool) -> bytes:
+    def frames(self, with_seq: bool) -> bytes | memoryview:
         """Every entry's frame, joined once whoever receives them."""
         if with_seq:
             if self._seq_frames is None:
@@ -122,3 +130,19 @@ class Run:
         if self._frames is None:
             self._frames = b"".join(e.frame(False) for e in self.entries)
         return self._frames
+
+    def split(self, room: int, with_seq: bool) -> tuple[Run, Run | None]:
+        """The first entries whose frames fit in ``room`` bytes (at least one), and the
+        rest; both share this run's joined frames (no copy)."""
+        ends = list(itertools.accumulate(len(e.frame(with_seq)) for e in self.entries))
+        k = max(1, bisect.bisect_right(ends, room))
+        if k >= len(self.entries):
+            return self, None
+        data = memoryview(self.frames(with_seq))
+        cut = ends[k - 1]
+        head, tail = Run.of(self.entries[:k]), Run.of(self.entries[k:])
+        if with_seq:
+            head._seq_frames, tail._seq_frames = data[:cut], data[cut:]
+        else:
+            head._frames, tail._frames = data[:cut], data[cut:]
+        return head, tail

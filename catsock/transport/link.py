@@ -138,7 +138,7 @@ class Link:
 
     # -- writing ------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes | memoryview) -> int:
         """Write ``data``: ``SENT`` (the kernel took it all), ``PENDING`` (a drain task
         finishes it, then calls ``on_drained``) or ``BROKEN`` (the connection is gone)."""
         assert self._pending is None, "one write at a time"

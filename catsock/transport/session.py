@@ -40,7 +40,8 @@ __all__ = ["CLOSE_GRACE", "FRAME_BUDGET", "MAX_UNREAD_REPLIES", "MAX_WRITE", "Se
 CLOSE_GRACE: Final = 5.0
 #: Frames handled per slice of one read before other tasks get to run.
 FRAME_BUDGET: Final = 1000
-#: At most about this many bytes go to the link in one write.
+#: At most this many bytes go to the link in one write (more only for a single
+#: message larger than this), so a close frame never waits behind megabytes.
 MAX_WRITE: Final = 256 * 1024
 #: Bytes of replies (pongs, errors, acknowledgements) a peer may leave unread
 #: before the session stops reading from it.
@@ -75,7 +76,7 @@ class Session:
         """A text (``str``) or binary (``bytes``) message arrived."""
         raise NotImplementedError
 
-    def render(self, batch: list[Any]) -> tuple[list[bytes], object]:
+    def render(self, batch: list[Any]) -> tuple[list[bytes | memoryview], object]:
         """The frames for queued items that are not ``bytes``, and a token that
         ``written`` gets back once they reached the kernel."""
         return batch, None
@@ -83,6 +84,11 @@ class Session:
     def item_size(self, item: Any) -> int:
         """Roughly how many bytes a queued item becomes (for ``MAX_WRITE``)."""
         return len(item)
+
+    def split(self, item: Any, room: int) -> tuple[Any, Any]:
+        """``item`` cut so its first part becomes about ``room`` bytes (at least one
+        message): ``(first, rest)``, ``rest`` None if it cannot be cut."""
+        return item, None
 
     def written(self, token: object) -> None:
         """What ``render`` returned ``token`` for went out."""
@@ -128,12 +134,19 @@ class Session:
             size = 0
             while queue and size < MAX_WRITE:
                 item = queue.popleft()
-                batch.append(item)
                 if isinstance(item, bytes):
                     self._replies -= len(item)
                     size += len(item)
                 else:
-                    size += self.item_size(item)
+                    n = self.item_size(item)
+                    if size + n > MAX_WRITE:
+                        # One write stays bounded: take what fits, the rest waits.
+                        item, rest = self.split(item, MAX_WRITE - size)
+                        if rest is not None:
+                            queue.appendleft(rest)
+                            n = self.item_size(item)
+                    size += n
+                batch.append(item)
             frames, token = self.render(batch)
             if not frames:
                 self.written(token)

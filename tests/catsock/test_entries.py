@@ -1,0 +1,65 @@
+"""Runs (catsock/entries.py): frames joined once, split at frame boundaries without a copy."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from catsock.entries import Entry, Run, with_seq_first
+
+
+def entry(seq: int, body: str, type_: str = "click") -> Entry:
+    return Entry(seq, type_, f"m{seq}", "cats", ("type:AFAD",), 3, None, body)
+
+
+@given(
+    st.lists(st.text(min_size=0, max_size=300), min_size=1, max_size=30),
+    st.integers(0, 5000),
+    st.booleans(),
+)
+def test_a_split_cuts_between_frames_and_both_halves_keep_the_bytes(
+    bodies: list[str], room: int, with_seq: bool
+) -> None:
+    entries = [
+        entry(i + 1, json.dumps({"n": i, "t": b}, ensure_ascii=False)) for i, b in enumerate(bodies)
+    ]
+    run = Run.of(entries)
+    whole = bytes(run.frames(with_seq))
+    head, tail = run.split(room, with_seq)
+    frames = [e.frame(with_seq) for e in head.entries]
+    assert bytes(head.frames(with_seq)) == b"".join(frames)
+    # The head is as many whole frames as fit (at least one).
+    assert len(head.entries) >= 1
+    assert len(head.entries) == 1 or len(bytes(head.frames(with_seq))) <= room
+    if tail is None:
+        assert head is run
+    else:
+        assert head.entries + tail.entries == entries
+        assert bytes(head.frames(with_seq)) + bytes(tail.frames(with_seq)) == whole
+        next_frame = len(tail.entries[0].frame(with_seq))
+        assert len(bytes(head.frames(with_seq))) + next_frame > room
+        assert (head.first, head.last, tail.first, tail.last) == (
+            1, len(head.entries), len(head.entries) + 1, len(entries),
+        )  # fmt: skip
+
+
+def test_a_run_counts_its_types_and_knows_its_senders_and_earliest_expiry() -> None:
+    a = entry(1, "{}", "click")
+    b = entry(2, "{}", "conversion")
+    b.sender, b.expires_at = "other", 50.0
+    c = entry(3, "{}", "click")
+    c.expires_at = 20.0
+    run = Run.of([a, b, c])
+    assert run.types == {"click": 2, "conversion": 1}
+    assert run.senders == frozenset({"cats", "other"})
+    assert run.expires_at == 20.0
+    assert run.frames(False) == a.frame(False) + b.frame(False) + c.frame(False)
+    assert run.frames(True).startswith(b'\x81\x09{"seq":1}')
+
+
+def test_seq_goes_first_and_the_rest_is_the_published_text() -> None:
+    assert with_seq_first(7, ' {"type":"click","x":1}') == '{"seq":7,"type":"click","x":1}'
+    assert with_seq_first(7, "{ }") == '{"seq":7 }'
+    assert json.loads(with_seq_first(3, "{}")) == {"seq": 3}

@@ -119,6 +119,11 @@ class DeliveryConfig:
     max_pending: int = 10_000
     #: Events read from the log per catch-up query.
     replay_batch: int = 500
+    #: Seconds at most between writes to a live-only (non-durable) recipient: what a
+    #: commit brings it is written with the next round, at most this late, so a
+    #: thousand dashboards cost a write each per round, not per commit. CRITICAL
+    #: events go at once. 0: after every commit, like durable recipients.
+    live_interval: float = 0.05
     #: Seconds a non-durable recipient's queue may stay full before close 4001.
     queue_full_grace: float = 5.0
     #: Seconds after which an event type is no longer delivered (none: never).
@@ -253,6 +258,8 @@ def _validate(config: Config) -> Config:
         problems.append("delivery.max_pending and delivery.replay_batch must be at least 1")
     if not 0 <= delivery.commit_interval <= 1:
         problems.append("delivery.commit_interval must be between 0 and 1 (seconds)")
+    if not 0 <= delivery.live_interval <= 1:
+        problems.append("delivery.live_interval must be between 0 and 1 (seconds)")
     if delivery.queue_full_grace < 0 or delivery.retention_days <= 0:
         problems.append("delivery.queue_full_grace must be >= 0, retention_days > 0")
     if config.limits.max_message_size < 256:

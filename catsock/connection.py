@@ -53,7 +53,7 @@ from protocol import messages as m
 from storage import ConnectionClosed as ClosedRow
 from storage import ConnectionHeartbeat, ConnectionOpened, LogRow, MessageLogged
 
-from .entries import PRIORITY_NAMES, Entry, Run
+from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Run
 from .transport.frames import frame as ws_frame
 from .transport.link import Link
 from .transport.session import Session
@@ -66,6 +66,7 @@ logger = logging.getLogger("catsock.connection")
 HEARTBEAT_LOG_EVERY = 60.0
 #: Writes within this many seconds share one "written" ledger row.
 LEDGER_SPAN = 1.0
+CRITICAL = PRIORITIES["CRITICAL"]
 
 #: What ``render`` hands the session for ``written``: first seq, last seq, the batch.
 Written = tuple[int, int, list["bytes | Entry | Run"]]
@@ -125,6 +126,7 @@ class DeliveryView(Protocol):
     def drop(self, entry: Entry, identity: str, connection_id: str | None, why: str) -> None: ...
     def observe_latency(self, entry: Entry) -> None: ...
     def count_catchup(self) -> None: ...
+    def later(self, recipient: Session) -> None: ...
     @property
     def congested(self) -> bool: ...
     async def room(self) -> None: ...
@@ -173,6 +175,7 @@ class Connection(Session):
         self.connected_at = ctx.wall_clock()
         self._auth_deadline = trio.current_time() + ctx.auth_timeout
         self._events = 0  # events in the queue (entries, and the entries of runs)
+        self._urgent = False  # a CRITICAL event is queued: write without pacing
         self._full_since: float | None = None
         # Delivery state, set once authenticated (see the module docstring).
         self._identity: str | None = None
@@ -219,6 +222,7 @@ class Connection(Session):
             return
         self._queue.append(run)
         self._events += len(run.entries)
+        self._urgent = self._urgent or run.priority <= CRITICAL
 
     def _offer_entry(self, entry: Entry) -> None:
         if self.closing or self._positions is not None:
@@ -230,6 +234,16 @@ class Connection(Session):
             return
         self._queue.append(entry)
         self._events += 1
+        self._urgent = self._urgent or entry.priority <= CRITICAL
+
+    def deliver(self) -> None:
+        """After a commit's fan-out: durable recipients (and anyone with a CRITICAL
+        event queued) write now, live-only ones with the pacer's next round."""
+        if self._durable or self._urgent:
+            self._urgent = False
+            self.pump()
+        else:
+            self.delivery.later(self)
 
     def accepted(self, entry: Entry) -> None:
         """Our publish is committed: tell the client, if it negotiated acks."""

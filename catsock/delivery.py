@@ -30,6 +30,7 @@ from protocol import messages as m
 
 from .config import DeliveryConfig
 from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Publisher, Run
+from .pacer import Pacer, Pumpable
 
 if TYPE_CHECKING:
     from .hub import Hub, Subscriber
@@ -86,6 +87,7 @@ class Delivery:
         self.config = config
         self.enabled = config.log
         self.hub = hub
+        self.pacer = Pacer(config.live_interval)
         self._db = db
         self._lock = lock
         self._read_path = read_path
@@ -158,7 +160,7 @@ class Delivery:
         )
         if not self.enabled:
             for recipient in self.hub.publish(Run.of([entry])):
-                recipient.pump()
+                recipient.deliver()
             if publisher is not None:
                 publisher.accepted(entry)
                 publisher.pump()
@@ -325,8 +327,19 @@ class Delivery:
 
     # -- the writer task ---------------------------------------------------------------
 
+    def later(self, recipient: Pumpable) -> None:
+        """Write for ``recipient`` within ``delivery.live_interval`` (catsock/pacer.py)."""
+        self.pacer.later(recipient)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit batches until cancelled; then commit what is left (bounded)."""
+        """Commit batches until cancelled; then commit what is left (bounded).
+
+        The pacer of live-only recipients runs beside it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.pacer.run)
+            await self._write(task_status)
+
+    async def _write(self, task_status: trio.TaskStatus[None]) -> None:
         if self.enabled:
             self.head = await trio.to_thread.run_sync(storage.log_head, self._db)
             self._next = self.head + 1
@@ -427,7 +440,8 @@ class Delivery:
         # in seq order with no await between, which is what lets a catching-up
         # connection switch to live without a gap (connection.py). Each recipient
         # writes once for the whole batch, after it.
-        recipients: dict[Subscriber | Publisher, None] = {}
+        recipients: dict[Subscriber, None] = {}
+        publishers: dict[Publisher, None] = {}
         run: list[Entry] = []
         for entry in batch:
             earlier = duplicates.get(entry.seq)
@@ -444,13 +458,15 @@ class Delivery:
                 self.note(entry.sender, "duplicate", earlier, earlier, entry.connection_id)
             if entry.publisher is not None:
                 entry.publisher.accepted(entry)
-                recipients[entry.publisher] = None
+                publishers[entry.publisher] = None
             if entry.committed is not None:
                 entry.committed.set()
         if run:
             recipients.update(dict.fromkeys(self.hub.publish(Run.of(run))))
+        for publisher in publishers:
+            publisher.pump()  # answers go out at once
         for recipient in recipients:
-            recipient.pump()
+            recipient.deliver()
         self._committed.set()
         self._committed = trio.Event()
         if not self.congested:

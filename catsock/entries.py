@@ -92,6 +92,8 @@ class Run:
     #: Events by type, for the counters.
     types: dict[str, int]
     size: int
+    #: The most important priority among the entries (lowest number).
+    priority: int
     _frames: bytes | memoryview | None = None
     _seq_frames: bytes | memoryview | None = None
 
@@ -100,9 +102,11 @@ class Run:
         types: dict[str, int] = {}
         expiries = []
         size = 0
+        priority = PRIORITIES["LOW"]
         for entry in entries:
             types[entry.type] = types.get(entry.type, 0) + 1
             size += len(entry.body)
+            priority = min(priority, entry.priority)
             if entry.expires_at is not None:
                 expiries.append(entry.expires_at)
         return cls(
@@ -111,6 +115,7 @@ class Run:
             min(expiries) if expiries else None,
             types,
             size,
+            priority,
         )
 
     @property

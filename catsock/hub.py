@@ -22,7 +22,7 @@ class Subscriber(Protocol):
     def offer(self, run: Run) -> None:
         """Take committed events for sending (or decide not to); must not block."""
 
-    def pump(self) -> None:
+    def deliver(self) -> None:
         """Write what was offered (called once after a batch of offers)."""
 
 

@@ -1,0 +1,59 @@
+"""Writes for live-only recipients, coalesced: at most one per recipient per interval.
+
+A durable recipient (an affiliate system, the ad platform) writes after every
+commit; a dashboard is a person looking at a feed, for whom 50 ms does not
+matter, and a thousand of them writing after every commit would take the core
+that the durable ones need. ``Pacer.later`` puts a connection on the list; the
+``run`` task pumps everyone on it once per ``interval``, a slice at a time so
+that nothing else waits behind a thousand writes (docs/delivery.md, "Who goes
+first").
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+__all__ = ["Pacer", "Pumpable"]
+
+#: Recipients pumped between two checkpoints of the pacer's task.
+SLICE = 100
+
+
+class Pumpable(Protocol):
+    def pump(self) -> None:
+        """Hand what is queued to the socket, as far as it goes without waiting."""
+
+
+class Pacer:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._due: dict[Pumpable, None] = {}
+        self._wakeup = trio.Event()
+        self.rounds = 0
+
+    def later(self, recipient: Pumpable) -> None:
+        """Pump ``recipient`` within ``interval`` (at once if the interval is 0)."""
+        if self.interval <= 0:
+            recipient.pump()
+            return
+        if not self._due:
+            self._wakeup.set()
+        self._due[recipient] = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    async def run(self) -> None:
+        """Pump what is due, once per interval, until cancelled."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await trio.sleep(self.interval)
+            due, self._due = self._due, {}
+            self.rounds += 1
+            for i, recipient in enumerate(due):
+                recipient.pump()
+                if i % SLICE == SLICE - 1:
+                    await trio.lowlevel.checkpoint()

@@ -9,7 +9,9 @@ framing fuzz, tests/catsock/test_framing_fuzz.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -27,8 +29,10 @@ __all__ = [
     "auth_frame",
     "body_of",
     "connect_from",
+    "differences",
     "frame",
     "http",
+    "one_response",
     "raw_exchange",
     "read_reply",
     "reset",
@@ -84,6 +88,37 @@ async def read_reply(stream: trio.abc.ReceiveStream) -> bytes:
         if not chunk:
             return reply
         reply += chunk
+
+
+async def one_response(port: int, request: bytes, source: str = ATTACKER) -> bytes:
+    """Send ``request`` on a new connection from ``source``; the first response
+    (head, and the body its Content-Length announces; the head alone for a 101),
+    or what came before the gateway hung up."""
+    async with await connect_from(port, source) as stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(request)
+        data = b""
+        while True:
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                if status_of(data) == 101:
+                    return head + sep
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                if length is None or len(body) >= int(length[1]):
+                    return data
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                chunk = b""
+            if not chunk:
+                return data
+            data += chunk
+
+
+def differences(got: dict[Any, Any], expected: dict[Any, Any]) -> dict[Any, Any]:
+    """``{key: (got, expected)}`` where they differ: ``assert not differences(...)``."""
+    keys = [*expected, *(k for k in got if k not in expected)]
+    return {k: (got.get(k), expected.get(k)) for k in keys if got.get(k) != expected.get(k)}
 
 
 async def until_closed(send: Callable[[], Awaitable[None]]) -> int:

@@ -114,7 +114,7 @@ class DeliveryConfig:
     retention_rows: int = 1_000_000
     #: Seconds at least between two commits of the event log: events arriving
     #: meanwhile share the next transaction (0: commit as soon as the last ended).
-    commit_interval: float = 0.005
+    commit_interval: float = 0.001
     #: Events accepted but not yet committed before publishers are made to wait.
     max_pending: int = 10_000
     #: Events read from the log per catch-up query.

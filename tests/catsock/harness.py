@@ -25,6 +25,7 @@ import wsproto.events as ev
 import storage
 from catsock.config import Config, load_config
 from catsock.server import Gateway
+from tests.internal_errors import InternalErrors
 
 CONVERSION: dict[str, Any] = {
     "pay_id": 12345,
@@ -140,12 +141,18 @@ class RunningGateway:
 
 
 class GatewayFactory:
-    """``await factory(**overrides)`` starts a gateway with config overrides."""
+    """``await factory(**overrides)`` starts a gateway with config overrides.
 
-    def __init__(self, nursery: trio.Nursery, tmp_path: Path) -> None:
+    With ``errors`` (the ``internal_errors`` fixture), each gateway's
+    ``stats.internal_errors`` is checked when the test ends."""
+
+    def __init__(
+        self, nursery: trio.Nursery, tmp_path: Path, errors: InternalErrors | None = None
+    ) -> None:
         self._nursery = nursery
         self._tmp = tmp_path
         self._count = 0
+        self._errors = errors
 
     def config(self, **overrides: Any) -> Config:
         self._count += 1
@@ -161,6 +168,8 @@ class GatewayFactory:
     ) -> RunningGateway:
         config = self.config(**overrides)
         gateway = Gateway(config, wall_clock=wall_clock)
+        if self._errors is not None:
+            self._errors.watch_gateway(gateway)
         _, port = await self._nursery.start(gateway.serve)
         return RunningGateway(gateway, port, Path(config.database), {})
 

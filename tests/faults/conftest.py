@@ -8,6 +8,8 @@ recipient that speaks the wire protocol itself and records everything it gets.
 clients whose URL is fixed (``catsock.client.Client``) reconnect by themselves.
 Nothing here sleeps to wait for a condition: a start waits for the listening line,
 a kill for the process's exit, a recipient for the gateway's next start.
+Every run's stderr is checked when the test ends: a traceback or an "internal
+error" there fails it (tests/internal_errors.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from catsock.backoff import Backoff
 from catsock.client import Accepted, Client, Publication
 from tests.catsock.harness import CONVERSION
 from tests.catsock.test_serve import Served, cli_env, run_cli
+from tests.internal_errors import InternalErrors
 from tests.lines import LineReader
 
 #: Every wait on a process (start, exit) is bounded by this.
@@ -63,7 +66,8 @@ class GatewayProcess:
         self.port = 0
         self.served: Served | None = None
         self.starts = 0
-        self.stderr: list[str] = []  # every run's stderr, in order
+        self.stderr: list[str] = []  # the stderr of every run that ended, in order
+        self.runs: list[Served] = []
         self._started = trio.Event()
 
     # -- tokens, the database, the CLI ----------------------------------------------------
@@ -123,6 +127,7 @@ class GatewayProcess:
             stderr=subprocess.PIPE,
         )
         served = self.served = Served(process)
+        self.runs.append(served)
         self._nursery.start_soon(served.read_stderr)
         with trio.fail_after(PROCESS_TIMEOUT):
             port = await served.port()
@@ -168,6 +173,10 @@ class GatewayProcess:
         with trio.move_on_after(5, shield=True):
             await served.process.stderr.aclose()
 
+    def all_stderr(self) -> str:
+        """What every run so far wrote to stderr (the current one up to now)."""
+        return "\n".join(line for served in self.runs for line in served.lines)
+
     def vm_rss_kib(self) -> int:
         """The gateway process's resident set size (``VmRSS`` in /proc), in KiB."""
         with open(f"/proc/{self.pid}/status") as status:
@@ -178,9 +187,12 @@ class GatewayProcess:
 
 
 @pytest.fixture
-async def gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+async def gateway(
+    nursery: trio.Nursery, tmp_path: Path, internal_errors: InternalErrors
+) -> AsyncIterator[GatewayProcess]:
     """A gateway process (not started yet: set ``settings``, create tokens, ``start``)."""
     gw = GatewayProcess(nursery, tmp_path)
+    internal_errors.watch_stderr("python -m catsock serve", gw.all_stderr)
     try:
         yield gw
     finally:

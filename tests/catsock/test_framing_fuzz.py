@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 
 from catsock.config import load_config
 from catsock.server import Gateway
+from tests.internal_errors import InternalErrors
 
 from .harness import Client, GatewayFactory, RunningGateway, envelope
 
@@ -547,12 +548,16 @@ class ThreadedGateway:
         return self.failure
 
     def check(self) -> None:
-        """Fail if the gateway stopped or logged a warning or an error."""
+        """Fail if the gateway stopped, logged a warning or an error, or counted an
+        internal error (the suite-wide check, tests/internal_errors.py, runs at the
+        end of the test; this one names the example)."""
         crash = self.crash()
         assert crash is None, f"the gateway crashed: {crash!r}"
         records = [f"{r.name}: {r.getMessage()} {r.exc_text or ''}" for r in self.log.records]
         self.log.records.clear()
         assert not records, records
+        assert self.gateway is not None
+        assert self.gateway.stats.internal_errors == 0
 
     def stop(self) -> None:
         """Shut the gateway down (if it still runs) and wait for its thread."""
@@ -932,8 +937,12 @@ async def _run_case(
 
 
 # An example is a few loopback round trips, about 50 ms: the ci profile's 500 take
-# about 25 s on two cores, so its count is kept.
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# about 25 s on two cores, so its count is kept. internal_errors is one for all the
+# examples on purpose: it sums up what the module's gateway counted.
+@settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @example(case=Case("auth", b"\x8a\x00", "php-pong", "ended"), cuts=[]).via("seed 000 PHP pong")
 @example(case=Case("auth", b"\x88\x00", "php-close", "ended"), cuts=[]).via("seed 000 PHP close")
 @example(case=Case("ws", b"\x8a\x00", "php-pong", "ended"), cuts=[1]).via("seed 000 PHP pong")
@@ -942,9 +951,10 @@ async def _run_case(
 ).via("garbage past the 8 KiB request-line limit: 414")
 @given(case=cases(), cuts=cut_points)
 def test_bad_framing_ends_only_the_bad_connection(
-    gateways: GatewayPool, case: Case, cuts: list[int]
+    gateways: GatewayPool, internal_errors: InternalErrors, case: Case, cuts: list[int]
 ) -> None:
     threaded, running = gateways.get()
+    internal_errors.watch_gateway(running.gateway)
     event(case.label)
     crash = None
     try:
@@ -978,13 +988,6 @@ async def _php_client(port: int, token: str) -> trio.SocketStream:
         await wire._pump()
     assert [json.loads(t)["type"] for t in wire.texts] == ["auth_success"]
     return stream
-
-
-@pytest.fixture
-def lazy_clock() -> trio.testing.MockClock:
-    """A fake clock that jumps only after 50 ms of real idleness, so that the
-    gateway's SQLite work in threads does not let minutes of fake time pass."""
-    return trio.testing.MockClock(autojump_threshold=0.05)
 
 
 @pytest.mark.parametrize(

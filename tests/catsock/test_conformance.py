@@ -1,8 +1,9 @@
 """The network conformance runner (catsock/conformance/) and its CLI command.
 
-The runner is driven against a real catsock on loopback, in-process on trio's
-autojump clock (the vectors' waits, the auth deadline and the runner's pacing
-then cost no real time), and through ``python -m catsock conformance`` in a
+The runner is driven against a real catsock on loopback, in-process on a fake
+clock that jumps when nothing runs, worker threads included (``lazy_clock``: the
+vectors' waits, the auth deadline and the runner's pacing then cost no real
+time), and through ``python -m catsock conformance`` in a
 subprocess, where the clock is real and a quick subset of checks runs. A
 deliberately broken peer proves the runner can fail.
 """
@@ -15,6 +16,8 @@ import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -34,7 +37,6 @@ from catsock.conformance import (
     check_names,
     run_conformance,
 )
-from protocol.conformance import load_decode_vectors, load_session_vectors
 
 from .harness import GatewayFactory, RunningGateway, tls_config
 
@@ -54,6 +56,23 @@ QUICK = (
     "session.session_too_many_messages_before_auth",
     "session.session_heartbeat_clamped",
 )
+#: The checks that are not vectors, in the order a run performs them; "limits.rate"
+#: comes last, after every vector.
+FIXED = (
+    "auth.ok",
+    "auth.failed",
+    "auth.required",
+    "ping.pong",
+    "routing.conversion",
+    "routing.afad_to_cats",
+    "routing.dashboard",
+    "routing.user_bound",
+    "routing.no_echo",
+    "routing.sender_mismatch",
+    "routing.event_not_allowed",
+    "limits.message_too_large",
+)
+VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$")
 #: Subprocess waits: an interpreter start takes about a second.
 TIMEOUT = 60
@@ -70,9 +89,18 @@ def _tokens(gw: RunningGateway, *, bound: bool = True) -> dict[str, str]:
     return tokens
 
 
-def _let_threads_run(clock: trio.testing.MockClock) -> None:
-    # The gateway checks credentials in a worker thread; jump the clock only once
-    # the process has really been idle for a moment, not while a thread works.
+def _vector_names(kind: str) -> list[str]:
+    """The names in the vector files as they are on disk, read here rather than
+    through protocol.conformance (which the runner uses): ``vector`` names from
+    every file but sessions.json (files sorted by name), ``session`` names from it."""
+    files = sorted(VECTORS.glob("*.json"))
+    wanted = [f for f in files if (f.name == "sessions.json") == (kind == "session")]
+    return [f"{kind}.{v['name']}" for f in wanted for v in json.loads(f.read_text())]
+
+
+def _quicken(clock: trio.testing.MockClock) -> None:
+    # The clock never jumps while a worker thread works (tests/clocks.py), so it
+    # can jump after a short real idleness.
     clock.autojump_threshold = 0.02
 
 
@@ -113,9 +141,9 @@ async def _run_cli(*args: str) -> Ran:
 
 
 async def test_catsock_passes_every_check(
-    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
-    _let_threads_run(autojump_clock)
+    _quicken(lazy_clock)
     gw = await start_gateway()
     tokens = _tokens(gw)
     with trio.fail_after(3600):  # virtual seconds
@@ -123,21 +151,20 @@ async def test_catsock_passes_every_check(
     assert [r.name for r in results] == check_names()
     assert _report(results, Status.FAIL) == []
     assert {r.name for r in results if r.status is Status.SKIP} == ALWAYS_SKIPPED
-    # Every decode and session vector is a check of its own, beside 13 fixed checks.
+    # Every decode and session vector on disk is a check of its own, beside the 13
+    # fixed checks: the fixed ones first, then the decode vectors in file order,
+    # then the sessions (rate-limit ones last), then limits.rate.
     names = check_names()
-    assert {f"vector.{v.name}" for v in load_decode_vectors()} < set(names)
-    assert {f"session.{v.name}" for v in load_session_vectors()} < set(names)
-    assert (
-        len(names)
-        == len(set(names))
-        == 13 + len(load_decode_vectors()) + len(load_session_vectors())
-    )
+    vectors, sessions = _vector_names("vector"), _vector_names("session")
+    assert names[: len(FIXED) + len(vectors)] == [*FIXED, *vectors]
+    assert sorted(names[len(FIXED) + len(vectors) : -1]) == sorted(sessions)
+    assert names[-1] == "limits.rate"
 
 
 async def test_checks_needing_a_missing_token_are_skipped(
-    start_gateway: GatewayFactory, autojump_clock: trio.testing.MockClock
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
-    _let_threads_run(autojump_clock)
+    _quicken(lazy_clock)
     gw = await start_gateway()
     with trio.fail_after(600):
         results = await run_conformance(
@@ -181,15 +208,19 @@ async def test_runner_refuses_bad_arguments_and_unreachable_gateways(
     with trio.fail_after(10):
         with pytest.raises(GatewayUnreachable, match="HTTP 404"):
             await run_conformance(f"ws://127.0.0.1:{gw.port}/not-ws", {})
-        with pytest.raises(GatewayUnreachable, match="refused"):
-            await run_conformance(f"ws://127.0.0.1:{_closed_port()}/ws", {})
+        with _closed_port() as port, pytest.raises(GatewayUnreachable, match="refused"):
+            await run_conformance(f"ws://127.0.0.1:{port}/ws", {})
 
 
-def _closed_port() -> int:
+@contextmanager
+def _closed_port() -> Iterator[int]:
+    """A port that refuses connections for as long as the block runs: bound, so no
+    other process (another test, another job on the machine) can listen on it, but
+    not listening."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
-    return port
+        yield port
 
 
 async def test_cli_passes_against_catsock(start_gateway: GatewayFactory) -> None:
@@ -201,7 +232,10 @@ async def test_cli_passes_against_catsock(start_gateway: GatewayFactory) -> None
         ran = await _run_cli(gw.url, *_token_args(tokens), *only)
     assert ran.code == 0, ran
     assert "Traceback" not in ran.err
-    expected = [n for n in check_names() if n.startswith(QUICK)]
+    every = (*FIXED, *_vector_names("vector"), *_vector_names("session"))
+    expected = [n for n in every if n.startswith(QUICK)]
+    # The four sessions QUICK names, and the twelve fixed checks but limits.rate.
+    assert len(expected) == 12 + len(_vector_names("vector")) + 4
     assert ran.summary == (len(expected), 0, 0)
     rows = ran.out.strip().splitlines()[1:-1]
     assert [row.split()[:2] for row in rows] == [[name, "PASS"] for name in expected]
@@ -290,8 +324,10 @@ async def test_cli_exits_1_when_a_check_fails(nursery: trio.Nursery) -> None:
     ],
 )
 def test_cli_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
-    closed = _closed_port()
-    result = CliRunner().invoke(main, ["conformance", *(a.format(closed=closed) for a in args)])
+    with _closed_port() as closed:
+        result = CliRunner().invoke(
+            main, ["conformance", *(a.format(closed=closed) for a in args)]
+        )
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

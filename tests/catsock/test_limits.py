@@ -1,20 +1,28 @@
-"""Rate limits, size limits, connection limits and slow consumers, over real sockets."""
+"""Rate limits, size limits, connection limits and slow consumers, over real sockets.
+
+The rate-limit tests run on the lazy fake clock (tests/catsock/conftest.py): the
+gateway's buckets read ``trio.current_time()``, so tokens come back only as fast
+as fake time moves, which is not at all while anything runs, however busy the
+machine. What did pass is read from the same clock, so bounds are exact.
+"""
 
 from __future__ import annotations
 
 import trio
+import trio.testing
 import wsproto.events as ev
 
 from .harness import CONVERSION, GatewayFactory, RawClient, envelope
 
 
 async def test_rate_limit_refuses_with_retry_after_then_closes_abuser(
-    start_gateway: GatewayFactory,
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
     gw = await start_gateway(
         limits={"rate": {"CATS": {"per_minute": 60, "burst": 3}}, "abuse_limit": 5}
     )
     with trio.fail_after(10):
+        start = trio.current_time()  # before the bucket is made, at CATS's auth
         async with gw.client("CATS") as cats, gw.client("AFAD") as afad:
             for i in range(3):
                 await cats.send(envelope("conversion", CONVERSION, "CATS", f"ok-{i}"))
@@ -22,8 +30,10 @@ async def test_rate_limit_refuses_with_retry_after_then_closes_abuser(
                 assert (await afad.recv())["type"] == "conversion"
             await cats.send(envelope("conversion", CONVERSION, "CATS", "over"))
             error = await cats.recv()
+            refilled = (trio.current_time() - start) * 1.0  # one token a second
             assert error["payload"]["error_code"] == "RATE_LIMIT_EXCEEDED"
-            assert 0 < error["payload"]["retry_after"] <= 1.0
+            # The bucket is empty but for what came back: a whole token is 1 s away.
+            assert 1.0 - refilled <= error["payload"]["retry_after"] <= 1.0
             # Keep hammering: after the abuse allowance the gateway hangs up.
             for _ in range(10):
                 await cats.send({"type": "ping"})
@@ -33,9 +43,12 @@ async def test_rate_limit_refuses_with_retry_after_then_closes_abuser(
             assert (await afad.recv())["type"] == "pong"
 
 
-async def test_identity_bucket_is_shared_across_connections(start_gateway: GatewayFactory) -> None:
+async def test_identity_bucket_is_shared_across_connections(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
     gw = await start_gateway(limits={"rate": {"CATS": {"per_minute": 60, "burst": 2}}})
     with trio.fail_after(10):
+        start = trio.current_time()
         async with gw.client("CATS", "cats") as one, gw.client("CATS", "cats") as two:
             await one.send({"type": "ping"})
             await two.send({"type": "ping"})
@@ -43,6 +56,7 @@ async def test_identity_bucket_is_shared_across_connections(start_gateway: Gatew
             assert (await two.recv())["type"] == "pong"
             await one.send({"type": "ping"})
             assert (await one.recv())["payload"]["error_code"] == "RATE_LIMIT_EXCEEDED"
+    assert trio.current_time() - start < 1.0  # no token came back meanwhile
 
 
 async def test_oversize_message_gets_error_then_1009(start_gateway: GatewayFactory) -> None:

@@ -6,6 +6,9 @@ called from the thread that started it, so every browser call runs on one
 dedicated worker thread (``BrowserThread``); the trio side hops there with
 ``trio.to_thread.run_sync`` while the gateway keeps running on the trio loop.
 Waiting is always playwright's ``wait_for_*`` with a timeout, never a sleep.
+Timeouts only bound a wait that something else proves will end (an event the
+gateway delivered, a reconnect it allows); no test measures how fast the page is,
+since a busy two-core machine makes any such bound a coin toss.
 
 The page is loaded from the gateway's own port, as an operator would open it:
 the front door serves ``/`` and ``/static/*`` (``catsock/static_files.py``),
@@ -17,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -49,6 +51,11 @@ CHROMIUM_ARGS = [
 ]
 HAS_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
 HAS_CHROMIUM = shutil.which(CHROMIUM) is not None
+#: Milliseconds a page action or a wait for the page's state may take; generous, as
+#: Chromium on a busy machine is slow, and every wait ends early when it succeeds.
+PAGE_TIMEOUT = 15_000
+#: Milliseconds for an event the gateway has delivered to show in the feed.
+EVENT_TIMEOUT = 10_000
 
 
 pytestmark = [
@@ -140,7 +147,7 @@ class Tab:
 def _open_tab(browser: Browser, origin: str) -> Tab:
     context = browser.new_context()
     page = context.new_page()
-    page.set_default_timeout(5_000)
+    page.set_default_timeout(PAGE_TIMEOUT)
     tab = Tab(context, page)
     response = page.goto(origin + "/")
     assert response is not None
@@ -155,7 +162,7 @@ def _login(tab: Tab, token: str) -> None:
     tab.page.click("#login-button")
 
 
-def _wait_connected(tab: Tab, timeout: float = 5_000) -> None:
+def _wait_connected(tab: Tab, timeout: float = PAGE_TIMEOUT) -> None:
     try:
         tab.page.wait_for_selector('#status[data-state="connected"]', timeout=timeout)
     except Exception as exc:
@@ -167,11 +174,9 @@ def _wait_connected(tab: Tab, timeout: float = 5_000) -> None:
     tab.page.wait_for_selector("#dashboard", state="visible", timeout=timeout)
 
 
-def _wait_event(tab: Tab, message_id: str, timeout: float) -> float:
-    """Wait until the feed shows ``message_id``; the seconds it took."""
-    started = time.monotonic()
+def _wait_event(tab: Tab, message_id: str, timeout: float = EVENT_TIMEOUT) -> None:
+    """Wait until the feed shows ``message_id``."""
     tab.page.wait_for_selector(f'#feed li[data-message-id="{message_id}"]', timeout=timeout)
-    return time.monotonic() - started
 
 
 def _text(tab: Tab, selector: str) -> str:
@@ -287,8 +292,7 @@ async def test_live_feed_survives_gateway_restart(
             assert tab.websockets == [f"ws://127.0.0.1:{gw.port}/ws"]
 
             await _publish(gw, ("conversion", CONVERSION, "conv-1"))
-            took = await browser_thread.run(_wait_event, tab, "conv-1", 1_000)
-            assert took < 1.0
+            await browser_thread.run(_wait_event, tab, "conv-1")
             summary = await browser_thread.run(_text, tab, '#feed li[data-message-id="conv-1"]')
             assert "商品A" in summary
             assert "アフィリエイターX" in summary
@@ -309,7 +313,7 @@ async def test_live_feed_survives_gateway_restart(
                 ("budget_alert", alert, "budget-1"),
                 ("fraud_alert", fraud, "fraud-1"),
             )
-            await browser_thread.run(_wait_event, tab, "fraud-1", 1_000)
+            await browser_thread.run(_wait_event, tab, "fraud-1")
             await browser_thread.run(
                 tab.page.wait_for_selector, '#alerts li.alert[data-message-id="budget-1"]'
             )
@@ -347,9 +351,9 @@ async def test_live_feed_survives_gateway_restart(
             # 2 s ±20 % after the close): catsock.js resumes from the last seq it saw.
             await _publish(gw2, ("conversion", {**CONVERSION, "pay_id": 3}, "conv-gap"))
             await browser_thread.run(_wait_connected, tab, 15_000)
-            await browser_thread.run(_wait_event, tab, "conv-gap", 1_000)
+            await browser_thread.run(_wait_event, tab, "conv-gap")
             await _publish(gw2, ("conversion", {**CONVERSION, "pay_id": 2}, "conv-2"))
-            await browser_thread.run(_wait_event, tab, "conv-2", 1_000)
+            await browser_thread.run(_wait_event, tab, "conv-2")
             assert await browser_thread.run(_text, tab, "#count-conversion") == "3"
 
             assert tab.csp_violations() == []
@@ -409,8 +413,8 @@ async def test_payload_markup_is_shown_as_text_and_never_run(
             }
             fraud = {"fraud_type": "<svg onload=alert(2)>", "details": {"note": HOSTILE}}
             await _publish(gw, ("conversion", hostile, "xss-1"), ("fraud_alert", fraud, "xss-2"))
-            await browser_thread.run(_wait_event, tab, "xss-2", 1_000)
-            await browser_thread.run(_wait_event, tab, "xss-1", 1_000)
+            await browser_thread.run(_wait_event, tab, "xss-2")
+            await browser_thread.run(_wait_event, tab, "xss-1")
             summary = await browser_thread.run(_text, tab, '#feed li[data-message-id="xss-1"]')
             assert HOSTILE in summary
             assert "<img src=x onerror=alert(1)>" in summary
@@ -460,7 +464,7 @@ async def test_user_bound_token_sees_only_its_users_events(
             )
             # Events arrive in order, so once the last one is there the others
             # were either delivered before it or never will be.
-            await browser_thread.run(_wait_event, user, "click-500", 1_000)
+            await browser_thread.run(_wait_event, user, "click-500")
             user_ids = await browser_thread.run(
                 user.page.evaluate,
                 "[...document.querySelectorAll('#feed li')].map(li => li.dataset.messageId)",
@@ -468,7 +472,7 @@ async def test_user_bound_token_sees_only_its_users_events(
             assert user_ids == ["click-500", "conv-500"]
             assert await browser_thread.run(_text, user, "#count-alerts") == "0"
 
-            await browser_thread.run(_wait_event, admin, "click-500", 1_000)
+            await browser_thread.run(_wait_event, admin, "click-500")
             admin_ids = await browser_thread.run(
                 admin.page.evaluate,
                 "[...document.querySelectorAll('#feed li')].map(li => li.dataset.messageId)",

@@ -8,6 +8,7 @@ against a gateway on 127.0.0.1:0, while a Python AFAD client holds a WebSocket.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -23,22 +24,38 @@ PHP = shutil.which("php")
 SCRIPT = Path(__file__).parent / "php" / "publish_curl.php"
 
 
+#: Seconds the probe for php's curl extension may take; a php that cannot answer
+#: that in time cannot run these tests either.
+PROBE_TIMEOUT = 30
+
+
+@functools.cache
 def _php_curl_missing() -> str | None:
+    """Why these tests cannot run here (None: they can). Run once, when the first
+    test of the module is set up, never at import (collection must not hang)."""
     if PHP is None:
         return "php not found: apt-get install php-cli php-curl"
-    probe = subprocess.run(
-        [PHP, "-r", "exit(function_exists('curl_init') ? 0 : 1);"],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
+    try:
+        probe = subprocess.run(
+            [PHP, "-r", "exit(function_exists('curl_init') ? 0 : 1);"],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"php did not answer the curl probe within {PROBE_TIMEOUT} s"
+    except OSError as exc:
+        return f"php cannot run: {exc}"
     if probe.returncode != 0:
         return "php has no curl extension: apt-get install php-curl"
     return None
 
 
-MISSING = _php_curl_missing()
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+@pytest.fixture(autouse=True)
+def _php_curl() -> None:
+    missing = _php_curl_missing()
+    if missing is not None:
+        pytest.skip(missing)
 
 
 async def publish_curl(

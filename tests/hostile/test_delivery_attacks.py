@@ -135,14 +135,25 @@ async def test_a_publish_flood_is_rate_limited_per_identity(arena: Arena) -> Non
                 if message["type"] == "error":
                     errors.append(message["payload"]["error_code"])
 
+        replies: list[tuple[int, str | None]] = []
+
+        async def http_flood() -> None:
+            client = HttpClient(await connect_from(target.port), "127.0.0.1")
+            headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+            try:
+                for i in range(50):
+                    body = envelope("conversion", CONVERSION, "CATS", f"flood-http-{i}").encode()
+                    reply = await client.request("POST", "/api/publish", headers=headers, body=body)
+                    replies.append((reply.status, reply.headers.get("retry-after")))
+            finally:
+                await client.aclose()
+
         with trio.fail_after(20):
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(flood, "a")
                 nursery.start_soon(flood, "b")
-            headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-            body = envelope("conversion", CONVERSION, "CATS", "flood-http").encode()
-            reply = await http(target.port, "POST", "/api/publish", headers=headers, body=body)
+                nursery.start_soon(http_flood)
             elapsed = trio.current_time() - start
         db = storage.open_db(target.gw.database)
         try:
@@ -154,8 +165,10 @@ async def test_a_publish_flood_is_rate_limited_per_identity(arena: Arena) -> Non
     assert closes == [1008, 1008]
     assert set(errors) == {"RATE_LIMIT_EXCEEDED"}
     assert got_through <= 100 + 1000 / 60 * elapsed + 1  # burst + rate, one identity
-    assert reply.status == 429
-    assert int(reply.headers["retry-after"]) >= 1
+    refused = [retry for status, retry in replies if status == 429]
+    assert refused, replies
+    assert all(retry is not None and int(retry) >= 1 for retry in refused)
+    assert {status for status, _ in replies} <= {202, 429}
 
 
 # -- a user-bound dashboard ------------------------------------------------------------------

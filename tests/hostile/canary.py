@@ -60,12 +60,24 @@ class CanaryReport:
         if self.sent == 0:
             out.append("the canary published nothing")
         if self.lost:
-            out.append(f"{self.lost} of {self.sent} canary events lost")
+            missing = sorted(set(range(self.sent)) - set(self.received))
+            out.append(f"{self.lost} of {self.sent} canary events lost: {_ranges(missing)}")
         if len(self.received) != len(set(self.received)):
             out.append(f"{len(self.received) - len(set(self.received))} canary events repeated")
         if self.received != sorted(self.received):
             out.append("canary events arrived out of order")
         return out
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"1-3, 7"``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 class Canary:

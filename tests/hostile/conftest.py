@@ -23,10 +23,12 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 
+import storage
 from tests.catsock.harness import GatewayFactory, RunningGateway
 
-from .canary import Canary, CanaryReport
+from .canary import PREFIX, Canary, CanaryReport
 
 #: Canary results by test id, for the summary at the end of the run.
 RESULTS: dict[str, CanaryReport] = {}
@@ -99,6 +101,8 @@ class Arena:
                 report = await canary.stop()
         self._report(report)
         problems = report.failures()
+        if report.lost:
+            problems += await trio.to_thread.run_sync(_trace_lost, gw, report)
         for record in records:
             if record.exc_info or record.levelno >= logging.ERROR:
                 problems.append(f"gateway logged {record.levelname}: {record.getMessage()}")
@@ -117,6 +121,26 @@ class Arena:
             f"canary: {report.sent} sent, {report.lost} lost, "
             f"max latency {report.max_latency * 1000:.0f} ms"
         )
+
+
+def _trace_lost(gw: RunningGateway, report: CanaryReport) -> list[str]:
+    """Where lost canary events got to: the event log, and the AFAD's ledger."""
+    lost = sorted(set(range(report.sent)) - set(report.received))[:5]
+    db = storage.open_db(gw.database)
+    try:
+        out = []
+        for n in lost:
+            rows = storage.events_by_message_id(db, f"{PREFIX}{n}")
+            if not rows:
+                out.append(f"  {PREFIX}{n}: not in the event log")
+                continue
+            seq = rows[0]["seq"]
+            ledger = storage.ledger_rows(db, seq, "canary-afad")
+            kinds = [(r["kind"], r["first_seq"], r["last_seq"]) for r in ledger]
+            out.append(f"  {PREFIX}{n}: seq {seq}, canary-afad ledger {kinds}")
+        return out
+    finally:
+        db.close()
 
 
 @pytest.fixture

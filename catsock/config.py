@@ -124,6 +124,11 @@ class DeliveryConfig:
     #: thousand dashboards cost a write each per round, not per commit. CRITICAL
     #: events go at once. 0: after every commit, like durable recipients.
     live_interval: float = 0.05
+    #: Seconds a durable recipient that does not send acks (the seed's clients) must
+    #: have taken an event in (its TCP acknowledged it and it left nothing unread)
+    #: before the event counts as delivered; what it had not taken when it leaves is
+    #: sent again when it returns (docs/delivery.md). 0: delivered once written.
+    legacy_confirm: float = 1.0
     #: Seconds a non-durable recipient's queue may stay full before close 4001.
     queue_full_grace: float = 5.0
     #: Seconds after which an event type is no longer delivered (none: never).
@@ -258,6 +263,8 @@ def _validate(config: Config) -> Config:
         problems.append("delivery.max_pending and delivery.replay_batch must be at least 1")
     if not 0 <= delivery.commit_interval <= 1:
         problems.append("delivery.commit_interval must be between 0 and 1 (seconds)")
+    if not 0 <= delivery.legacy_confirm <= 60:
+        problems.append("delivery.legacy_confirm must be between 0 and 60 (seconds)")
     if not 0 <= delivery.live_interval <= 1:
         problems.append("delivery.live_interval must be between 0 and 1 (seconds)")
     if delivery.queue_full_grace < 0 or delivery.retention_days <= 0:

@@ -24,7 +24,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -67,6 +67,8 @@ HEARTBEAT_LOG_EVERY = 60.0
 #: Writes within this many seconds share one "written" ledger row.
 LEDGER_SPAN = 1.0
 CRITICAL = PRIORITIES["CRITICAL"]
+#: How often a client without acks is checked for what it has taken in.
+CONFIRM_EVERY = 0.05
 
 #: What ``render`` hands the session for ``written``: first seq, last seq, the batch.
 Written = tuple[int, int, list["bytes | Entry | Run"]]
@@ -126,6 +128,7 @@ class DeliveryView(Protocol):
     def drop(self, entry: Entry, identity: str, connection_id: str | None, why: str) -> None: ...
     def observe_latency(self, entry: Entry) -> None: ...
     def count_catchup(self) -> None: ...
+    def count_unconfirmed(self, events: int) -> None: ...
     def later(self, recipient: Session) -> None: ...
     @property
     def congested(self) -> bool: ...
@@ -151,6 +154,9 @@ class ConnectionContext:
     max_fragments: int = 1000
     #: Published events are in the event log: the message log does not copy them.
     events_logged: bool = True
+    #: Seconds a durable client without acks must have taken an event in before it
+    #: counts as delivered (0: as soon as it is written).
+    legacy_confirm: float = 1.0
 
 
 class Connection(Session):
@@ -194,6 +200,11 @@ class Connection(Session):
         self._uncommitted = 0
         self._replaying = False
         self._held: list[m.ControlMessage] = []
+        # A durable client without acks: writes not yet counted as delivered, as
+        # [link offset after the write, last seq, events, when the peer had taken it].
+        self._unconfirmed: deque[list[Any]] = deque()
+        self._confirm_at = math.inf
+        self._max_window = 0
         self._heartbeat = 0.0  # the negotiated interval; 0: no heartbeat
         self._silent_at = math.inf  # heartbeat: close if nothing arrives by then
         self._ping_at = math.inf
@@ -302,10 +313,12 @@ class Connection(Session):
     def deadline(self) -> float:
         if self.machine.state is State.AWAITING_AUTH:
             return self._auth_deadline
-        return min(self._ping_at, self._silent_at)
+        return min(self._ping_at, self._silent_at, self._confirm_at)
 
     def deadline_passed(self) -> None:
         now = trio.current_time()
+        if now >= self._confirm_at:
+            self._confirm(now)
         if self.machine.state is State.AWAITING_AUTH or now >= self._silent_at:
             self._silent_at = self._ping_at = math.inf
             for action in self.machine.timeout():
@@ -330,6 +343,9 @@ class Connection(Session):
 
     def ended(self) -> None:
         self._note_range()
+        if self._unconfirmed:
+            # Written, never known to be taken in: the next connection gets them again.
+            self.delivery.count_unconfirmed(sum(item[2] for item in self._unconfirmed))
         self.registry.connection_ended(self)
         if self.machine.state is not State.CLOSED:
             self.machine.closed()
@@ -447,8 +463,7 @@ class Connection(Session):
                     self._positions = {c: max(p, scanned) for c, p in positions.items()}
                 if not entries and scanned > self._written:
                     self._written = scanned
-                    if self._durable and not self._acks and self._identity is not None:
-                        delivery.advance(self._identity, self._channels, scanned)
+                    self._delivered_up_to(scanned, 0)
                 self.pump()
         finally:
             self._catching_up = False
@@ -571,12 +586,58 @@ class Connection(Session):
             else:
                 self._note_range()
                 self._range = (first, last, now)
-        if self._durable and not self._acks:
-            self.delivery.advance(self._identity, self._channels, last)
+        events = sum(
+            len(item.entries) if isinstance(item, Run) else 1
+            for item in batch
+            if not isinstance(item, bytes)
+        )
+        self._delivered_up_to(last, events)
         for item in batch:
             if isinstance(item, Entry | Run):
                 self.delivery.observe_latency(item if isinstance(item, Entry) else item.entries[0])
                 break
+
+    # -- when a client without acks has its events (docs/delivery.md, "Clients without acks")
+
+    def _delivered_up_to(self, seq: int, events: int) -> None:
+        """Everything for this connection up to ``seq`` has been written: a durable
+        recipient's cursor moves once it may count as delivered."""
+        if not self._durable or self._acks or self._identity is None:
+            return
+        if self.ctx.legacy_confirm <= 0:
+            self.delivery.advance(self._identity, self._channels, seq)
+            return
+        self._unconfirmed.append([self.link.sent, seq, events, None])
+        now = trio.current_time()
+        if now >= self._confirm_at:
+            self._confirm(now)  # a busy stream is checked as it goes, not only when idle
+        elif self._confirm_at == math.inf:
+            self._confirm_at = now + CONFIRM_EVERY
+
+    def _confirm(self, now: float) -> None:
+        """Move the cursor over what the peer has taken in: bytes its TCP acknowledged
+        minus what it leaves unread (its window below the widest it has shown), held
+        for ``legacy_confirm`` seconds more for the application to act on them. Where
+        TCP_INFO cannot tell (TLS), time since the write alone decides."""
+        progress = self.link.peer_progress()
+        if progress is None:
+            consumed = self.link.sent
+        else:
+            acked, window = progress
+            self._max_window = max(self._max_window, window)
+            consumed = acked - (self._max_window - window)
+        for item in self._unconfirmed:
+            if item[3] is None and item[0] <= consumed:
+                item[3] = now
+        hold = self.ctx.legacy_confirm
+        confirmed = None
+        while self._unconfirmed and (taken := self._unconfirmed[0][3]) is not None:
+            if now - taken < hold:
+                break
+            confirmed = self._unconfirmed.popleft()[1]
+        if confirmed is not None and self._identity is not None:
+            self.delivery.advance(self._identity, self._channels, confirmed)
+        self._confirm_at = now + CONFIRM_EVERY if self._unconfirmed else math.inf
 
     def _send(self, message: m.ControlMessage) -> None:
         text = self.ctx.codec.encode(message)

@@ -64,6 +64,7 @@ class DeliveryStatistics:
     dropped: int
     replayed: int
     catchups: int
+    unconfirmed: int
     commit_errors: int
     latency_buckets: tuple[tuple[float, int], ...]  # cumulative, Prometheus style
     latency_sum: float
@@ -117,6 +118,7 @@ class Delivery:
         self.dropped = 0
         self.replayed = 0
         self.catchups = 0
+        self.unconfirmed = 0
         self.commit_errors = 0
         self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
@@ -242,6 +244,11 @@ class Delivery:
     def count_catchup(self) -> None:
         """A live recipient fell behind and reads from the log again."""
         self.catchups += 1
+
+    def count_unconfirmed(self, events: int) -> None:
+        """A client without acks left with ``events`` written to it that were never
+        known to be taken in: its next connection is sent them again."""
+        self.unconfirmed += events
 
     def observe_latency(self, entry: Entry) -> None:
         if math.isnan(entry.appended_at):
@@ -506,6 +513,7 @@ class Delivery:
             dropped=self.dropped,
             replayed=self.replayed,
             catchups=self.catchups,
+            unconfirmed=self.unconfirmed,
             commit_errors=self.commit_errors,
             latency_buckets=tuple(cumulative),
             latency_sum=self._latency_sum,

@@ -248,6 +248,12 @@ def delivery_metrics(stats: Any) -> Iterator[Metric]:
         "Times a recipient fell back to catching up from the log.",
         stats.catchups,
     )
+    yield _counter(
+        "catsock_events_unconfirmed",
+        "Events written to a client without acks that left before taking them in"
+        " (sent again when it returns).",
+        stats.unconfirmed,
+    )
     yield _histogram(
         "catsock_publish_to_deliver_seconds",
         "From a publish being accepted to its frame being written to a recipient.",

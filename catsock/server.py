@@ -155,6 +155,7 @@ class Gateway:
             max_frame_size=limits.max_message_size * HARD_SIZE_FACTOR,
             max_fragments=limits.max_fragments,
             events_logged=config.delivery.log,
+            legacy_confirm=config.delivery.legacy_confirm,
         )
         self.http = HttpApi(self)
         self.connections: set[Connection] = set()

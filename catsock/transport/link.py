@@ -20,7 +20,10 @@ queue bounded and knows what reached the kernel.
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
+import struct
+import termios
 from collections.abc import Callable
 from typing import Final
 
@@ -40,6 +43,11 @@ BROKEN: Final = -1
 LINGER_SECONDS: Final = 1.0
 LINGER_BYTES: Final = 256 * 1024
 
+#: ``struct tcp_info`` (linux/tcp.h): ``tcpi_bytes_acked`` and ``tcpi_snd_wnd`` offsets.
+_TCPI_BYTES_ACKED: Final = 120
+_TCPI_SND_WND: Final = 228
+_TCP_INFO_LEN: Final = 232
+
 _buffer = bytearray(RECEIVE_SIZE)
 _view = memoryview(_buffer)
 _GONE: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT})
@@ -53,6 +61,7 @@ class Link:
     """Reads and writes for one connection; create with ``Link.over``."""
 
     __slots__ = (
+        "_acked_base",
         "_draining",
         "_nursery",
         "_pending",
@@ -62,6 +71,7 @@ class Link:
         "broken",
         "on_drained",
         "received_eof",
+        "sent",
     )
 
     def __init__(
@@ -78,6 +88,9 @@ class Link:
         #: The peer reset the connection, or a write failed: nothing more goes out.
         self.broken = False
         self.received_eof = False
+        #: Bytes of ours the kernel has taken so far (what ``send`` wrote).
+        self.sent = 0
+        self._acked_base = self._acked_before(sock)
 
     @classmethod
     def over(cls, stream: trio.abc.Stream, rest: bytes = b"") -> Link:
@@ -157,6 +170,7 @@ class Link:
             except OSError:
                 self.broken = True
                 return BROKEN
+            self.sent += sent
             if sent == len(data):
                 return SENT
             self._pending = memoryview(data)[sent:]
@@ -177,6 +191,7 @@ class Link:
                     data, self._pending = self._pending, None
                     try:
                         await self._stream.send_all(data)
+                        self.sent += len(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.broken = True
                 if self.broken:
@@ -196,8 +211,35 @@ class Link:
             except OSError:
                 self.broken = True
                 return
+            self.sent += sent
             rest = self._pending[sent:]
             self._pending = rest if len(rest) else None
+
+    # -- what the peer has taken ------------------------------------------------------------
+
+    @staticmethod
+    def _acked_before(sock: socket.socket | None) -> int | None:
+        """Bytes written into the socket before the link took it (the 101 response):
+        acknowledged ones plus those still queued, so that TCP_INFO's count of
+        acknowledged bytes can be turned into an offset in the link's own bytes."""
+        info = _tcp_info(sock)
+        if info is None or sock is None:
+            return None
+        try:
+            queued: int = struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            return None
+        return info[0] + queued
+
+    def peer_progress(self) -> tuple[int, int] | None:
+        """``(acked, window)``: how many of the link's bytes the peer's TCP has
+        acknowledged, and the receive window it advertises now (it shrinks while the
+        peer's application leaves data unread). ``None`` where TCP_INFO cannot tell
+        (TLS, another OS, a closed link)."""
+        info = _tcp_info(self._sock) if self._acked_base is not None else None
+        if info is None or self._acked_base is None:
+            return None
+        return info[0] - self._acked_base, info[1]
 
     # -- closing --------------------------------------------------------------------------
 
@@ -223,6 +265,22 @@ class Link:
     def fileno(self) -> int:
         """The socket's descriptor (-1 for a TLS stream or a closed link)."""
         return self._sock.fileno() if self._sock is not None else -1
+
+
+def _tcp_info(sock: socket.socket | None) -> tuple[int, int] | None:
+    """``tcpi_bytes_acked`` and ``tcpi_snd_wnd`` of ``sock`` (Linux 6.2 and later)."""
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 512)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_LEN:
+        return None
+    return (
+        struct.unpack_from("Q", info, _TCPI_BYTES_ACKED)[0],
+        struct.unpack_from("I", info, _TCPI_SND_WND)[0],
+    )
 
 
 async def _linger(sock: socket.socket) -> None:

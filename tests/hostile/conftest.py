@@ -103,6 +103,12 @@ class Arena:
         problems = report.failures()
         if report.lost:
             problems += await trio.to_thread.run_sync(_trace_lost, gw, report)
+            stats = gw.gateway.stats
+            problems.append(
+                f"  the gateway counted {stats.messages_in.get('conversion', 0)} conversions"
+                f" in, {stats.published} published; it logged: "
+                + "; ".join(f"{r.levelname} {r.getMessage()}" for r in records[-20:])
+            )
         for record in records:
             if record.exc_info or record.levelno >= logging.ERROR:
                 problems.append(f"gateway logged {record.levelname}: {record.getMessage()}")

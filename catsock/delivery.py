@@ -321,6 +321,15 @@ class Delivery:
             for s in stored
         ], scanned
 
+    def cursor(self, identity: str, channel: str) -> int | None:
+        """Where this process last moved ``identity``'s cursor on ``channel`` (None:
+        it has not; the database may know an older position)."""
+        return self._known.get((identity, channel))
+
+    async def wait_commit(self) -> None:
+        """Return after the next commit (events, cursor moves or ledger rows)."""
+        await self._committed.wait()
+
     async def wait_beyond(self, seq: int) -> None:
         """Return once the committed head is past ``seq``."""
         while self.head <= seq:

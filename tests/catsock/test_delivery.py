@@ -282,3 +282,25 @@ async def test_a_seq_taken_by_another_writer_is_renumbered_not_retried_forever(
             reply = await cats.recv()
             assert (reply["type"], reply["message_id"], reply["seq"]) == ("accepted", "second", 3)
             assert [m["message_id"] for m in await until_pong(afad)] == ["first", "second"]
+
+
+async def test_a_client_without_acks_that_took_everything_in_is_not_sent_it_again(
+    start_gateway: GatewayFactory,
+) -> None:
+    """The other half of "Clients without acks" (docs/delivery.md): once the client's
+    TCP has acknowledged the events, it left nothing unread and the hold has passed,
+    the cursor moves, and a return brings nothing twice."""
+    gw = await start_gateway(delivery={"legacy_confirm": 0.05})
+    texts = [conversion(f"t{i}") for i in range(20)]
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats, gw.client("AFAD") as afad:
+            await publish_all(cats, texts)
+            assert [await afad.recv_text() for _ in texts] == texts
+            await until_pong(afad)
+            delivery = gw.gateway.delivery
+            while delivery.cursor("afad", "type:AFAD") != delivery.head:
+                await delivery.wait_commit()
+            await delivery.flush()  # and that move is in the database
+        async with gw.client("AFAD") as again:
+            assert await until_pong(again) == []
+    assert gw.gateway.delivery.statistics().unconfirmed == 0

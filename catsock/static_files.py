@@ -9,8 +9,10 @@ method is the caller's business (GET and HEAD make sense).
 Every answer carries a strict Content-Security-Policy: scripts, styles and
 images only from this origin (no inline code at all), WebSockets to any host
 (a dashboard behind a TLS proxy connects with ``wss:``), no framing. The files
-are read once and kept in memory: they are small and never change while the
-process runs, so no request blocks the event loop on the disk.
+are read once, all together on first use, and kept in memory: they are small and
+never change while the process runs, so no request blocks the event loop on the
+disk, and a request for a name that is not there costs no memory (the cache holds
+the directory's files, never what clients asked for).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import functools
 import re
 from importlib import resources
 
-__all__ = ["CONTENT_SECURITY_POLICY", "CONTENT_TYPES", "static_response"]
+__all__ = ["CONTENT_SECURITY_POLICY", "CONTENT_TYPES", "cached_files", "static_response"]
 
 Headers = list[tuple[str, str]]
 
@@ -68,15 +70,25 @@ def static_response(path: str) -> tuple[int, Headers, bytes] | None:
     return 200, headers, body
 
 
-@functools.cache
 def _load(name: str) -> tuple[str, bytes] | None:
     if not _NAME.match(name) or ".." in name:
         return None
-    dot = name.rfind(".")
-    content_type = CONTENT_TYPES.get(name[dot:].lower()) if dot > 0 else None
-    if content_type is None:
-        return None
-    resource = resources.files("catsock").joinpath("static").joinpath(name)
-    if not resource.is_file():
-        return None
-    return content_type, resource.read_bytes()
+    return _files().get(name)
+
+
+def cached_files() -> int:
+    """How many files are held in memory (the servable files, whatever was asked)."""
+    return len(_files())
+
+
+@functools.cache
+def _files() -> dict[str, tuple[str, bytes]]:
+    """Every servable file of ``static/``: a plain name with a known extension."""
+    files: dict[str, tuple[str, bytes]] = {}
+    for resource in resources.files("catsock").joinpath("static").iterdir():
+        name = resource.name
+        dot = name.rfind(".")
+        content_type = CONTENT_TYPES.get(name[dot:].lower()) if dot > 0 else None
+        if content_type is not None and _NAME.match(name) and resource.is_file():
+            files[name] = content_type, resource.read_bytes()
+    return files

@@ -3,14 +3,19 @@
 The active credentials are held in memory so an auth never waits on the
 database. ``PRAGMA data_version`` tells cheaply when another process (the
 ``token`` CLI) changed the table; then the set is reloaded off the event loop.
-A token the cache does not know triggers one refresh before it is refused, so a
-token created a moment ago works at once.
+Every check (``verify``, ``identify``) first makes sure that any change committed
+before it was loaded (``sync``: one cheap ``data_version`` read off the event
+loop, shared by concurrent callers), so a token created a moment ago works at
+once and a revoked one is refused at once. If the database cannot be read, the
+credentials already in memory are used.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import sqlite3
 from collections.abc import Set
 
 import trio
@@ -19,6 +24,8 @@ import storage
 from protocol import Principal
 
 __all__ = ["Authenticator"]
+
+logger = logging.getLogger("catsock.auth")
 
 #: The seed's shared token was a plain environment value; require some length
 #: so a placeholder like "changeme" cannot open the gateway.
@@ -43,11 +50,36 @@ class Authenticator:
         self._active: dict[str, storage.Credential] = {}
         self._version: int | None = None
         self._lock = trio.Lock()
+        self._checks_started = 0  # checks begun so far (each under the lock)
+        self._checked = 0  # the number of the last check that finished
 
     async def refresh(self) -> bool:
-        """Reload the credentials if the table may have changed; True if it did."""
+        """Reload the credentials if the table may have changed; True if it did.
+
+        Raises ``sqlite3.Error`` if the database cannot be read."""
         async with self._lock:
+            return await self._check()
+
+    async def sync(self) -> None:
+        """Return once every change committed before this call is loaded. Callers
+        that arrive together share one check; a database error is logged (DEBUG)
+        and the credentials in memory stay in use."""
+        arrived = self._checks_started
+        async with self._lock:
+            if self._checked > arrived:
+                return  # a check that began after we arrived has finished
+            try:
+                await self._check()
+            except sqlite3.Error as exc:
+                logger.debug("credential check failed, using the cached set: %s", exc)
+
+    async def _check(self) -> bool:
+        self._checks_started += 1
+        number = self._checks_started
+        try:
             return await trio.to_thread.run_sync(self._reload)
+        finally:
+            self._checked = number
 
     def _reload(self) -> bool:
         version = storage.data_version(self._db)
@@ -59,9 +91,8 @@ class Authenticator:
 
     async def verify(self, token: str, client_type: str) -> Principal | None:
         """The principal for a good token whose client type matches, else ``None``."""
+        await self.sync()
         credential = storage.verify(self._active, token)
-        if credential is None and await self.refresh():
-            credential = storage.verify(self._active, token)
         if credential is not None:
             if credential.client_type != client_type:
                 return None
@@ -71,11 +102,7 @@ class Authenticator:
                 credential.user_id,
                 receives=not credential.publish_only,
             )
-        if (
-            self._shared is not None
-            and client_type in self._shared_types
-            and hmac.compare_digest(token.encode(), self._shared.encode())
-        ):
+        if client_type in self._shared_types and self.is_shared(token):
             # The seed granted whatever type the client claimed; so do we, within
             # the known types, under one identity per type.
             return Principal(f"shared:{client_type}", client_type)
@@ -85,9 +112,8 @@ class Authenticator:
         """The principal for a good token, whatever its client type (HTTP requests name
         none: the credential does). The seed's shared token carries no type, so it
         passes only with ``shared_as``, a known client type the caller claims."""
+        await self.sync()
         credential = storage.verify(self._active, token)
-        if credential is None and await self.refresh():
-            credential = storage.verify(self._active, token)
         if credential is not None:
             return Principal(
                 credential.name,
@@ -95,9 +121,15 @@ class Authenticator:
                 credential.user_id,
                 receives=not credential.publish_only,
             )
-        if shared_as is not None:
-            return await self.verify(token, shared_as)
+        if shared_as is not None and shared_as in self._shared_types and self.is_shared(token):
+            return Principal(f"shared:{shared_as}", shared_as)
         return None
+
+    def is_shared(self, token: str) -> bool:
+        """Whether ``token`` is the seed's shared token (which names no client type)."""
+        return self._shared is not None and hmac.compare_digest(
+            token.encode(), self._shared.encode()
+        )
 
     def is_active(self, identity: str) -> bool:
         """Whether ``identity`` still has an unrevoked token (shared ones always do)."""

@@ -24,26 +24,13 @@ import pytest
 import trio
 
 from catsock.client import Accepted, connect
+from tests.wsframes import client_frame
 
 from .conftest import CLIENT_OPTIONS, GatewayProcess, publish_stream
 
 RUNS = int(os.environ.get("CATSOCK_LEGACY_RUNS", "20"))
 EVENTS = 3000
 _LINGER_RST = struct.pack("ii", 1, 0)
-
-
-def _client_frame(opcode: int, payload: bytes) -> bytes:
-    """A final client frame masked with a random key, as the seed's PHP client sends."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class SeedRecipient:
@@ -75,7 +62,7 @@ class SeedRecipient:
         return self
 
     async def send_text(self, text: str) -> None:
-        await self.stream.send_all(_client_frame(0x1, text.encode()))
+        await self.stream.send_all(client_frame(0x1, text.encode()))
 
     async def next_text(self) -> str:
         while True:
@@ -101,7 +88,7 @@ class SeedRecipient:
         if how == "drop":
             self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         else:
-            await self.stream.send_all(_client_frame(0x8, struct.pack("!H", 1000)))
+            await self.stream.send_all(client_frame(0x8, struct.pack("!H", 1000)))
         await self.stream.aclose()
 
 

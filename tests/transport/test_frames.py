@@ -27,22 +27,7 @@ from catsock.transport.frames import (
     frame,
     text_frame,
 )
-
-
-def client_frame(
-    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04"
-) -> bytes:
-    """A masked client frame with the minimal length encoding."""
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
+from tests.wsframes import client_frame
 
 
 def read_all(

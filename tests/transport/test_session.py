@@ -14,9 +14,9 @@ import struct
 import trio
 
 from catsock.transport.frames import BINARY, CLOSE, PING, PONG
+from tests.wsframes import client_frame
 
 from .autobahn_echo import serve
-from .test_frames import client_frame
 
 
 async def _open(port: int) -> tuple[trio.SocketStream, bytearray]:

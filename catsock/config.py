@@ -170,6 +170,32 @@ class HttpConfig:
 
 
 @attrs.frozen
+class GuardConfig:
+    """Per-address limits and failed-auth throttling (catsock/guard.py; operations.md §5)."""
+
+    #: Addresses and CIDRs no per-address limit or throttle applies to: the gateway's
+    #: own host, where a local proxy connects from (behind it every client would
+    #: share one address; name the proxy in ``trusted_proxies`` instead).
+    exempt: list[str] = attrs.Factory(lambda: ["127.0.0.1", "::1"])
+    #: Proxies (addresses, CIDRs) whose ``X-Forwarded-For`` names the client.
+    trusted_proxies: list[str] = attrs.Factory(list)
+    #: Connections, WebSocket and plain HTTP, one address may hold at once.
+    max_connections_per_address: int = 500
+    #: WebSocket connections of one address that have not authenticated yet.
+    max_unauthenticated_per_address: int = 50
+    #: Failed authentications from one address answered at once.
+    auth_free_failures: int = 5
+    #: The wait before answering the next failure, doubling up to ``auth_max_delay``.
+    auth_delay: float = 0.5
+    auth_max_delay: float = 8.0
+    #: Failures after which the address is locked out for ``auth_lockout`` seconds.
+    auth_lockout_after: int = 30
+    auth_lockout: float = 300.0
+    #: Seconds after its last failure that an address starts afresh.
+    auth_forget_after: float = 900.0
+
+
+@attrs.frozen
 class RouteConfig:
     """An operator route; a name the registry lacks becomes a free-form event type."""
 
@@ -196,6 +222,7 @@ class Config:
     tls: TlsConfig = attrs.Factory(TlsConfig)
     allow: AllowConfig = attrs.Factory(AllowConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
+    guard: GuardConfig = attrs.Factory(GuardConfig)
     routes: dict[str, RouteConfig] = attrs.Factory(dict)
 
     def rate_limits(self) -> dict[str, RateLimit] | None:
@@ -273,9 +300,33 @@ def _validate(config: Config) -> Config:
         problems.append("limits.max_message_size must be at least 256")
     if config.limits.max_fragments < 1:
         problems.append("limits.max_fragments must be at least 1")
+    problems += _guard_problems(config.guard)
     if problems:
         raise ConfigError("; ".join(problems))
     return config
+
+
+def _guard_problems(guard: GuardConfig) -> list[str]:
+    problems = []
+    for field in ("exempt", "trusted_proxies"):
+        for cidr in getattr(guard, field):
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                problems.append(f"guard.{field}: {cidr!r} is not an IP address or CIDR")
+    for field in (
+        "max_connections_per_address",
+        "max_unauthenticated_per_address",
+        "auth_lockout_after",
+    ):
+        if getattr(guard, field) < 1:
+            problems.append(f"guard.{field} must be at least 1")
+    if guard.auth_free_failures < 0:
+        problems.append("guard.auth_free_failures must not be negative")
+    for field in ("auth_delay", "auth_max_delay", "auth_lockout", "auth_forget_after"):
+        if not 0 <= getattr(guard, field) < float("inf"):
+            problems.append(f"guard.{field} must be a number of seconds, 0 or more")
+    return problems
 
 
 def _valid_origin(origin: str) -> bool:

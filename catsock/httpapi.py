@@ -1,7 +1,10 @@
 """The gateway's plain HTTP endpoints (docs/http-api.md), behind the front door.
 
-``HttpApi.handle`` routes one request, read in full by ``catsock/transport/frontdoor.py``,
-to its endpoint and returns the response. Every error is JSON,
+``HttpApi.handle`` routes one request, its head read by ``catsock/transport/frontdoor.py``,
+to its endpoint and returns the response. Only ``POST /api/publish`` reads a body,
+and only once the bearer token is accepted; every other endpoint answers without
+reading one (the front door then closes the connection). Failed tokens are
+throttled per client address (catsock/guard.py). Every error is JSON,
 ``{"error_code": ..., "error_message": ...}``.
 """
 
@@ -93,6 +96,7 @@ class HttpApi:
             # Characters are at most 4 UTF-8 bytes; the codec then applies the real limit.
             max_body=limits.max_message_size * 4,
             closing=lambda: self._shutting_down,
+            client_of=gateway.guard.client,
         )
         self.registry = metrics.new_registry(gateway)
         self.routes: dict[str, dict[str, Endpoint]] = {
@@ -195,32 +199,71 @@ class HttpApi:
     # -- the API ---------------------------------------------------------------------
 
     async def _principal(
-        self, request: Request, shared_as: str | None = None
-    ) -> Principal | Response:
-        """Who the bearer token says the caller is, or the 401 to answer."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        self, request: Request, *, untyped_shared: bool = False
+    ) -> Principal | Response | None:
+        """Who the bearer token says the caller is, or the answer to send: 401, or
+        429 while the client's address is locked out after failed tokens (then the
+        token is not even checked). A failure is answered after the address's delay.
+
+        ``untyped_shared``: the seed's shared token without ``X-Client-Type`` gives
+        None (its type is the body's ``sender``: see ``_post_publish``)."""
+        token = _bearer(request)
+        if token is None:
             return _api_error(ErrorCode.AUTH_REQUIRED, "send Authorization: Bearer <token>")
-        shared_as = request.headers.get("x-client-type", shared_as)
-        principal = await self.gateway.auth.identify(token, shared_as)
+        gateway = self.gateway
+        locked = gateway.guard.locked_for(request.client)
+        if locked:
+            return _api_error(
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                "too many failed authentications from this address",
+                locked,
+            )
+        shared_as = request.headers.get("x-client-type")
+        principal = await gateway.auth.identify(token, shared_as)
         if principal is None:
-            self.gateway.stats.auth_failures += 1
+            if untyped_shared and shared_as is None and gateway.auth.is_shared(token):
+                return None
+            gateway.stats.auth_failures += 1
+            delay = gateway.guard.failed(request.client)
+            if delay:
+                await trio.sleep(delay)
             return _api_error(ErrorCode.AUTH_FAILED, "invalid authentication token")
+        return self._may_log_in(principal)
+
+    def _may_log_in(self, principal: Principal) -> Principal | Response:
+        problem = self.gateway.login_problem(principal)
+        if problem is not None:
+            return _api_error(ErrorCode.PROCESSING_ERROR, problem)
         return principal
 
     async def _post_publish(self, request: Request) -> Response:
-        """Publish one event, exactly as over a WebSocket; 202 once it is committed."""
+        """Publish one event, exactly as over a WebSocket; 202 once it is committed.
+        The body is read only once the token is accepted."""
         gateway = self.gateway
+        principal = await self._principal(request, untyped_shared=True)
+        if isinstance(principal, Response):
+            return principal
+        body = await request.read_body()
         try:
-            text = request.body.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
             return _api_error(ErrorCode.INVALID_MESSAGE, "the body is not UTF-8")
         envelope = _json_object(text)
-        sender = envelope.get("sender") if envelope is not None else None
-        principal = await self._principal(request, sender if isinstance(sender, str) else None)
-        if isinstance(principal, Response):
-            return principal
+        if principal is None:
+            # The seed's shared token (already checked) takes the envelope's sender
+            # as its client type, if the gateway knows that type.
+            sender = envelope.get("sender") if envelope is not None else None
+            typed = None
+            if isinstance(sender, str):
+                typed = await gateway.auth.identify(_bearer(request) or "", sender)
+            if typed is None:
+                gateway.stats.auth_failures += 1
+                return _api_error(
+                    ErrorCode.AUTH_FAILED, "the shared token needs a known client type"
+                )
+            principal = self._may_log_in(typed)
+            if isinstance(principal, Response):
+                return principal
         if envelope is not None:
             text = _complete_envelope(text, envelope, principal, gateway.wall_clock())
         # One throw-away state machine per request: validation, sender checks,
@@ -246,7 +289,7 @@ class HttpApi:
             actions = machine.receive(message)
         for action in actions:
             if isinstance(action, Publish):
-                return await self._publish(action, principal, len(request.body))
+                return await self._publish(action, principal, len(body))
             if isinstance(action, Send) and isinstance(action.message, m.Error):
                 payload = action.message.payload
                 gateway.stats.count_error(payload.error_code)
@@ -288,7 +331,8 @@ class HttpApi:
             return _api_error(ErrorCode.INVALID_MESSAGE, str(exc))
         assert limit is not None
         principal = await self._principal(request)
-        if isinstance(principal, Response):
+        if not isinstance(principal, Principal):
+            assert principal is not None
             return principal
         delivery = self.gateway.delivery
         if not delivery.enabled:
@@ -332,6 +376,12 @@ class HttpApi:
         events = b",".join(_with_seq(e.seq, e.body).encode() for e in live)
         body = b'{"events":[' + events + b'],"next":' + str(next_seq).encode() + b"}\n"
         return Response(200, body)
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def _api_error(code: str, message: str, retry_after: float | None = None) -> Response:

@@ -23,9 +23,13 @@ from prometheus_client.registry import Collector
 
 from protocol import CONTROL_TYPES, ErrorCode
 
+#: Where a peer can reset or leave (``GatewayStats.peer_resets``'s keys).
+PEER_STAGES = ("tls", "http", "handshake", "websocket", "other")
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from .guard import GuardStatistics
     from .server import Gateway
 
 __all__ = ["CONTENT_TYPE", "GatewayCollector", "new_registry", "render"]
@@ -82,15 +86,20 @@ class GatewayCollector(Collector):
         yield _counter(
             "catsock_connections_accepted", "WebSocket connections accepted.", stats.accepted
         )
+        guard = gateway.guard.statistics()
         refused = CounterMetricFamily(
             "catsock_connections_refused",
-            "Connections refused before the WebSocket handshake completed, by reason.",
+            "Connections refused before they were served, by reason.",
             labels=["reason"],
         )
         refused.add_metric(["ip_not_allowed"], stats.refused_ip)
         refused.add_metric(["max_connections"], stats.refused_full)
+        refused.add_metric(["address_connections"], guard.refused_connections)
+        refused.add_metric(["address_unauthenticated"], guard.refused_unauthenticated)
         yield refused
         yield _counter("catsock_auth_failures", "Refused tokens.", stats.auth_failures)
+        yield from _auth_throttle(guard)
+        yield from self._peer_resets()
         types = message_types(gateway)
         for direction, counts, text in (
             ("in", stats.messages_in, "Messages received from clients, by type."),
@@ -123,7 +132,7 @@ class GatewayCollector(Collector):
         )
         yield _counter(
             "catsock_internal_errors",
-            "Connections ended by an internal error.",
+            "Connections ended by a fault of the gateway (never by a peer's behaviour).",
             stats.internal_errors,
         )
         depths = [conn.queued for conn in gateway.connections]
@@ -136,6 +145,21 @@ class GatewayCollector(Collector):
         yield from self._log_sink()
         yield from self._http()
         yield from self._delivery()
+
+    def _peer_resets(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        counts = dict(gateway.stats.peer_resets)
+        http = getattr(gateway, "http", None)
+        if http is not None:
+            counts["http"] = counts.get("http", 0) + http.front_door.stats.peer_resets
+        family = CounterMetricFamily(
+            "catsock_peer_resets",
+            "Connections the peer reset, half-closed or left, by stage.",
+            labels=["stage"],
+        )
+        for stage in PEER_STAGES:
+            family.add_metric([stage], counts.get(stage, 0))
+        yield family
 
     def _connections(self) -> Iterator[Metric]:
         counts: dict[str, int] = {}
@@ -196,6 +220,8 @@ class GatewayCollector(Collector):
         )
         refused.add_metric(["head_limits"], door.heads_refused)
         refused.add_metric(["head_timeout"], door.heads_timed_out)
+        refused.add_metric(["body_limits"], door.bodies_refused)
+        refused.add_metric(["body_timeout"], door.bodies_timed_out)
         refused.add_metric(["max_connections"], door.http_refused_full)
         yield refused
         yield _gauge(
@@ -210,6 +236,28 @@ class GatewayCollector(Collector):
         if statistics is None:
             return
         yield from delivery_metrics(statistics())
+
+
+def _auth_throttle(guard: GuardStatistics) -> Iterator[Metric]:
+    """Failed-auth throttling per address (catsock/guard.py)."""
+    yield _counter(
+        "catsock_auth_delayed",
+        "Failed authentications answered after a delay (the address failed often).",
+        guard.auth_delayed,
+    )
+    yield _counter(
+        "catsock_auth_lockouts",
+        "Times an address was locked out after too many failed authentications.",
+        guard.auth_lockouts,
+    )
+    yield _counter(
+        "catsock_auth_locked_out",
+        "Authentications refused unchecked because their address was locked out.",
+        guard.auth_refused_locked,
+    )
+    yield _gauge(
+        "catsock_auth_locked_addresses", "Addresses locked out now.", guard.locked_addresses
+    )
 
 
 def delivery_metrics(stats: Any) -> Iterator[Metric]:

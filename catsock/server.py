@@ -3,17 +3,23 @@
 ``Gateway.serve`` binds, starts accepting and reports the bound address through
 ``task_status``; ``Gateway.shutdown`` stops accepting, closes every connection
 with 1001, flushes the log and ends ``serve``. Before a WebSocket handshake a
-TCP connection is checked against the IP allow-list and given TCP keepalive.
+TCP connection is checked against the IP allow-list and the per-address limits
+(catsock/guard.py) and given TCP keepalive. A peer that resets or vanishes at
+any point ends its connection quietly and is counted (``stats.peer_resets``);
+``stats.internal_errors`` counts only faults of ours.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import socket
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -38,10 +44,11 @@ from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection, ConnectionContext
 from .delivery import Delivery
+from .guard import RETRY_AFTER, UNCOUNTED, AddressGuard, Slot
 from .httpapi import HttpApi
 from .hub import Hub
 from .logsink import LogSink
-from .transport.frontdoor import error_response
+from .transport.frontdoor import Response, Upgrade, error_response
 from .transport.handshake import accept_response, check_upgrade
 from .transport.link import Link
 
@@ -57,6 +64,10 @@ MAX_REMEMBERED_BUCKETS = 10_000
 #: Beyond our own limit (which answers with an error first), the frame reader
 #: closes 1009 by itself without buffering more.
 HARD_SIZE_FACTOR = 4
+#: What a peer that resets or vanishes raises (errno of an ``OSError``).
+PEER_GONE = frozenset(
+    {errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.ECONNABORTED}
+)
 
 
 class StartupError(Exception):
@@ -74,7 +85,11 @@ class GatewayStats:
     published: int = 0
     delivered: int = 0
     slow_consumers: int = 0
+    #: Connections that ended by a fault of ours (never by the peer's behaviour).
     internal_errors: int = 0
+    #: Connections the peer reset, half-closed or left, by stage (``metrics.PEER_STAGES``);
+    #: the front door counts its own ("http").
+    peer_resets: dict[str, int] = attrs.Factory(dict)
     errors: dict[str, int] = attrs.Factory(dict)
     #: By message type: decoded types only (registry and control types), so bounded;
     #: frames that do not decode count as "other".
@@ -95,6 +110,9 @@ class GatewayStats:
 
     def count_slow_consumer(self) -> None:
         self.slow_consumers += 1
+
+    def count_peer_reset(self, stage: str) -> None:
+        self.peer_resets[stage] = self.peer_resets.get(stage, 0) + 1
 
 
 class Gateway:
@@ -157,9 +175,16 @@ class Gateway:
             events_logged=config.delivery.log,
             legacy_confirm=config.delivery.legacy_confirm,
         )
+        self.guard = AddressGuard(config.guard)
         self.http = HttpApi(self)
         self.connections: set[Connection] = set()
         self._identities: dict[str, set[Connection]] = {}
+        #: Each authenticated connection's identity (what ``_identities`` holds it under).
+        self._identity_of: dict[Connection, str] = {}
+        #: Each connection's client address and, until it authenticates, its slot
+        #: among the address's unauthenticated WebSockets.
+        self._clients: dict[Connection, tuple[str, Slot]] = {}
+        self._bad_rate_limits: set[str] = set()
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
         self._networks = config.networks()
         # Built now so a bad certificate fails before anything binds.
@@ -242,24 +267,51 @@ class Gateway:
         return context
 
     async def _watch_credentials(self) -> None:
-        """Pick up tokens created or revoked by the CLI; revoked ones are cut off."""
+        """Pick up tokens created or revoked by the CLI; revoked ones are cut off.
+
+        A database that cannot be read is logged once per outage and tried again
+        every ``CREDENTIAL_REFRESH`` seconds; the tokens in memory stay in use."""
+        failing = False
         while True:
             await trio.sleep(CREDENTIAL_REFRESH)
-            if await self.auth.refresh():
-                for conn in list(self.connections):
-                    p = conn.principal
-                    if p is not None and not self.auth.is_active(p.identity):
-                        conn.close(1008, "token revoked")
+            try:
+                changed = await self.auth.refresh()
+            except sqlite3.Error as exc:
+                if not failing:
+                    logger.warning(
+                        "cannot read the tokens (%s); trying again every %gs, "
+                        "with the tokens read before",
+                        exc,
+                        CREDENTIAL_REFRESH,
+                    )
+                failing = True
+                continue
+            if failing:
+                logger.warning("reading the tokens again")
+                failing = False
+            if changed:
+                self._cut_revoked()
+
+    def _cut_revoked(self) -> None:
+        for conn in list(self.connections):
+            p = conn.principal
+            if p is not None and not self.auth.is_active(p.identity):
+                conn.close(1008, "token revoked")
 
     # -- one TCP connection --------------------------------------------------------------
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         try:
             await self._serve_stream(stream)
-        except Exception:
-            # Any other fault in one connection ends that connection only.
-            logger.warning("connection ended by an internal error", exc_info=True)
-            self.stats.internal_errors += 1
+        except Exception as exc:
+            if _peer_gone(exc):
+                # The peer reset or left where no code expected it: its business.
+                logger.debug("connection reset by the peer: %r", exc)
+                self.stats.count_peer_reset("other")
+            else:
+                # Any other fault in one connection ends that connection only.
+                logger.warning("connection ended by an internal error", exc_info=True)
+                self.stats.internal_errors += 1
             await trio.aclose_forcefully(stream)
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
@@ -269,26 +321,44 @@ class Gateway:
             self.stats.refused_ip += not self._closing
             await trio.aclose_forcefully(stream)
             return
-        self._keepalive(sock)
-        if isinstance(stream, trio.SSLStream):
-            # Done here, not lazily on the first read, so a peer that does not
-            # speak TLS is dropped at once instead of holding a slot until timeout.
-            secured = False
-            with trio.move_on_after(HANDSHAKE_TIMEOUT):
-                try:
-                    await stream.do_handshake()
-                    secured = True
-                except trio.BrokenResourceError:
-                    pass
-            if not secured:
+        peer = _host(remote)
+        # Behind a trusted proxy the client is known from the request head only.
+        proxied = self.guard.is_proxy(peer)
+        slot = UNCOUNTED if proxied else self.guard.connection(peer)
+        if slot is None:
+            if isinstance(stream, trio.SSLStream):
+                # Answering needs the TLS handshake, the expensive part: just close.
                 await trio.aclose_forcefully(stream)
-                return
-        # The front door serves plain HTTP itself, and hands back WebSocket upgrades
-        # (GET /ws, origin checked) with their head parsed.
-        front_door = self.http.front_door
-        upgrade = await front_door.serve(stream)
-        if upgrade is None:
+            else:
+                await self.http.front_door.refuse(stream, _address_full("connections"))
             return
+        try:
+            self._keepalive(sock)
+            if isinstance(stream, trio.SSLStream) and not await self._tls_handshake(stream):
+                return
+            # The front door serves plain HTTP itself, and hands back WebSocket upgrades
+            # (GET /ws, origin checked) with their head parsed.
+            upgrade = await self.http.front_door.serve(stream, peer)
+            if upgrade is not None:
+                await self._upgrade(upgrade, remote, peer, proxied)
+        finally:
+            slot.release()
+
+    async def _tls_handshake(self, stream: trio.SSLStream[trio.abc.Stream]) -> bool:
+        """Done here, not lazily on the first read, so a peer that does not speak
+        TLS is dropped at once instead of holding a slot until a timeout."""
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            try:
+                await stream.do_handshake()
+                return True
+            except trio.BrokenResourceError:
+                self.stats.count_peer_reset("tls")
+        await trio.aclose_forcefully(stream)
+        return False
+
+    async def _upgrade(self, upgrade: Upgrade, remote: str, peer: str, proxied: bool) -> None:
+        front_door = self.http.front_door
+        stream = upgrade.stream
         refusal = check_upgrade(upgrade.method, upgrade.http_version, upgrade.headers)
         if refusal is not None:
             response = error_response(
@@ -296,12 +366,36 @@ class Gateway:
             )
             await front_door.refuse(stream, response)
             return
-        taken = len(self.connections) + self._handshakes
-        if self._closing or taken >= self.config.limits.max_connections:
-            self.stats.refused_full += not self._closing
-            response = error_response(503, "CONNECTION_LIMIT", "connection limit reached")
-            await front_door.refuse(stream, response)
+        client = peer
+        slot: Slot | None = UNCOUNTED
+        if proxied:
+            client = self.guard.client(peer, upgrade.headers.get("x-forwarded-for"))
+            slot = self.guard.connection(client)
+        if slot is None:
+            await front_door.refuse(stream, _address_full("connections"))
             return
+        try:
+            taken = len(self.connections) + self._handshakes
+            if self._closing or taken >= self.config.limits.max_connections:
+                self.stats.refused_full += not self._closing
+                response = error_response(503, "CONNECTION_LIMIT", "connection limit reached")
+                await front_door.refuse(stream, response)
+                return
+            unauthenticated = self.guard.unauthenticated(client)
+            if unauthenticated is None:
+                await front_door.refuse(stream, _address_full("unauthenticated"))
+                return
+            try:
+                await self._handshake(upgrade, remote, client, unauthenticated)
+            finally:
+                unauthenticated.release()
+        finally:
+            slot.release()
+
+    async def _handshake(
+        self, upgrade: Upgrade, remote: str, client: str, unauthenticated: Slot
+    ) -> None:
+        stream = upgrade.stream
         # The slot is taken now, not once the 101 is out, so concurrent handshakes
         # cannot exceed max_connections together.
         self._handshakes += 1
@@ -310,8 +404,8 @@ class Gateway:
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
                 await stream.send_all(accept_response(upgrade.headers))
                 link = Link.over(stream, upgrade.rest)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer left during the handshake: its business, not our fault
+        except trio.BrokenResourceError:
+            self.stats.count_peer_reset("handshake")  # the peer left during the 101
         finally:
             self._handshakes -= 1
         if link is None:
@@ -321,11 +415,15 @@ class Gateway:
             self.context, self, self.delivery, link, f"conn_{secrets.token_hex(8)}", remote
         )
         self.connections.add(conn)
+        self._clients[conn] = (client, unauthenticated)
         self.stats.accepted += 1
         if self._closing:
             # shutdown() closed everyone while the 101 went out: this one too.
             conn.close(1001, "server shutting down")
         await conn.run()
+        if conn.close_code is None:
+            # No close frame either way: the peer reset, hung up or stopped reading.
+            self.stats.count_peer_reset("websocket")
 
     def _allowed(self, remote: str) -> bool:
         if not self._networks:
@@ -342,40 +440,104 @@ class Gateway:
         ka = self.config.keepalive
         if sock is None or not ka.enabled:
             return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, ka.idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, ka.interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka.count)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, ka.idle)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, ka.interval)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka.count)
+        except OSError as exc:
+            if exc.errno not in PEER_GONE and exc.errno != errno.EINVAL:
+                raise
+            # The peer is already gone (EINVAL on some systems): the first read says so.
 
     # -- called by connections -----------------------------------------------------------
 
     async def authenticate(
         self, conn: Connection, token: str, client_type: str
     ) -> Principal | tuple[str, ErrorCode]:
+        """Check ``conn``'s token (under its address's failed-auth throttle) and
+        register it with its identity; the refusal's detail and code otherwise.
+
+        A failure is answered after the address's delay (this sleeps in ``conn``'s
+        own task); an address locked out is refused without a check."""
+        client = self._client_of(conn)
+        locked = self.guard.locked_for(client)
+        if locked:
+            return (
+                "too many failed authentications from this address; "
+                f"try again in {math.ceil(locked)} s",
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+            )
         principal = await self.auth.verify(token, client_type)
         if principal is None:
             self.stats.auth_failures += 1
+            delay = self.guard.failed(client)
+            if delay:
+                await trio.sleep(delay)
             return ("invalid authentication token", ErrorCode.AUTH_FAILED)
+        problem = self.login_problem(principal)
+        if problem is not None:
+            return (problem, ErrorCode.PROCESSING_ERROR)
         limits = self.config.limits
         allowed = limits.per_identity.get(principal.client_type, limits.per_identity_default)
-        held = self._identities.setdefault(principal.identity, set())
+        held = self._identities.get(principal.identity, set())
         if len(held) >= allowed:
             return (f"this token already holds {allowed} connections", ErrorCode.CONNECTION_LIMIT)
+        self._identities[principal.identity] = held
         held.add(conn)
+        self._identity_of[conn] = principal.identity
+        entry = self._clients.get(conn)
+        if entry is not None:
+            entry[1].release()  # no longer an unauthenticated WebSocket of its address
         return principal
+
+    def _client_of(self, conn: Connection) -> str:
+        entry = self._clients.get(conn)
+        return entry[0] if entry is not None else _host(conn.remote)
+
+    def login_problem(self, principal: Principal) -> str | None:
+        """Why ``principal`` cannot log in although its token is good: its client
+        type's rate limit makes no bucket (a zero rate, burst or abuse limit, which
+        the configuration should have refused). Logged once per client type."""
+        limit = self.machine_config.rate_limit(principal.client_type)
+        if limit is None:
+            return None
+        now = trio.current_time()
+        try:
+            # What ConnectionMachine.auth_accepted builds.
+            limit.bucket(now)
+            TokenBucket(limit.per_minute / 60.0, self.machine_config.abuse_limit, now)
+        except ValueError as exc:
+            if principal.client_type not in self._bad_rate_limits:
+                self._bad_rate_limits.add(principal.client_type)
+                logger.error(
+                    "%s clients cannot log in: limits.rate.%s or limits.abuse_limit "
+                    "is unusable (%s)",
+                    principal.client_type,
+                    principal.client_type,
+                    exc,
+                )
+            return "the gateway's rate limit for this client type is misconfigured"
+        return None
 
     def connections_of(self, identity: str) -> int:
         """How many authenticated connections ``identity`` holds now."""
         return len(self._identities.get(identity, ()))
 
     def identity_bucket(self, principal: Principal) -> TokenBucket | None:
+        """The rate-limit bucket every connection of ``principal``'s identity shares
+        (None: no limit, or one that makes no bucket; see ``login_problem``)."""
         limit = self.machine_config.rate_limit(principal.client_type)
         if limit is None:
             return None
         bucket = self._buckets.get(principal.identity)
         if bucket is None:
-            bucket = self._buckets[principal.identity] = limit.bucket(trio.current_time())
+            try:
+                bucket = limit.bucket(trio.current_time())
+            except ValueError:
+                return None
+            self._buckets[principal.identity] = bucket
             if len(self._buckets) > MAX_REMEMBERED_BUCKETS:
                 self._buckets.popitem(last=False)
         else:
@@ -396,13 +558,18 @@ class Gateway:
     def connection_ended(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self.hub.unsubscribe(conn)
-        p = conn.principal
-        if p is not None:
-            held = self._identities.get(p.identity)
+        # By connection, not by principal: a login that failed half-way (after
+        # ``authenticate``, before the machine took the principal) leaks nothing.
+        identity = self._identity_of.pop(conn, None)
+        if identity is not None:
+            held = self._identities.get(identity)
             if held is not None:
                 held.discard(conn)
                 if not held:
-                    del self._identities[p.identity]
+                    del self._identities[identity]
+        entry = self._clients.pop(conn, None)
+        if entry is not None:
+            entry[1].release()
         if self._closing and not self.connections:
             self._drained.set()
 
@@ -416,11 +583,32 @@ def _socket_of(stream: trio.abc.Stream) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket | trio.socket.SocketType) else None  # type: ignore[return-value]
 
 
+def _host(remote: str) -> str:
+    """The address of ``_peer``'s ``host:port`` (``[v6]:port``), or ``remote`` as is."""
+    host, sep, _ = remote.rpartition(":")
+    return host.strip("[]") if sep else remote
+
+
+def _address_full(what: str) -> Response:
+    message = {
+        "connections": "too many connections from your address",
+        "unauthenticated": "too many unauthenticated WebSockets from your address",
+    }[what]
+    return error_response(503, "CONNECTION_LIMIT", message, (("retry-after", str(RETRY_AFTER)),))
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (every exception in it, for a group) says the peer left."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_peer_gone(inner) for inner in exc.exceptions)
+    if isinstance(exc, trio.BrokenResourceError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in PEER_GONE
+
+
 def _peer(sock: socket.socket | None) -> str:
     try:
         host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
     except OSError:
         return "?"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-

@@ -5,9 +5,17 @@ deadline and hard size limits, and parsed with h11. A ``GET /ws`` carrying
 ``Upgrade: websocket`` (and an acceptable ``Origin``) leaves ``FrontDoor.serve``
 as an ``Upgrade``, its head parsed and the bytes read past it kept, for the
 gateway to answer (``catsock/transport/handshake.py``). Anything else is plain
-HTTP/1.1, served with h11 by a handler (``catsock/httpapi.py``): bodies are
-bounded, keep-alive is allowed but bounded, and a client that misbehaves gets
-one error response and a gentle close.
+HTTP/1.1, served with h11 by a handler (``catsock/httpapi.py``); keep-alive is
+allowed but bounded, and a client that misbehaves gets one error response and a
+gentle close.
+
+A body is never read before the handler asks for it (``Request.read_body``), so
+a request that needs a token is refused before its body is read, and one whose
+endpoint takes no body is answered without reading it (and the connection then
+closed). A body is read within the request's one deadline (``request_timeout``
+from the head's first byte, never restarted) and within ``max_body`` bytes, each
+chunk of a chunked body counting at least ``CHUNK_COST``. A peer that resets or
+leaves ends its connection quietly (``stats.peer_resets``).
 """
 
 from __future__ import annotations
@@ -25,11 +33,14 @@ import trio
 from ..config import HttpConfig
 
 __all__ = [
+    "CHUNK_COST",
     "MAX_HEADERS",
     "MAX_HEAD_BYTES",
     "MAX_LINE_BYTES",
     "FrontDoor",
+    "PeerGone",
     "Request",
+    "RequestRefused",
     "Response",
     "Upgrade",
     "error_response",
@@ -52,18 +63,41 @@ RECEIVE_BYTES = 16 * 1024
 #: closing, so the peer reads the response instead of a connection reset.
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 256 * 1024
+#: The least one chunk of a chunked body counts toward ``max_body``, however small:
+#: a body of 2-byte chunks is refused after max_body / 1 KiB chunks.
+CHUNK_COST = 1024
 
 
 @attrs.frozen
 class Request:
-    """One plain HTTP request, its body read in full."""
+    """One plain HTTP request; its body is read when ``read_body`` is awaited."""
 
     method: str
     path: str
     query: str
     #: Lower-case names; a repeated header's values are joined with ", ".
     headers: dict[str, str]
+    #: The body when it is known without reading (none announced, or given here).
     body: bytes = b""
+    #: The client's address: the peer's, or behind a trusted proxy the one it names.
+    client: str = ""
+    _reader: Callable[[], Awaitable[bytes]] | None = attrs.field(
+        default=None, alias="reader", eq=False, repr=False
+    )
+
+    @property
+    def body_pending(self) -> bool:
+        """A body was announced and has not been read (``read_body`` reads it)."""
+        return self._reader is not None
+
+    async def read_body(self) -> bytes:
+        """The whole body, read off the connection on the first call. Raises
+        ``RequestRefused`` (413 over the size limit, 408 past the request's
+        deadline, 400 malformed) or ``PeerGone``; let them propagate: the front
+        door answers them."""
+        if self._reader is None:
+            return self.body
+        return await self._reader()
 
 
 @attrs.frozen
@@ -88,12 +122,17 @@ def error_response(
     return json_response(status, {"error_code": code, "error_message": message}, headers)
 
 
-class HeadRefused(Exception):
-    """The request head broke a limit or did not parse; answer ``response`` and close."""
+class RequestRefused(Exception):
+    """The request broke a limit, its deadline, or did not parse; answer
+    ``response`` and close."""
 
     def __init__(self, response: Response) -> None:
         super().__init__(response.status)
         self.response = response
+
+
+class PeerGone(Exception):
+    """The peer reset the connection or left mid-request: close quietly."""
 
 
 @attrs.frozen
@@ -162,6 +201,11 @@ class FrontDoorStats:
     http_refused_full: int = 0
     heads_refused: int = 0
     heads_timed_out: int = 0
+    #: Bodies refused for their size (413) or framing (400), and cut at the deadline.
+    bodies_refused: int = 0
+    bodies_timed_out: int = 0
+    #: Connections the peer reset or left mid-request (or mid-answer).
+    peer_resets: int = 0
 
 
 class FrontDoor:
@@ -174,17 +218,21 @@ class FrontDoor:
         *,
         max_body: int,
         closing: Callable[[], bool] = lambda: False,
+        client_of: Callable[[str, str | None], str] = lambda peer, forwarded: peer,
     ) -> None:
         self.handler = handler
         self.config = config
         self.max_body = max_body
         self.closing = closing
+        #: The client behind a peer, given its X-Forwarded-For (``AddressGuard.client``).
+        self.client_of = client_of
         self.stats = FrontDoorStats()
         self.open_http = 0
 
-    async def serve(self, stream: trio.abc.Stream) -> Upgrade | None:
+    async def serve(self, stream: trio.abc.Stream, peer: str = "") -> Upgrade | None:
         """Serve plain HTTP until the connection ends (then ``None``; the stream is
-        closed), or return a WebSocket handshake request for the caller to answer."""
+        closed), or return a WebSocket handshake request for the caller to answer.
+        ``peer`` is the socket's remote address (``Request.client`` comes from it)."""
         buf = bytearray()
         counted = False
         served = 0
@@ -194,10 +242,16 @@ class FrontDoor:
                 next_request: Request | Upgrade | None = None
                 with trio.move_on_after(self.config.request_timeout) as deadline:
                     try:
-                        next_request = await self._next_request(stream, buf, conn)
-                    except HeadRefused as refused:
+                        next_request = await self._next_request(
+                            stream, buf, conn, peer, deadline.deadline
+                        )
+                    except RequestRefused as refused:
                         self.stats.heads_refused += 1
                         await self.refuse(stream, refused.response)
+                        return None
+                    except PeerGone:
+                        self._peer_gone("request head")
+                        await trio.aclose_forcefully(stream)
                         return None
                 if deadline.cancelled_caught:
                     if buf.strip():
@@ -224,12 +278,21 @@ class FrontDoor:
                 served += 1
                 try:
                     response = await self.handler(next_request)
+                except RequestRefused as refused:  # the body broke a limit or the deadline
+                    await self.refuse(stream, refused.response)
+                    return None
+                except PeerGone:
+                    self._peer_gone("request body")
+                    await trio.aclose_forcefully(stream)
+                    return None
                 except Exception:
                     logger.warning("HTTP handler failed", exc_info=True)
                     failed = error_response(500, "PROCESSING_ERROR", "internal error")
                     await self.refuse(stream, failed)
                     return None
-                last = served >= self.config.keepalive_requests or self.closing()
+                # A body the handler did not read is never read: answer, then close.
+                unread = conn.their_state is not h11.DONE
+                last = served >= self.config.keepalive_requests or self.closing() or unread
                 head = next_request.method == "HEAD"
                 if not await self._send(stream, conn, response, close=last, head=head):
                     await trio.aclose_forcefully(stream)
@@ -243,8 +306,17 @@ class FrontDoor:
             if counted:
                 self.open_http -= 1
 
+    def _peer_gone(self, where: str) -> None:
+        self.stats.peer_resets += 1
+        logger.debug("HTTP peer reset or left during the %s", where)
+
     async def _next_request(
-        self, stream: trio.abc.Stream, buf: bytearray, conn: h11.Connection
+        self,
+        stream: trio.abc.Stream,
+        buf: bytearray,
+        conn: h11.Connection,
+        peer: str,
+        deadline: float,
     ) -> Request | Upgrade | None:
         end = await _read_head(stream, buf)
         if end == 0:
@@ -253,7 +325,7 @@ class FrontDoor:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise HeadRefused(
+            raise RequestRefused(
                 error_response(400, "BAD_REQUEST", str(exc) or "bad request")
             ) from None
         assert isinstance(event, h11.Request), event  # a complete head was fed
@@ -267,64 +339,33 @@ class FrontDoor:
         method = event.method.decode("ascii")
         if _is_websocket_upgrade(headers):
             if not _ws_path(path):
-                raise HeadRefused(error_response(404, "NOT_FOUND", "the WebSocket endpoint is /ws"))
+                raise RequestRefused(
+                    error_response(404, "NOT_FOUND", "the WebSocket endpoint is /ws")
+                )
             if method == "GET":
                 if not origin_allowed(
                     headers.get("origin"), headers.get("host"), self.config.allowed_origins
                 ):
-                    raise HeadRefused(
+                    raise RequestRefused(
                         error_response(403, "ORIGIN_NOT_ALLOWED", "origin not allowed")
                     )
                 version = event.http_version.decode("ascii")
                 return Upgrade(stream, method, version, path, query, headers, bytes(buf[end:]))
-        body = await self._read_body(stream, buf, end, conn, headers)
-        return Request(method, path, query, headers, body)
-
-    async def _read_body(
-        self,
-        stream: trio.abc.Stream,
-        buf: bytearray,
-        end: int,
-        conn: h11.Connection,
-        headers: dict[str, str],
-    ) -> bytes:
-        too_large = HeadRefused(
-            error_response(
-                413, "MESSAGE_TOO_LARGE", f"the body may be at most {self.max_body} bytes"
+        if "content-length" in headers and "transfer-encoding" in headers:
+            # RFC 9112 §6.1: a way to smuggle requests past a proxy; refused outright.
+            raise RequestRefused(
+                error_response(400, "BAD_REQUEST", "Content-Length and Transfer-Encoding together")
             )
-        )
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            raise too_large
-        if len(buf) > end:  # (receive_data(b"") would mean end of stream)
-            conn.receive_data(bytes(buf[end:]))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise HeadRefused(
-                    error_response(400, "BAD_REQUEST", str(exc) or "bad request")
-                ) from None
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > self.max_body:
-                    raise too_large
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                return b"".join(chunks)
-            elif event is h11.NEED_DATA:
-                if conn.they_are_waiting_for_100_continue:
-                    # curl and PHP's curl ask before sending a body over 1 KiB.
-                    go_on = conn.send(h11.InformationalResponse(status_code=100, headers=[]))
-                    await stream.send_all(go_on or b"")
-                try:
-                    conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
-                except trio.BrokenResourceError:
-                    conn.receive_data(b"")
-            else:  # ConnectionClosed mid-body
-                raise HeadRefused(error_response(400, "BAD_REQUEST", "incomplete body"))
+        client = self.client_of(peer, headers.get("x-forwarded-for"))
+        # Only the head was fed: h11 ends the message at once when no body is announced,
+        # and says NEED_DATA (consuming nothing) when one is.
+        no_body = isinstance(conn.next_event(), h11.EndOfMessage)
+        if len(buf) > end:  # what came past the head: the body, or the next request
+            conn.receive_data(bytes(buf[end:]))  # (receive_data(b"") would mean EOF)
+        if no_body:
+            return Request(method, path, query, headers, client=client)
+        body = _Body(self, stream, conn, headers, deadline)
+        return Request(method, path, query, headers, client=client, reader=body.read)
 
     async def _send(
         self,
@@ -359,9 +400,89 @@ class FrontDoor:
             try:
                 await stream.send_all(data)
                 return True
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except trio.BrokenResourceError:
+                self._peer_gone("answer")
+                return False
+            except trio.ClosedResourceError:
                 return False
         return False
+
+
+class _Body:
+    """One request's body, read when the handler asks (``Request.read_body``)."""
+
+    def __init__(
+        self,
+        door: FrontDoor,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        headers: dict[str, str],
+        deadline: float,
+    ) -> None:
+        self.door = door
+        self.stream = stream
+        self.conn = conn
+        self.headers = headers
+        self.deadline = deadline
+        self.body: bytes | None = None
+
+    async def read(self) -> bytes:
+        if self.body is None:
+            with trio.move_on_at(self.deadline):
+                self.body = await self._read()
+            if self.body is None:
+                self.door.stats.bodies_timed_out += 1
+                raise RequestRefused(error_response(408, "REQUEST_TIMEOUT", "request too slow"))
+        return self.body
+
+    def _refused(self, status: int, code: str, message: str) -> RequestRefused:
+        self.door.stats.bodies_refused += 1
+        return RequestRefused(error_response(status, code, message))
+
+    async def _read(self) -> bytes:
+        max_body = self.door.max_body
+        too_large = f"the body may be at most {max_body} bytes"
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_body:
+            raise self._refused(413, "MESSAGE_TOO_LARGE", too_large)
+        conn = self.conn
+        body = bytearray()
+        cost = 0  # what the body counts toward max_body
+        chunked = False
+        chunk = 0  # bytes of the current chunk so far
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self._refused(400, "BAD_REQUEST", str(exc) or "bad request") from None
+            if isinstance(event, h11.Data):
+                size = len(event.data)
+                if event.chunk_start:
+                    chunked, chunk = True, 0
+                    cost += CHUNK_COST
+                if chunked:  # a chunk counts max(its size, CHUNK_COST)
+                    cost += max(chunk + size, CHUNK_COST) - max(chunk, CHUNK_COST)
+                    chunk += size
+                else:
+                    cost += size
+                if cost > max_body:
+                    raise self._refused(413, "MESSAGE_TOO_LARGE", too_large)
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                return bytes(body)
+            elif event is h11.NEED_DATA:
+                try:
+                    if conn.they_are_waiting_for_100_continue:
+                        # curl and PHP's curl ask before sending a body over 1 KiB.
+                        go_on = conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                        await self.stream.send_all(go_on or b"")
+                    data = await self.stream.receive_some(RECEIVE_BYTES)
+                except trio.BrokenResourceError:
+                    raise PeerGone from None
+                conn.receive_data(bytes(data))
+            else:  # ConnectionClosed: the peer stopped sending mid-body
+                self.door._peer_gone("request body")
+                raise RequestRefused(error_response(400, "BAD_REQUEST", "incomplete body"))
 
 
 _CLOSE = (("connection", "close"),)
@@ -392,7 +513,7 @@ def _reason(status: int) -> bytes:
 async def _read_head(stream: trio.abc.Stream, buf: bytearray) -> int:
     """Receive into ``buf`` until it holds a whole request head; return the offset
     just past it, or 0 if the peer closed before sending anything. Raises
-    ``HeadRefused`` as soon as a limit is broken, without reading further."""
+    ``RequestRefused`` as soon as a limit is broken, without reading further."""
     line_start = 0
     lines = 0
     blanks = 0
@@ -408,12 +529,12 @@ async def _read_head(stream: trio.abc.Stream, buf: bytearray) -> int:
                     return newline + 1
                 blanks += 1
                 if blanks > MAX_LEADING_BLANK_LINES:
-                    raise HeadRefused(error_response(400, "BAD_REQUEST", "no request line"))
+                    raise RequestRefused(error_response(400, "BAD_REQUEST", "no request line"))
                 del buf[: newline + 1]
                 continue
             lines += 1
             if lines > MAX_HEADERS + 1:
-                raise HeadRefused(
+                raise RequestRefused(
                     error_response(431, "HEADERS_TOO_LARGE", f"more than {MAX_HEADERS} headers")
                 )
             line_start = newline + 1
@@ -424,26 +545,26 @@ async def _read_head(stream: trio.abc.Stream, buf: bytearray) -> int:
         try:
             data = await stream.receive_some(RECEIVE_BYTES)
         except trio.BrokenResourceError:
-            data = b""
+            raise PeerGone from None
         if not data:
             if buf.strip():
-                raise HeadRefused(error_response(400, "BAD_REQUEST", "incomplete request head"))
+                raise RequestRefused(error_response(400, "BAD_REQUEST", "incomplete request head"))
             return 0
         buf += data
 
 
-def _head_too_large() -> HeadRefused:
-    return HeadRefused(
+def _head_too_large() -> RequestRefused:
+    return RequestRefused(
         error_response(431, "HEADERS_TOO_LARGE", f"request head over {MAX_HEAD_BYTES} bytes")
     )
 
 
-def _too_large(lines: int) -> HeadRefused:
+def _too_large(lines: int) -> RequestRefused:
     if lines == 0:
-        return HeadRefused(
+        return RequestRefused(
             error_response(414, "URI_TOO_LONG", f"request line over {MAX_LINE_BYTES} bytes")
         )
-    return HeadRefused(
+    return RequestRefused(
         error_response(431, "HEADERS_TOO_LARGE", f"a header line over {MAX_LINE_BYTES} bytes")
     )
 

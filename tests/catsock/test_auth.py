@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
+from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 import storage
+from catsock.config import RateConfig
+from catsock.server import Gateway
 
-from .harness import GatewayFactory
+from .harness import GatewayFactory, RunningGateway
+from .test_http import http
 
 
 async def test_auth_success_carries_connection_id_and_no_extensions(
@@ -146,3 +153,95 @@ async def test_handshake_on_other_path_is_refused(start_gateway: GatewayFactory)
             while b"\r\n" not in response:
                 response += await stream.receive_some(4096)
     assert response.startswith(b"HTTP/1.1 404 ")
+
+
+async def test_a_revoked_token_is_refused_at_once(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    # lazy_clock stretches the credential poller to a day: only the check that
+    # every authentication makes can see the revocation.
+    gw = await start_gateway()
+    token = gw.token("afad-prod", "AFAD")
+    headers = {"authorization": f"Bearer {token}"}
+    auth = {"type": "auth", "token": token, "client_type": "AFAD"}
+    with trio.fail_after(30):
+        assert (await http(gw.port, "GET", "/api/events", headers=headers)).status == 200
+        db = storage.open_db(gw.database)
+        assert storage.revoke_token(db, "afad-prod")
+        db.close()
+        reply = await http(gw.port, "GET", "/api/events", headers=headers)
+        assert reply.status == 401
+        assert reply.json()["error_code"] == "AUTH_FAILED"
+        async with gw.connect() as client:
+            await client.send(auth)
+            assert (await client.recv())["payload"]["error_code"] == "AUTH_FAILED"
+
+
+async def test_the_token_poller_survives_a_database_error(
+    start_gateway: GatewayFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The disk fails three polls in a row (the outside world, faked); the poller
+    # logs once, keeps going, and still cuts a revoked token afterwards.
+    monkeypatch.setattr("catsock.server.CREDENTIAL_REFRESH", 0.01)
+    real = storage.data_version
+    failures = [sqlite3.OperationalError("disk I/O error")] * 3
+    failed = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def flaky(db: object) -> int:
+        if failures:
+            error = failures.pop()
+            if not failures:
+                trio.from_thread.run_sync(failed.set, trio_token=token)
+            raise error
+        return real(db)  # type: ignore[arg-type]
+
+    gw = await start_gateway()
+    with trio.fail_after(20):
+        async with gw.client("AFAD", "afad-prod") as afad:
+            monkeypatch.setattr("catsock.auth.storage.data_version", flaky)
+            await failed.wait()
+            db = storage.open_db(gw.database)
+            assert storage.revoke_token(db, "afad-prod")
+            db.close()
+            assert await afad.closed_code() == 1008
+    problems = [r.getMessage() for r in caplog.records if r.name == "catsock.server"]
+    assert len([p for p in problems if "cannot read the tokens" in p]) == 1
+    assert "reading the tokens again" in problems
+    assert gw.gateway.stats.internal_errors == 0
+
+
+async def test_a_rate_limit_that_makes_no_bucket_refuses_login_without_a_leak(
+    start_gateway: GatewayFactory, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # per_minute = 0 (the configuration check may refuse it: built past it here).
+    config = start_gateway.config()
+    rates = {**config.limits.rate, "CATS": RateConfig(0.0, 10)}
+    config = attrs.evolve(config, limits=attrs.evolve(config.limits, rate=rates))
+    gateway = Gateway(config)
+    _, port = await nursery.start(gateway.serve)
+    gw = RunningGateway(gateway, port, Path(config.database), {})
+    token = gw.token("cats", "CATS")
+    auth = {"type": "auth", "token": token, "client_type": "CATS"}
+    with trio.fail_after(10):
+        for _ in range(3):
+            async with gw.connect() as client:
+                await client.send(auth)
+                error = await client.recv()
+                assert error["payload"]["error_code"] == "PROCESSING_ERROR"
+                assert await client.closed_code() == 1008
+        # Other client types are not affected.
+        async with gw.client("AFAD"):
+            pass
+        reply = await http(
+            gw.port, "GET", "/api/events", headers={"authorization": f"Bearer {token}"}
+        )
+        assert reply.status == 500
+    assert gateway.connections_of("cats") == 0
+    assert gateway._identities == {}
+    assert gateway.stats.internal_errors == 0
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == 1
+    assert "limits.rate.CATS" in logged[0]

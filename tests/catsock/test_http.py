@@ -10,6 +10,7 @@ import json
 import re
 import sqlite3
 import ssl
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import trio.testing
 import trio_websocket
 import wsproto.events as ev
 
+from catsock import static_files
 from catsock.config import ConfigError
+from catsock.transport.frontdoor import CHUNK_COST
 
 from .harness import (
     ADWARE_UPDATE,
@@ -32,6 +35,8 @@ from .harness import (
     envelope,
     tls_config,
 )
+
+STATIC = Path(static_files.__file__).parent / "static"
 
 
 @attrs.frozen
@@ -260,11 +265,17 @@ async def test_ws_without_upgrade_is_426(start_gateway: GatewayFactory) -> None:
     assert reply.json()["error_code"] == "UPGRADE_REQUIRED"
 
 
+def publish_head(token: str, *framing: str) -> bytes:
+    """A ``POST /api/publish`` head with ``token`` and the given framing headers."""
+    lines = ["POST /api/publish HTTP/1.1", "Host: x", f"Authorization: Bearer {token}", *framing]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 async def test_body_over_the_limit_is_413_before_it_is_read(
     start_gateway: GatewayFactory,
 ) -> None:
     gw = await start_gateway(limits={"max_message_size": 1024})
-    head = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+    head = publish_head(gw.token("cats", "CATS"), "Content-Length: 1000000")
     with trio.fail_after(10):
         reply = await raw_exchange(gw.port, head + b"x" * 10_000)
     assert status_of(reply) == 413
@@ -275,10 +286,82 @@ async def test_body_over_the_limit_is_413_before_it_is_read(
 async def test_chunked_body_over_the_limit_is_413(start_gateway: GatewayFactory) -> None:
     gw = await start_gateway(limits={"max_message_size": 256})
     chunk = b"800\r\n" + b"x" * 2048 + b"\r\n"
-    request = b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk
+    request = publish_head(gw.token("cats", "CATS"), "Transfer-Encoding: chunked") + chunk
     with trio.fail_after(10):
         reply = await raw_exchange(gw.port, request + b"0\r\n\r\n")
     assert status_of(reply) == 413
+    assert gw.gateway.http.front_door.stats.bodies_refused == 1
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    """``body`` in chunks of ``size`` bytes, and the last chunk."""
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+async def test_tiny_chunks_count_at_least_chunk_cost_each(start_gateway: GatewayFactory) -> None:
+    # max_body is 4 x 1024 bytes: five 1-byte chunks count 5 KiB and are refused
+    # (they would otherwise be a 5-byte body), while a real event in two chunks passes.
+    gw = await start_gateway(limits={"max_message_size": 1024})
+    head = publish_head(gw.token("cats", "CATS"), "Transfer-Encoding: chunked", "Connection: close")
+    event = envelope(
+        "click",
+        {
+            "access_id": 1,
+            "adware_id": 100,
+            "owner_id": 500,
+            "ipaddress": "192.0.2.1",
+            "useragent": "curl",
+            "created_at": "2025-10-29T12:34:56Z",
+        },
+        "CATS",
+        "c-1",
+    )
+    assert 5 * CHUNK_COST > 4 * 1024
+    with trio.fail_after(10):
+        tiny = await raw_exchange(gw.port, head + chunked(b"{}{}{", 1))
+        whole = await raw_exchange(gw.port, head + chunked(event.encode(), len(event) // 2 + 1))
+    assert status_of(tiny) == 413
+    assert body_of(tiny)["error_code"] == "MESSAGE_TOO_LARGE"
+    assert status_of(whole) == 202, whole
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status"),
+    [("POST", "/health", 405), ("GET", "/health", 200), ("POST", "/nope", 404)],
+    ids=["post-health", "get-health", "unknown-path"],
+)
+async def test_a_body_no_endpoint_takes_is_never_read(
+    start_gateway: GatewayFactory, method: str, target: str, status: int
+) -> None:
+    # The body is announced and never sent: the answer comes at once (not after
+    # http.request_timeout, 10 s), then the connection is closed.
+    gw = await start_gateway()
+    head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+    with trio.fail_after(5):
+        reply = await raw_exchange(gw.port, head.encode())
+    assert status_of(reply) == status
+    assert b"connection: close" in reply.lower()
+    assert gw.gateway.http.front_door.stats.bodies_timed_out == 0
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer cs_nope", "Basic eDp5"], ids=["none", "bad", "basic"]
+)
+async def test_publish_is_refused_before_its_body_is_read(
+    start_gateway: GatewayFactory, authorization: str | None
+) -> None:
+    # Expect: 100-continue, and the body never comes: the 401 comes instead of
+    # "100 Continue", at once, and the connection is closed.
+    gw = await start_gateway()
+    lines = ["POST /api/publish HTTP/1.1", "Host: x", "Content-Length: 100000"]
+    lines += ["Expect: 100-continue"]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    with trio.fail_after(5):
+        reply = await raw_exchange(gw.port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert reply.startswith(b"HTTP/1.1 401 ")
+    assert b"connection: close" in reply.lower()
 
 
 @pytest.mark.parametrize(
@@ -287,7 +370,7 @@ async def test_chunked_body_over_the_limit_is_413(start_gateway: GatewayFactory)
         b"GARBAGE\r\n\r\n",
         b"GET /health HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
         b"GET /health HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
-        b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nshort",
+        b"<publish>Content-Length: 10\r\n\r\nshort",
     ],
     ids=["request-line", "no-host", "header", "short-body"],
 )
@@ -295,6 +378,9 @@ async def test_malformed_requests_are_400(
     start_gateway: GatewayFactory, request_bytes: bytes
 ) -> None:
     gw = await start_gateway()
+    if request_bytes.startswith(b"<publish>"):
+        head = publish_head(gw.token("cats", "CATS"))[:-2]  # without the blank line
+        request_bytes = head + request_bytes.removeprefix(b"<publish>")
     async with await trio.open_tcp_stream("127.0.0.1", gw.port) as stream:
         with trio.fail_after(10):
             await stream.send_all(request_bytes)
@@ -810,3 +896,28 @@ async def test_expect_100_continue_is_answered(start_gateway: GatewayFactory) ->
             while b"}\n" not in reply:
                 reply += await stream.receive_some(65536)
     assert status_of(reply) == 202
+
+
+# -- static files ---------------------------------------------------------------------------
+
+
+async def test_asking_for_missing_static_files_costs_no_memory(
+    start_gateway: GatewayFactory,
+) -> None:
+    # Issue 20, bug 4 of the findings: each name asked for used to stay cached.
+    gw = await start_gateway()
+    with trio.fail_after(20):
+        assert (await http(gw.port, "GET", "/static/dashboard.js")).status == 200
+        assert (await http(gw.port, "GET", "/static/nope-0.js")).status == 404
+    files = static_files.cached_files()
+    assert files == len([p for p in STATIC.iterdir() if p.suffix in (".js", ".css", ".html")])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(20_000):
+            assert static_files.static_response(f"/static/missing-{n}.js") is None
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, f"{grown} bytes kept for 20,000 missing names"
+    assert static_files.cached_files() == files

@@ -6,13 +6,17 @@ fake clock) while a WebSocket client and a ``/health`` client keep working.
 
 from __future__ import annotations
 
+import logging
+import struct
+
+import pytest
 import trio
 import trio.testing
 
 from catsock.transport.frontdoor import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 
 from .harness import GatewayFactory, RunningGateway
-from .test_http import body_of, http, raw_exchange, status_of
+from .test_http import body_of, http, publish_head, raw_exchange, status_of
 
 TIMEOUT = 10.0  # http.request_timeout's default
 
@@ -175,7 +179,7 @@ async def test_a_one_byte_per_second_body_is_cut_at_the_deadline(
     start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
     gw = await start_gateway()
-    head = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    head = publish_head(gw.token("cats", "CATS"), "Content-Length: 100")
     with trio.fail_after(120):
         async with await trio.open_tcp_stream("127.0.0.1", gw.port) as stream:
             await stream.send_all(head)
@@ -186,6 +190,24 @@ async def test_a_one_byte_per_second_body_is_cut_at_the_deadline(
     assert status_of(reply) == 408
     assert sent < 100
     assert elapsed <= TIMEOUT + 2
+    assert gw.gateway.http.front_door.stats.bodies_timed_out == 1
+
+
+async def test_head_and_body_share_one_deadline(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    # The head takes 6 s (its last line held back), so the body has the 4 s left of
+    # http.request_timeout, not 10 s of its own: it is cut with most of it unsent.
+    gw = await start_gateway()
+    head = publish_head(gw.token("cats", "CATS"), "Content-Length: 100")
+    with trio.fail_after(120):
+        async with await trio.open_tcp_stream("127.0.0.1", gw.port) as stream:
+            await stream.send_all(head[:-2])
+            await trio.sleep(6.0)
+            await stream.send_all(head[-2:])
+            reply, sent = await _trickle_on(stream, b"b" * 100)
+    assert status_of(reply) == 408
+    assert sent <= TIMEOUT - 6.0 + 1
 
 
 async def test_a_silent_connection_is_closed_without_a_reply(
@@ -222,3 +244,67 @@ async def test_a_slow_websocket_handshake_is_cut_too(
     assert sent < len(handshake)
     assert not gw.gateway.connections
     assert body_of(reply)["error_code"] == "REQUEST_TIMEOUT"
+
+
+# -- peers that vanish: quiet, counted, never an internal error ------------------------------
+
+
+async def _reset(stream: trio.SocketStream) -> None:
+    """Close with a TCP RST instead of a FIN (SO_LINGER on, timeout 0)."""
+    stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
+def _server_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith("catsock") and (r.levelno >= logging.WARNING or r.exc_info)
+    ]
+
+
+async def _settled(gw: RunningGateway) -> None:
+    """Until every connection the tries opened has ended (their tasks are done)."""
+    while gw.gateway.connections or gw.gateway.http.front_door.open_http:
+        await trio.testing.wait_all_tasks_blocked(0.05)
+    await _others_work(gw)
+
+
+async def test_a_reset_after_expect_100_continue_is_quiet(
+    start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await start_gateway()
+    token = gw.token("cats", "CATS")
+    head = publish_head(token, "Content-Length: 5000", "Expect: 100-continue")
+    with trio.fail_after(30):
+        for _ in range(50):
+            stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+            await stream.send_all(head)
+            await _reset(stream)
+        await _settled(gw)
+    assert _server_warnings(caplog) == []
+    assert gw.gateway.stats.internal_errors == 0
+    door = gw.gateway.http.front_door.stats
+    assert door.peer_resets + door.heads_refused >= 50  # each counted somewhere
+
+
+async def test_a_reset_during_or_after_the_101_is_quiet(
+    start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await start_gateway()
+    handshake = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(30):
+        for attempt in range(50):
+            stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+            await stream.send_all(handshake)
+            if attempt % 2:  # after the 101 has arrived, or before
+                assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 101 ")
+            await _reset(stream)
+        await _settled(gw)
+    assert _server_warnings(caplog) == []
+    stats = gw.gateway.stats
+    assert stats.internal_errors == 0
+    assert stats.peer_resets.get("websocket", 0) >= 25

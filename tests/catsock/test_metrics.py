@@ -198,3 +198,36 @@ async def test_every_metric_in_the_http_api_doc_is_scraped(start_gateway: Gatewa
     undocumented = {f for f in families if f.startswith("catsock_")} - documented
     undocumented = {f for f in undocumented if f.removesuffix("_total") not in documented}
     assert not undocumented, f"served but not in docs/http-api.md: {undocumented}"
+
+
+async def test_abuse_counters_have_fixed_label_sets(start_gateway: GatewayFactory) -> None:
+    """Per-address refusals, peer resets and body refusals: every label value is
+    there from the start (0), none comes from a peer."""
+    gw = await start_gateway()
+    with trio.fail_after(10):
+        samples = await scrape(gw)
+
+    def labels(name: str, label: str) -> set[str]:
+        return {dict(labels)[label] for labels in label_sets(samples, name)}
+
+    assert labels("catsock_peer_resets_total", "stage") == {
+        "tls",
+        "http",
+        "handshake",
+        "websocket",
+        "other",
+    }
+    assert labels("catsock_connections_refused_total", "reason") == {
+        "ip_not_allowed",
+        "max_connections",
+        "address_connections",
+        "address_unauthenticated",
+    }
+    assert {"body_limits", "body_timeout"} <= labels("catsock_http_refused_total", "reason")
+    for name in (
+        "catsock_auth_delayed_total",
+        "catsock_auth_lockouts_total",
+        "catsock_auth_locked_out_total",
+        "catsock_auth_locked_addresses",
+    ):
+        assert value(samples, name) == 0, name

@@ -32,6 +32,7 @@ __all__ = [
     "differences",
     "frame",
     "http",
+    "metric_total",
     "one_response",
     "raw_exchange",
     "read_reply",
@@ -113,6 +114,18 @@ async def one_response(port: int, request: bytes, source: str = ATTACKER) -> byt
             if not chunk:
                 return data
             data += chunk
+
+
+async def metric_total(port: int, name: str, labels: str = "") -> float:
+    """The sum of /metrics samples whose name matches the regular expression ``name``
+    and whose labels contain ``labels`` (asked from 127.0.0.1)."""
+    body = (await http(port, "GET", "/metrics")).body.decode()
+    total = 0.0
+    for line in body.splitlines():
+        found = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
+        if found and re.fullmatch(name, found[1]) and labels in (found[2] or ""):
+            total += float(found[3])
+    return total
 
 
 def differences(got: dict[Any, Any], expected: dict[Any, Any]) -> dict[Any, Any]:

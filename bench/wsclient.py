@@ -6,6 +6,11 @@ parses every complete frame in the buffer in one pass, handing each text frame t
 pre-built frames in one ``send_all``. Client frames use the all-zero masking key
 (valid per RFC 6455 §5.3, and free: the masked payload equals the payload).
 
+Two switches serve the soak scenario: ``raw`` hands each read to a callable
+whole, with no frame parsing (a recipient that only counts what it gets), and
+``pause``/``resume`` stop and restart reading (a client that stops reading, so
+the server's writes back up into the socket buffers).
+
 ``Conn`` also speaks socket.io v5 over Engine.IO v4's WebSocket transport (no
 long-polling), which is what ``socket.io-client`` with ``transports: ["websocket"]``
 sends: the generator can then drive the python-socketio peer with the same code.
@@ -63,14 +68,17 @@ class Conn:
 
     __slots__ = (
         "_fragments",
+        "_gate",
         "_pending",
         "_send_lock",
         "closed",
         "connection_id",
+        "ended_by",
         "handler",
         "inbox",
         "inbox_event",
         "notify",
+        "raw",
         "rx_time",
         "sio",
         "stream",
@@ -82,8 +90,15 @@ class Conn:
         self.handler: Handler = self._control
         #: Called once after each read that carried frames (cheap wake-ups for waiters).
         self.notify: Callable[[], None] | None = None
+        #: When set, every read goes to ``raw`` whole and no frame is parsed (the
+        #: caller then answers no pings: catsock sends none unless asked to).
+        self.raw: Callable[[bytes], None] | None = None
+        self._gate: trio.Event | None = None
         self.rx_time = 0.0
         self.closed = False
+        #: How reading ended: "eof" (the peer closed), "reset", or "" (still open, or
+        #: a close frame or unreadable frame ended it).
+        self.ended_by = ""
         self.connection_id = ""
         self.inbox: list[Any] = []
         self.inbox_event = trio.Event()
@@ -117,10 +132,16 @@ class Conn:
         perf = time.perf_counter
         try:
             while True:
+                if self._gate is not None:
+                    await self._gate.wait()
                 data = await receive(RECEIVE_SIZE)
                 if not data:
+                    self.ended_by = "eof"
                     break
                 self.rx_time = perf()
+                if self.raw is not None:
+                    self.raw(data)
+                    continue
                 if rest:
                     data = rest + data
                 rest = self._parse(data)
@@ -132,7 +153,7 @@ class Conn:
                 if self.notify is not None:
                     self.notify()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            self.ended_by = "reset"
         finally:
             self.closed = True
             self.inbox_event.set()
@@ -229,6 +250,16 @@ class Conn:
             await self.inbox_event.wait()
         return self.inbox.pop(0)  # type: ignore[no-any-return]
 
+    def pause(self) -> None:
+        """Stop reading after the read in progress (if any) until ``resume``."""
+        if self._gate is None:
+            self._gate = trio.Event()
+
+    def resume(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
     # -- closing -------------------------------------------------------------------
 
     def abort(self) -> None:
@@ -250,10 +281,15 @@ async def open_conn(
     sio: bool = False,
     host: str = "127.0.0.1",
     nursery: trio.Nursery,
+    rcvbuf: int | None = None,
 ) -> Conn:
     """TCP connect and WebSocket upgrade (plus the Engine.IO open and socket.io
-    connect for ``sio``); the reader is started in ``nursery``. Raises ``ConnectFailed``."""
+    connect for ``sio``); the reader is started in ``nursery``. ``rcvbuf`` fixes the
+    socket's receive buffer (``SO_RCVBUF``, which also stops the kernel growing it).
+    Raises ``ConnectFailed``."""
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
         await sock.connect((host, port))
     except OSError as exc:
@@ -312,12 +348,18 @@ async def open_conn(
     return conn
 
 
-async def authenticate(conn: Conn, token: str, client_type: str) -> str:
+async def authenticate(
+    conn: Conn, token: str, client_type: str, extensions: dict[str, Any] | None = None
+) -> str:
     """Send the seed's ``auth`` and wait for ``auth_success``; returns the connection_id.
 
+    ``extensions`` asks for catsock's (docs/delivery.md §1, e.g. ``{"acks": {}}``).
     Over socket.io the same object travels as the argument of an ``auth`` event and
     the answer is an ``auth_success`` event. Raises ``ConnectFailed`` on anything else."""
-    body = orjson.dumps({"type": "auth", "token": token, "client_type": client_type})
+    auth: dict[str, Any] = {"type": "auth", "token": token, "client_type": client_type}
+    if extensions is not None:
+        auth["extensions"] = extensions
+    body = orjson.dumps(auth)
     try:
         if conn.sio:
             await conn.emit("auth", body)

@@ -37,6 +37,7 @@ __all__ = [
     "peer_available",
     "raise_nofile",
     "rss_kib",
+    "soak_token_name",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -169,42 +170,59 @@ def ensure_node_peer(log: Callable[[str], None]) -> str | None:
 @dataclass
 class CatsockTokens:
     """One database holding a CATS and an AFAD token, made with the real CLI once per run;
-    each catsock start gets a fresh copy of it."""
+    each catsock start gets a fresh copy of it. ``more`` holds the extra tokens asked
+    for (the soak's: one identity per AFAD recipient, one for the dashboards), by
+    client type, named ``bench-soak-<type>-<i>``."""
 
     template: Path
     cats: str
     afad: str
+    more: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, directory: Path) -> CatsockTokens:
+    def create(cls, directory: Path, more: dict[str, int] | None = None) -> CatsockTokens:
         template = directory / "tokens.db"
-        tokens = []
-        for client_type in ("CATS", "AFAD"):
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "catsock",
-                    "token",
-                    "create",
-                    "--client-type",
-                    client_type,
-                    "--name",
-                    f"bench-{client_type.lower()}",
-                    "--db",
-                    str(template),
-                ],
-                capture_output=True,
-                text=True,
-                cwd=REPO_ROOT,
-                env=_clean_env(),
-                timeout=60,
-                check=False,
-            )
-            if result.returncode != 0:
-                raise ServerFailed(f"catsock token create failed: {result.stderr.strip()}")
-            tokens.append(result.stdout.strip().splitlines()[-1])
-        return cls(template, tokens[0], tokens[1])
+        plain = [_create_token(template, t, f"bench-{t.lower()}") for t in ("CATS", "AFAD")]
+        extra = {
+            client_type: [
+                _create_token(template, client_type, soak_token_name(client_type, i))
+                for i in range(count)
+            ]
+            for client_type, count in (more or {}).items()
+        }
+        return cls(template, plain[0], plain[1], extra)
+
+
+def soak_token_name(client_type: str, i: int) -> str:
+    return f"bench-soak-{client_type.lower()}-{i}"
+
+
+def _create_token(template: Path, client_type: str, name: str) -> str:
+    """``python -m catsock token create``; returns the token it printed."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "catsock",
+            "token",
+            "create",
+            "--client-type",
+            client_type,
+            "--name",
+            name,
+            "--db",
+            str(template),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ServerFailed(f"catsock token create failed: {result.stderr.strip()}")
+    return result.stdout.strip().splitlines()[-1]
 
 
 def _clean_env() -> dict[str, str]:
@@ -330,7 +348,14 @@ class Server:
             return ""
         return " | ".join(text[-lines:])
 
-    async def stop(self, grace: float = 15.0) -> None:
+    @property
+    def database(self) -> Path | None:
+        """catsock's database (None for the peers); gone after ``stop`` unless kept."""
+        return None if self.workdir is None else self.workdir / "catsock.db"
+
+    async def stop(self, grace: float = 15.0, *, keep_workdir: bool = False) -> None:
+        """SIGTERM, then SIGKILL after ``grace``; the work directory is removed unless
+        ``keep_workdir`` (then call ``cleanup`` once done with it)."""
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
             with trio.move_on_after(grace):
@@ -339,6 +364,10 @@ class Server:
                 self.process.kill()
                 await self.process.wait()
         _running.discard(self)
+        if not keep_workdir:
+            self.cleanup()
+
+    def cleanup(self) -> None:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ import trio
 
 from .loadgen import cpu_pressure_us
 from .report import machine_info, write_report
-from .scenarios import SCENARIOS, Plan, Runner, progress
+from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Plan, Runner, progress
 from .servers import (
     BENCH_DIR,
     PEERS,
@@ -49,6 +50,18 @@ def _names(value: str, known: tuple[str, ...] | list[str], what: str) -> list[st
     return names
 
 
+def _floats(value: str) -> list[float]:
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, not {value!r}"
+        ) from None
+    if not out or any(v <= 0 for v in out):
+        raise argparse.ArgumentTypeError(f"expected numbers above 0, not {value!r}")
+    return out
+
+
 def _ints(value: str) -> list[int]:
     try:
         return [int(v.replace("_", "")) for v in value.split(",") if v.strip()]
@@ -64,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Benchmark catsock against peer relays (a trio + wsproto reference relay, websockets, "
             "python-socketio, Node ws, a naive trio-websocket relay): fan-out throughput, latency "
-            "at fixed load, connection storms, idle memory and the cost of the message log. "
+            "at fixed load, connection storms, idle memory and the cost of the message log; "
+            "and, with --scenarios soak, catsock alone under sustained overload. "
             "See docs/benchmarks.md."
         ),
     )
@@ -84,8 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         type=lambda v: _names(v, SCENARIOS, "scenario"),
-        default=list(SCENARIOS),
-        help=f"comma-separated scenarios, or 'all' (default); known: {', '.join(SCENARIOS)}",
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated scenarios, or 'all' (default: all but soak); known: "
+        f"{', '.join(SCENARIOS)}",
     )
     parser.add_argument(
         "--out",
@@ -107,6 +122,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storm-sizes", type=_ints, help="storm: client counts")
     parser.add_argument("--memory-levels", type=_ints, help="memory: idle connection counts")
     parser.add_argument("--duration", type=float, help="seconds per throughput/latency step")
+    soak = parser.add_argument_group("soak (--scenarios soak; docs/benchmarks.md §3)")
+    soak.add_argument(
+        "--soak-duration",
+        type=float,
+        metavar="SECONDS",
+        help="seconds of load per level (default 600; quick: 15)",
+    )
+    soak.add_argument(
+        "--soak-load",
+        type=_floats,
+        metavar="X,Y",
+        help="load levels as multiples of the measured capacity (default 1,2)",
+    )
+    soak.add_argument(
+        "--soak-capacity",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="use this as 1x instead of measuring it (to compare runs at the same rate)",
+    )
+    soak.add_argument(
+        "--soak-dashboards", type=int, metavar="N", help="DASHBOARD connections (default 1000)"
+    )
+    soak.add_argument(
+        "--soak-idle-dashboards",
+        type=int,
+        metavar="N",
+        help="of those, how many never read (default 10)",
+    )
+    soak.add_argument("--soak-afad", type=int, metavar="N", help="AFAD recipients (default 10)")
+    soak.add_argument(
+        "--soak-publishers", type=int, metavar="N", help="CATS publishers (default 2)"
+    )
+    soak.add_argument(
+        "--soak-window", type=float, metavar="SECONDS", help="seconds per row (default 10)"
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (default 0)")
     parser.add_argument(
         "--generator-cpu", type=int, default=1, help="CPU for the load generator (default 1)"
@@ -142,6 +192,21 @@ def build_plan(args: argparse.Namespace) -> Plan:
         plan.memory_levels = levels
     if args.duration:
         plan.throughput_duration = plan.latency_duration = args.duration
+    soak = plan.soak
+    for option, name in (
+        ("soak_duration", "duration"),
+        ("soak_load", "loads"),
+        ("soak_capacity", "capacity"),
+        ("soak_dashboards", "dashboards"),
+        ("soak_idle_dashboards", "idle_dashboards"),
+        ("soak_afad", "afad"),
+        ("soak_publishers", "publishers"),
+        ("soak_window", "window"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(soak, name, value)
+    soak.idle_dashboards = min(soak.idle_dashboards, soak.dashboards)
     return plan
 
 
@@ -170,6 +235,25 @@ def pin(plan: Plan, args: argparse.Namespace) -> str:
 def _loadavg() -> list[str]:
     with open("/proc/loadavg", encoding="ascii") as f:
         return f.read().split()[:3]
+
+
+def source_info() -> dict[str, Any]:
+    """The commit measured, and the files of the gateway that differ from it."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=BENCH_DIR.parent, capture_output=True, text=True,
+                timeout=10, check=False,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    status = git("status", "--porcelain", "--", "catsock", "protocol", "storage")
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "modified": [line[3:] for line in status.splitlines()],
+    }
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -249,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "interrupted": interrupted,
         "machine": machine,
+        "source": source_info(),
         "loadavg_end": _loadavg(),
         "noisy": noisy,
         "pinning": pinning,

@@ -3,7 +3,8 @@
 ``machine_info`` is printed into every report; ``seed_targets`` turns one step's
 metrics into the pass/fail checks of seed 000 §1.3 (connect < 500 ms, latency
 < 100 ms, 1,000+ connections, 10,000 msg/s); ``write_report`` writes
-``results.json``, ``results.md``, ``latency_cdf.png`` and ``throughput.png``.
+``results.json``, ``results.md``, ``latency_cdf.png``, ``throughput.png`` and, for
+the soak, ``soak.png`` (bench/soakreport.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .servers import PEERS, PEERS_DIR
+from .soakreport import soak_markdown, soak_plot
 
 __all__ = ["loss_text", "machine_info", "seed_targets", "to_markdown", "write_report"]
 
@@ -192,6 +194,20 @@ def _pressure_text(start: float | None, during: float | None) -> str:
     if during is not None:
         parts.append(f"{during:.0f}% during it (0% on a quiet machine)")
     return ", ".join(parts)
+
+
+def _source_lines(source: dict[str, Any] | None) -> list[str]:
+    if not source or not source.get("commit"):
+        return []
+    modified = source.get("modified") or []
+    return [
+        f"- Source: commit {source['commit'][:12]}"
+        + (
+            f", with uncommitted changes to {', '.join(modified)}"
+            if modified
+            else " (catsock, protocol and storage as committed)"
+        )
+    ]
 
 
 def _pct(value: float | None) -> str:
@@ -438,6 +454,7 @@ def to_markdown(run: dict[str, Any]) -> str:
         f"- Pinning: {run['pinning']}",
         "- Versions: "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v is not None),
+        *_source_lines(run.get("source")),
         "",
     ]
     if run.get("skipped"):
@@ -594,6 +611,8 @@ def to_markdown(run: dict[str, Any]) -> str:
             _table(header, rows),
             "",
         ]
+    if by.get("soak"):
+        out += soak_markdown(by["soak"])
     plots = run.get("plots") or []
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -706,6 +725,9 @@ def _plots(run: dict[str, Any], out_dir: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(str(path))
+    soak = soak_plot([r for r in records if r["scenario"] == "soak"], out_dir)
+    if soak is not None:
+        written.append(soak)
     return written
 
 

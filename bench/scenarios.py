@@ -1,8 +1,10 @@
-"""The five scenarios of issue 4 and the plan that sizes them (full run or ``--quick``).
+"""The five scenarios of issue 4, the soak of issue 19, and the plan that sizes them
+(full run or ``--quick``).
 
 ``Runner.run`` walks the plan peer by peer: each scenario gets a freshly started
-server, each step prints one progress line to stderr, and every step — failed ones
-included, with their error — becomes one record in ``Runner.records``.
+server (the soak: one per step, catsock only; bench/soak.py), each step prints one
+progress line to stderr, and every step — failed ones included, with their error —
+becomes one record in ``Runner.records``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from typing import Any
 
 import trio
 
-from . import loadgen
+from . import httpprobe, loadgen, soak
 from .report import loss_text
-from .servers import PEERS, CatsockTokens, Server, ServerFailed
+from .servers import PEERS, CatsockTokens, Server, ServerFailed, soak_token_name
+from .soakreport import soak_summary
 from .wsclient import ConnectFailed
 
-__all__ = ["SCENARIOS", "Plan", "Runner"]
+__all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "Plan", "Runner"]
 
-SCENARIOS = ("throughput", "latency", "storm", "memory", "durability")
+SCENARIOS = ("throughput", "latency", "storm", "memory", "durability", "soak")
+#: What runs without ``--scenarios``: all but the soak (10 minutes a load level).
+DEFAULT_SCENARIOS = SCENARIOS[:-1]
 
 #: What the durability scenario compares, as catsock settings: "full" is the
 #: default (event log, and message log with payloads); "off" keeps the event log
@@ -54,6 +59,7 @@ class Plan:
     memory_levels: list[int] = field(default_factory=lambda: [0, 1000, 10000])
     durability_subscribers: list[int] = field(default_factory=lambda: [1, 100])
     step_timeout: float = 300.0
+    soak: soak.SoakPlan = field(default_factory=soak.SoakPlan)
     server_cpu: int | None = 0
     generator_cpu: int | None = 1
 
@@ -76,13 +82,14 @@ class Plan:
             memory_levels=[0, 200],
             durability_subscribers=[10],
             step_timeout=60.0,
+            soak=soak.SoakPlan.quick(),
         )
 
     def steps(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Every (scenario, peer, params) in the order they run."""
         out: list[tuple[str, str, dict[str, Any]]] = []
         for scenario in self.scenarios:
-            peers = ["catsock"] if scenario == "durability" else self.peers
+            peers = ["catsock"] if scenario in ("durability", "soak") else self.peers
             for peer in peers:
                 out.extend((scenario, peer, p) for p in self._params(scenario))
         return out
@@ -114,6 +121,9 @@ class Plan:
                 for policy in DURABILITY_MODES
                 for s in self.durability_subscribers
             ]
+        if scenario == "soak":
+            capacity: list[dict[str, Any]] = [] if self.soak.capacity else [{"phase": "capacity"}]
+            return capacity + [{"load": load} for load in self.soak.loads]
         raise ValueError(f"unknown scenario {scenario!r}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,6 +139,10 @@ def _describe(params: dict[str, Any]) -> str:
             parts.append("all at once" if value is None else f"waves of {value}")
         elif key == "log_policy":
             parts.append(f"log={value}")
+        elif key == "load":
+            parts.append(f"{value:g}× capacity")
+        elif key == "phase":
+            parts.append(str(value))
         else:
             short = {"publishers": "P", "subscribers": "S", "clients": "N", "rate": "msg/s"}
             parts.append(
@@ -156,6 +170,8 @@ def _summary(scenario: str, m: dict[str, Any]) -> str:
             f"{m['ok']:,} ok {m['failed']:,} failed, p50 {m['setup_p50_ms']:.0f} ms "
             f"p99 {m['setup_p99_ms']:.0f} ms, {m['connections_per_s']:,.0f} conn/s, {cpu}"
         )
+    if scenario == "soak":
+        return soak_summary(m)
     if scenario == "memory":
         levels = m["levels"]
         last = levels[-1]
@@ -179,13 +195,21 @@ class Runner:
     async def run(self) -> list[dict[str, Any]]:
         # The token database lives outside the results: it holds real (if throwaway) tokens.
         with tempfile.TemporaryDirectory(prefix="catsock-bench-tokens-") as tokens_dir:
-            if "catsock" in self.plan.peers or "durability" in self.plan.scenarios:
-                self._tokens = await trio.to_thread.run_sync(CatsockTokens.create, Path(tokens_dir))
+            more = None
+            if "soak" in self.plan.scenarios:
+                more = {"AFAD": self.plan.soak.afad, "DASHBOARD": 1}
+            if "catsock" in self.plan.peers or {"durability", "soak"} & set(self.plan.scenarios):
+                self._tokens = await trio.to_thread.run_sync(
+                    CatsockTokens.create, Path(tokens_dir), more
+                )
             await self._run_all()
         return self.records
 
     async def _run_all(self) -> None:
         for scenario in self.plan.scenarios:
+            if scenario == "soak":
+                await self._soak()
+                continue
             peers = ["catsock"] if scenario == "durability" else self.plan.peers
             for peer in peers:
                 params = [p for s, q, p in self._steps if s == scenario and q == peer]
@@ -276,6 +300,123 @@ class Runner:
         if scenario == "memory":
             return await _memory(target, server, params["levels"], quick=plan.quick)
         raise ValueError(scenario)
+
+    # -- the soak (bench/soak.py) ------------------------------------------------------
+
+    async def _soak(self) -> None:
+        """The capacity step (unless given), then one step per load level, each on a
+        fresh catsock with fresh clients."""
+        plan = self.plan.soak
+        assert self._tokens is not None
+        tokens = soak.SoakTokens(
+            self._tokens.cats, self._tokens.more["AFAD"], self._tokens.more["DASHBOARD"][0]
+        )
+        capacity = plan.capacity
+        if capacity is None:
+            metrics = await self._soak_step(
+                tokens, {"phase": "capacity"}, "capacity", 900 if not self.plan.quick else 60
+            )
+            if metrics is not None:
+                capacity = metrics["capacity_events_per_s"]
+        for load in plan.loads:
+            params = {"load": load}
+            if not capacity:
+                self._record("soak", "catsock", params, None, "no capacity was measured", 0.0)
+                continue
+            await self._soak_step(
+                tokens,
+                params,
+                f"{load:g}x",
+                plan.duration + plan.drain_limit + 180,
+                rate=load * capacity,
+                capacity=capacity,
+            )
+
+    async def _soak_step(
+        self,
+        tokens: soak.SoakTokens,
+        params: dict[str, Any],
+        label: str,
+        limit: float,
+        *,
+        rate: float = 0.0,
+        capacity: float = 0.0,
+    ) -> dict[str, Any] | None:
+        plan = self.plan.soak
+        started = time.perf_counter()
+        metrics: dict[str, Any] | None = None
+        error: str | None = None
+        server: Server | None = None
+        try:
+            server = await Server.start(
+                PEERS["catsock"],
+                log_dir=self.run_dir / "logs",
+                tag=f"catsock-soak-{label}",
+                cpu=self.plan.server_cpu,
+                tokens=self._tokens,
+                env=soak.soak_env(plan.dashboards),
+            )
+            with trio.fail_after(limit):
+                metrics = await self._soak_measure(server, tokens, params, label, rate)
+            if "load" in params:
+                metrics["load"] = params["load"]
+                metrics["capacity_events_per_s"] = capacity
+        except Exception as exc:  # one failed step must not end the run
+            error = _explain(exc)
+        finally:
+            if server is not None:
+                died = not server.alive()
+                await server.stop(keep_workdir=True)
+                if died:
+                    error = (error or "") + f" server died: {server.log_tail()}"
+                elif metrics is not None and "load" in params and server.database is not None:
+                    names = [soak_token_name("AFAD", i) for i in range(plan.afad)]
+                    try:
+                        metrics["database"] = soak.inspect_database(server.database, names)
+                    except Exception as exc:
+                        metrics["database"] = {"error": _explain(exc)}
+                server.cleanup()
+        self._record("soak", "catsock", params, metrics, error, time.perf_counter() - started)
+        return metrics if error is None else None
+
+    async def _soak_measure(
+        self,
+        server: Server,
+        tokens: soak.SoakTokens,
+        params: dict[str, Any],
+        label: str,
+        rate: float,
+    ) -> dict[str, Any]:
+        plan = self.plan.soak
+        target = loadgen.Target(server.port, False, server.cats_token, server.afad_token)
+        await loadgen.preflight(target)
+        async with trio.open_nursery() as nursery:
+            crowd = await soak.Crowd.connect(server.port, tokens, plan, nursery)
+            try:
+                if "phase" in params:
+                    result = await soak.measure_capacity(crowd, plan, server.cpu_seconds)
+                else:
+                    result = await soak.run_level(
+                        crowd,
+                        plan,
+                        rate=rate,
+                        port=server.port,
+                        server_cpu=server.cpu_seconds,
+                        server_rss=server.rss_kib,
+                        log=self.log,
+                        label=label,
+                    )
+                    result["final_metrics"] = {}
+                    for _ in range(3):  # after the drain; a busy gateway may still be slow
+                        final = await httpprobe.get(server.port, "/metrics", plan.probe_limit)
+                        if final.ok:
+                            result["final_metrics"] = httpprobe.parse_metrics(final.body)
+                            break
+            finally:
+                crowd.close()
+                nursery.cancel_scope.cancel()
+        result["plan"] = soak.plan_dict(plan)
+        return result
 
     def _record(
         self,

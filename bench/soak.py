@@ -1,0 +1,730 @@
+"""The soak scenario (issue 19): catsock under a sustained load, sampled over time.
+
+One catsock, started fresh for each step, with ``SoakPlan.dashboards`` DASHBOARD
+connections (``idle_dashboards`` of them never read), ``afad`` durable AFAD
+recipients (one identity each) and ``publishers`` CATS publishers with ``acks``.
+By catsock's default routes every conversion goes to ``type:AFAD`` and
+``type:DASHBOARD``, so each event is one delivery per connection.
+
+``measure_capacity`` ramps an open-loop rate up with those recipients until a step
+fails (publishers pushed back, events still missing ``capacity_settle`` seconds
+after the step, a reading dashboard cut off, or a p99 over ``capacity_p99_ms``);
+the capacity is the highest rate that passed. ``run_level`` then offers ``load``
+times that rate, open loop, for ``duration`` seconds, and samples every
+``window`` seconds: offered, written, accepted, per-class deliveries and latency
+percentiles, server RSS (its peak, from a sample every 0.5 s) and CPU, the
+generator's CPU, everyone else's (noise), ``GET /health`` and ``GET /metrics``
+times (``probe_limit`` timeout) and every ``catsock_`` series of the last
+``/metrics`` answer. It drains, then lets the non-reading dashboards read what
+their sockets hold, to see whether the ``SLOW_CONSUMER`` error and the 4001 close
+reached them, and reads close codes and AFAD cursors from the database.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import httpprobe
+from .loadgen import cpu_pressure_us, generator_cpu_seconds
+from .soakclients import Afad, ClassTotals, Dashboard, Progress, SoakPublisher
+from .wsclient import Conn, ConnectFailed, authenticate, open_conn
+
+__all__ = ["Crowd", "SoakPlan", "SoakTokens", "measure_capacity", "run_level"]
+
+perf = time.perf_counter
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: RSS is read this often, so a window's peak is not missed between two rows.
+RSS_EVERY = 0.5
+
+
+@dataclass
+class SoakPlan:
+    dashboards: int = 1000
+    idle_dashboards: int = 10
+    afad: int = 10
+    publishers: int = 2
+    #: Multiples of the measured capacity, one step each.
+    loads: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    duration: float = 600.0
+    #: Seconds per row of the time series.
+    window: float = 10.0
+    probe_every: float = 2.0
+    probe_limit: float = 5.0
+    #: The capacity ramp (``measure_capacity``): first rate, factor per step, seconds
+    #: per step, seconds for the rest to arrive after it, the p99 both classes must
+    #: stay under, and one more step between the last pass and the first failure.
+    capacity_start: float = 50.0
+    capacity_factor: float = 1.25
+    capacity_step: float = 5.0
+    capacity_settle: float = 2.0
+    capacity_p99_ms: float = 250.0
+    capacity_refine: bool = True
+    capacity_max: float = 100_000.0
+    #: Given: skip the capacity ramp and use this many events/s as 1×.
+    capacity: float | None = None
+    drain_limit: float = 300.0
+    drain_idle: float = 10.0
+    #: After the drain, how long the non-reading dashboards get to read their sockets.
+    idle_read_limit: float = 10.0
+    #: ``SO_RCVBUF`` of the non-reading dashboards (None: the kernel's default, which
+    #: on loopback grew to hold about 19 MB here). ``--quick`` sets 64 KiB, so they
+    #: fill, and are shed, within its short levels.
+    idle_rcvbuf: int | None = None
+
+    @classmethod
+    def quick(cls) -> SoakPlan:
+        return cls(
+            dashboards=100,
+            idle_dashboards=5,
+            afad=3,
+            publishers=2,
+            duration=10.0,
+            window=2.0,
+            probe_every=1.0,
+            capacity_start=200.0,
+            capacity_factor=2.0,
+            capacity_step=1.0,
+            capacity_settle=1.0,
+            capacity_refine=False,
+            drain_limit=10.0,
+            drain_idle=3.0,
+            idle_read_limit=3.0,
+            idle_rcvbuf=64 * 1024,
+        )
+
+
+@dataclass(frozen=True)
+class SoakTokens:
+    cats: str
+    afad: list[str]
+    dashboard: str
+
+
+#: Limits the soak lifts, on top of catsock's defaults: rate limits and the
+#: connection caps. ``limits.send_queue`` stays at its default (10,000): the bound
+#: is what makes catsock shed dashboards and send durable recipients to the log.
+def soak_env(dashboards: int) -> dict[str, str]:
+    return {
+        "CATSOCK_LIMITS__RATE_LIMITS_ENABLED": "false",
+        "CATSOCK_LIMITS__PER_IDENTITY_DEFAULT": "1000000",
+        # One DASHBOARD token for every dashboard (the default allows 3 per token).
+        "CATSOCK_LIMITS__PER_IDENTITY__DASHBOARD": str(max(dashboards, 3)),
+        "CATSOCK_LIMITS__MAX_CONNECTIONS": "50000",
+    }
+
+
+# -- the clients ---------------------------------------------------------------------
+
+
+async def _client(
+    port: int,
+    token: str,
+    client_type: str,
+    nursery: trio.Nursery,
+    extensions: dict[str, Any] | None = None,
+    rcvbuf: int | None = None,
+) -> Conn:
+    conn = await open_conn(port, nursery=nursery, rcvbuf=rcvbuf)
+    try:
+        await authenticate(conn, token, client_type, extensions)
+    except BaseException:
+        conn.abort()
+        raise
+    return conn
+
+
+@dataclass
+class Crowd:
+    """Every client of one step."""
+
+    afad: list[Afad]
+    dashboards: list[Dashboard]
+    publishers: list[SoakPublisher]
+    afad_totals: ClassTotals
+    dash_totals: ClassTotals
+    progress: Progress
+
+    @property
+    def reading(self) -> list[Dashboard]:
+        return [d for d in self.dashboards if d.reading]
+
+    @property
+    def idle(self) -> list[Dashboard]:
+        return [d for d in self.dashboards if not d.reading]
+
+    @classmethod
+    async def connect(
+        cls, port: int, tokens: SoakTokens, plan: SoakPlan, nursery: trio.Nursery
+    ) -> Crowd:
+        """AFADs, then dashboards (the non-reading ones paused right after their
+        ``auth_success``), then the publishers. Raises ``ConnectFailed``."""
+        progress = Progress()
+        crowd = cls(
+            [], [], [], ClassTotals("AFAD", progress), ClassTotals("DASHBOARD", progress), progress
+        )
+        try:
+            for i in range(plan.afad):
+                conn = await _client(port, tokens.afad[i], "AFAD", nursery)
+                crowd.afad.append(Afad(conn, crowd.afad_totals, plan.publishers))
+            limiter = trio.CapacityLimiter(100)
+            failures: list[str] = []
+
+            async def dashboard(i: int) -> None:
+                reading = i >= plan.idle_dashboards
+                rcvbuf = None if reading else plan.idle_rcvbuf
+                async with limiter:
+                    try:
+                        with trio.fail_after(60):
+                            conn = await _client(
+                                port, tokens.dashboard, "DASHBOARD", nursery, rcvbuf=rcvbuf
+                            )
+                    except (ConnectFailed, OSError, trio.TooSlowError) as exc:
+                        failures.append(str(exc) or type(exc).__name__)
+                        return
+                if not reading:
+                    conn.pause()
+                crowd.dashboards.append(Dashboard(conn, crowd.dash_totals, reading=reading, seed=i))
+
+            async with trio.open_nursery() as setup:
+                for i in range(plan.dashboards):
+                    setup.start_soon(dashboard, i)
+            if failures:
+                raise ConnectFailed(
+                    f"{len(failures)}/{plan.dashboards} dashboards failed: {failures[0]}"
+                )
+            for pid in range(plan.publishers):
+                conn = await _client(port, tokens.cats, "CATS", nursery, {"acks": {}})
+                crowd.publishers.append(SoakPublisher(conn, pid, progress))
+        except BaseException:
+            crowd.close()
+            raise
+        return crowd
+
+    def close(self) -> None:
+        clients: list[SoakPublisher | Afad | Dashboard] = [
+            *self.publishers,
+            *self.afad,
+            *self.dashboards,
+        ]
+        for client in clients:
+            client.conn.abort()
+
+    def sent(self) -> int:
+        return sum(p.seq for p in self.publishers)
+
+    def accepted(self) -> int:
+        return sum(p.accepted for p in self.publishers)
+
+    def answered(self) -> int:
+        return sum(p.answered for p in self.publishers)
+
+
+# -- CPU and memory probes ---------------------------------------------------------
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every CPU of the machine spent not idle (``/proc/stat``)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+@dataclass
+class _CpuMark:
+    at: float
+    server: float
+    generator: float
+    machine: float
+    pressure: int | None
+
+    @classmethod
+    def now(cls, server_cpu: Callable[[], float]) -> _CpuMark:
+        return cls(
+            perf(), server_cpu(), generator_cpu_seconds(), _machine_busy_seconds(),
+            cpu_pressure_us(),
+        )  # fmt: skip
+
+    def since(self, before: _CpuMark) -> dict[str, float | None]:
+        wall = max(self.at - before.at, 1e-9)
+        server = self.server - before.server
+        generator = self.generator - before.generator
+        others = max(0.0, self.machine - before.machine - server - generator)
+        pressure = None
+        if self.pressure is not None and before.pressure is not None:
+            pressure = (self.pressure - before.pressure) / wall / 1e4
+        return {
+            "server_cpu_pct": 100 * server / wall,
+            "generator_cpu_pct": 100 * generator / wall,
+            "others_cpu_pct": 100 * others / wall,
+            "cpu_pressure_pct": pressure,
+        }
+
+
+# -- the capacity ramp ---------------------------------------------------------------
+
+
+def _settled(crowd: Crowd) -> bool:
+    """Every write answered; every AFAD and every open reading dashboard has every
+    accepted event."""
+    if crowd.answered() < crowd.sent():
+        return False
+    accepted = crowd.accepted()
+    return all(a.received - a.dups >= accepted for a in crowd.afad) and all(
+        d.received >= accepted for d in crowd.reading if not d.conn.closed
+    )
+
+
+async def _ramp_step(
+    crowd: Crowd, plan: SoakPlan, rate: float, server_cpu: Callable[[], float]
+) -> dict[str, Any]:
+    """``rate`` events/s for ``capacity_step`` seconds, then up to ``capacity_settle``
+    for the rest to arrive. Passes if the publishers kept the schedule, everything
+    arrived in time, nobody was cut off and both classes' p99 stayed in bounds."""
+    crowd.afad_totals.latency.take()
+    crowd.dash_totals.latency.take()
+    sent0, closed0 = crowd.sent(), sum(d.conn.closed for d in crowd.reading)
+    cpu0 = _CpuMark.now(server_cpu)
+    start = perf() + 0.01
+    stop = start + plan.capacity_step
+    per = rate / max(len(crowd.publishers), 1)
+    async with trio.open_nursery() as nursery:
+        for k, publisher in enumerate(crowd.publishers):
+            nursery.start_soon(publisher.run_schedule, per, start + k / rate, stop)
+    ended = perf()
+    while not _settled(crowd) and perf() - ended < plan.capacity_settle:
+        await crowd.progress.wait(0.05)
+    settle = perf() - ended
+    usage = _CpuMark.now(server_cpu).since(cpu0)
+    written = crowd.sent() - sent0
+    afad, dash = crowd.afad_totals.latency.take(), crowd.dash_totals.latency.take()
+    cut = sum(d.conn.closed for d in crowd.reading) - closed0
+    limit = plan.capacity_p99_ms
+    passed = (
+        written >= 0.98 * rate * plan.capacity_step
+        and _settled(crowd)
+        and not cut
+        and all(x["p99_ms"] is not None and x["p99_ms"] <= limit for x in (afad, dash))
+    )
+    return {
+        "rate": rate,
+        "written_per_s": written / plan.capacity_step,
+        "settle_s": settle,
+        "reading_dashboards_cut": cut,
+        "afad_latency": afad,
+        "dashboard_latency": dash,
+        "pass": passed,
+        **usage,
+    }
+
+
+async def measure_capacity(
+    crowd: Crowd, plan: SoakPlan, server_cpu: Callable[[], float]
+) -> dict[str, Any]:
+    """An open-loop ramp. One warm-up step at ``capacity_start`` (not judged), then
+    ``capacity_start`` times ``capacity_factor`` each step until a step fails
+    (``_ramp_step``), or, if the first one fails, divided by it until one passes;
+    then, if ``capacity_refine``, one step halfway (geometrically) between the
+    highest pass and the lowest failure. The capacity is the highest rate that passed."""
+    warmup = await _ramp_step(crowd, plan, plan.capacity_start, server_cpu)
+    warmup["warmup"] = True
+    steps: list[dict[str, Any]] = [warmup]
+    best: float | None = None
+    failed: float | None = None
+    rate = plan.capacity_start
+    floor = plan.capacity_start / plan.capacity_factor**6
+    while floor <= rate <= plan.capacity_max:
+        if steps[-1].get("pass") is False:
+            await _wait_settled(crowd, plan.drain_limit)
+        step = await _ramp_step(crowd, plan, rate, server_cpu)
+        steps.append(step)
+        if step["pass"]:
+            best = rate
+            if failed is not None:
+                break  # coming down: the first pass is the answer
+            rate *= plan.capacity_factor
+        else:
+            failed = rate
+            if best is not None:
+                break
+            rate /= plan.capacity_factor
+    if plan.capacity_refine and best is not None and failed is not None:
+        await _wait_settled(crowd, plan.drain_limit)
+        mid = (best * failed) ** 0.5
+        step = await _ramp_step(crowd, plan, mid, server_cpu)
+        step["refinement"] = True
+        steps.append(step)
+        if step["pass"]:
+            best = max(best, mid)
+    return {
+        "capacity_events_per_s": best,
+        "first_failed_events_per_s": failed,
+        "steps": steps,
+        "p99_limit_ms": plan.capacity_p99_ms,
+    }
+
+
+async def _wait_settled(crowd: Crowd, limit: float) -> None:
+    """Let a failed step's backlog drain before the next step starts."""
+    with trio.move_on_after(limit):
+        while not _settled(crowd):
+            await crowd.progress.wait(0.1)
+
+
+# -- a load level ------------------------------------------------------------------
+
+
+@dataclass
+class _Probes:
+    """Answers of /health and /metrics since the last row, and the latest metrics."""
+
+    done: list[httpprobe.Probe] = field(default_factory=list)
+    latest: dict[str, float] = field(default_factory=dict)
+    latest_at: float = 0.0
+
+
+async def _probe_loop(port: int, path: str, plan: SoakPlan, probes: _Probes) -> None:
+    while True:
+        started = perf()
+        probe = await httpprobe.get(port, path, plan.probe_limit)
+        if path == "/metrics" and probe.ok:
+            probes.latest = httpprobe.parse_metrics(probe.body)
+            probes.latest_at = perf()
+        probes.done.append(
+            httpprobe.Probe(
+                probe.path, probe.started, probe.seconds, probe.status, probe.timed_out,
+                probe.error,
+            )
+        )  # fmt: skip
+        await trio.sleep(max(0.0, started + plan.probe_every - perf()))
+
+
+def _probe_summary(probes: list[httpprobe.Probe]) -> dict[str, Any]:
+    answered = [p.seconds for p in probes if not p.timed_out]
+    return {
+        "n": len(probes),
+        "worst_ms": None if not probes else 1000 * max(p.seconds for p in probes),
+        "median_ms": None if not answered else 1000 * sorted(answered)[len(answered) // 2],
+        "timeouts": sum(p.timed_out for p in probes),
+        "not_ok": sum(not p.timed_out and not p.ok for p in probes),
+        "over_1s": sum(p.seconds > 1.0 for p in probes),
+    }
+
+
+class _RssWatch:
+    def __init__(self, rss: Callable[[], int]) -> None:
+        self.rss = rss
+        self.last = rss()
+        self.peak = self.last
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.last = self.rss()
+            except OSError:  # the server is gone
+                return
+            self.peak = max(self.peak, self.last)
+            await trio.sleep(RSS_EVERY)
+
+    def take(self) -> tuple[int, int]:
+        last, peak = self.last, self.peak
+        self.peak = last
+        return last, peak
+
+
+async def run_level(
+    crowd: Crowd,
+    plan: SoakPlan,
+    *,
+    rate: float,
+    port: int,
+    server_cpu: Callable[[], float],
+    server_rss: Callable[[], int],
+    log: Callable[[str], None],
+    label: str,
+) -> dict[str, Any]:
+    """Offer ``rate`` events/s for ``plan.duration``, drain, check the non-readers."""
+    probes = _Probes()
+    rss = _RssWatch(server_rss)
+    per_publisher = rate / max(len(crowd.publishers), 1)
+    idle_rss = rss.last
+    t0 = perf() + 0.05
+    stop = t0 + plan.duration
+    rows: list[dict[str, Any]] = []
+    sampling = _Sampler(crowd, probes, rss, server_cpu, rate=rate, t0=t0, stop=stop)
+
+    async def sampler() -> None:
+        next_at = perf() + plan.window
+        shown = perf()
+        while True:
+            await trio.sleep(max(0.0, next_at - perf()))
+            next_at += plan.window
+            rows.append(r := sampling.row())
+            if perf() - shown >= 60 or r["phase"] != "load":
+                shown = perf()
+                log(_progress_line(label, r))
+
+    async with trio.open_nursery() as watchers:
+        watchers.start_soon(rss.run)
+        watchers.start_soon(_probe_loop, port, "/health", plan, probes)
+        watchers.start_soon(_probe_loop, port, "/metrics", plan, probes)
+        watchers.start_soon(sampler)
+        async with trio.open_nursery() as senders:
+            for k, publisher in enumerate(crowd.publishers):
+                offset = k / max(rate, 1e-9)
+                senders.start_soon(publisher.run_schedule, per_publisher, t0 + offset, stop)
+        sampling.phase = "drain"
+        drained_in = await _drain(crowd, plan)
+        watchers.cancel_scope.cancel()
+    rows.append(sampling.row())
+    idle = await _let_idle_read(crowd, plan.idle_read_limit)
+    return {
+        "rate": rate,
+        "per_publisher_rate": per_publisher,
+        "idle_rss_kib": idle_rss,
+        "drain_s": drained_in,
+        "windows": rows,
+        "idle_dashboards": idle,
+        **_losses(crowd),
+    }
+
+
+class _Sampler:
+    """One row of the time series per call: what happened since the previous row."""
+
+    def __init__(
+        self,
+        crowd: Crowd,
+        probes: _Probes,
+        rss: _RssWatch,
+        server_cpu: Callable[[], float],
+        *,
+        rate: float,
+        t0: float,
+        stop: float,
+    ) -> None:
+        self.crowd, self.probes, self.rss, self.server_cpu = crowd, probes, rss, server_cpu
+        self.rate, self.t0, self.stop = rate, t0, stop
+        self.phase = "load"
+        self.mark = _CpuMark.now(server_cpu)
+        self.sent = self.accepted = self.refused = self.afad = self.dash = self.seen = 0
+
+    def row(self) -> dict[str, Any]:
+        crowd, probes = self.crowd, self.probes
+        mark = _CpuMark.now(self.server_cpu)
+        now, wall = mark.at, max(mark.at - self.mark.at, 1e-9)
+        sent, accepted = crowd.sent(), crowd.accepted()
+        refused = sum(len(p.refused) for p in crowd.publishers)
+        afad, dash = crowd.afad_totals.delivered, crowd.dash_totals.delivered
+        new_probes = probes.done[self.seen :]
+        rss_last, rss_peak = self.rss.take()
+        scheduled = max(0.0, min(now, self.stop) - max(self.mark.at, self.t0))
+        lag = max((p.max_lag for p in crowd.publishers), default=0.0)
+        for p in crowd.publishers:
+            p.max_lag = 0.0
+        fresh = probes.latest_at > self.mark.at
+        out = {
+            "t": now - self.t0,
+            "phase": self.phase,
+            "wall_s": wall,
+            "offered_per_s": scheduled * self.rate / wall,
+            "sent_per_s": (sent - self.sent) / wall,
+            "accepted_per_s": (accepted - self.accepted) / wall,
+            "refused": refused - self.refused,
+            "behind": sum(p.behind(now) for p in crowd.publishers),
+            "max_send_lag_ms": 1000 * lag,
+            "afad": {
+                "delivered_per_s": (afad - self.afad) / wall,
+                **crowd.afad_totals.latency.take(),
+            },
+            "dashboards": {
+                "delivered_per_s": (dash - self.dash) / wall,
+                **crowd.dash_totals.latency.take(),
+            },
+            "rss_kib": rss_last,
+            "rss_peak_kib": rss_peak,
+            **mark.since(self.mark),
+            "health": _probe_summary([p for p in new_probes if p.path == "/health"]),
+            "metrics": _probe_summary([p for p in new_probes if p.path == "/metrics"]),
+            "server_metrics": dict(probes.latest) if fresh else {},
+            "dashboards_open": sum(not d.conn.closed for d in crowd.dashboards),
+        }
+        self.mark, self.sent, self.accepted, self.refused = mark, sent, accepted, refused
+        self.afad, self.dash, self.seen = afad, dash, len(probes.done)
+        return out
+
+
+async def _drain(crowd: Crowd, plan: SoakPlan) -> float:
+    """Wait until every write is answered and every AFAD has every accepted event,
+    or nothing moved for ``drain_idle``, or ``drain_limit`` passed. Returns seconds."""
+    started = perf()
+    deadline = started + plan.drain_limit
+
+    def position() -> tuple[int, int, int]:
+        return crowd.answered(), crowd.afad_totals.delivered, crowd.dash_totals.delivered
+
+    def finished() -> bool:
+        if crowd.answered() < crowd.sent():
+            return False
+        accepted = crowd.accepted()
+        return all(a.received - a.dups >= accepted or a.conn.closed for a in crowd.afad)
+
+    last, moved = position(), perf()
+    while not finished() and perf() < deadline:
+        await crowd.progress.wait(0.1)
+        if position() != last:
+            last, moved = position(), perf()
+        elif perf() - moved > plan.drain_idle:
+            break
+    return perf() - started
+
+
+async def _let_idle_read(crowd: Crowd, limit: float) -> dict[str, Any]:
+    """Let the non-reading dashboards read what their sockets hold: did the
+    ``SLOW_CONSUMER`` error and the close frame reach them?"""
+    idle = crowd.idle
+    before = [d.received for d in idle]
+    for d in idle:
+        d.conn.resume()
+    deadline = perf() + limit
+    last, moved = sum(d.received for d in idle), perf()
+    while perf() < deadline and not all(d.conn.closed for d in idle):
+        await trio.sleep(0.1)
+        now = sum(d.received for d in idle)
+        if now != last:
+            last, moved = now, perf()
+        elif perf() - moved > 2.0:
+            break
+    return {
+        "count": len(idle),
+        "closed": sum(d.conn.closed for d in idle),
+        "saw_slow_consumer": sum(d.saw_slow_consumer for d in idle),
+        "close_codes": _count(d.close_code for d in idle if d.conn.closed),
+        "ended_by": _count(d.conn.ended_by or "open" for d in idle),
+        "events_read_after": sum(d.received - b for d, b in zip(idle, before, strict=True)),
+        "events_read": sum(d.received for d in idle),
+    }
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        key = str(value)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _losses(crowd: Crowd) -> dict[str, Any]:
+    """AFAD: exactly once, in order, every accepted event (refusals excused).
+    Dashboards: how many deliveries of the accepted events never arrived."""
+    accepted = crowd.accepted()
+    refused = {(p.pid, s) for p in crowd.publishers for s in p.refused}
+    afad = []
+    for a in crowd.afad:
+        unexcused = sum(
+            1
+            for pid, first, last in a.gaps
+            for s in range(first, last + 1)
+            if (pid, s) not in refused
+        )
+        unique = a.received - a.dups
+        afad.append(
+            {
+                "received": a.received,
+                "missing": max(0, accepted - unique),
+                "gaps": unexcused,
+                # Everything received was in order, and only the tail is missing: still
+                # queued when the harness stopped waiting, not lost.
+                "tail_only": not unexcused and not a.dups and not a.conn.closed,
+                "duplicates_or_reordered": a.dups,
+                "other_frames": a.other,
+                "closed": a.conn.closed,
+                "exact": unique == accepted and not unexcused and not a.dups and not a.conn.closed,
+            }
+        )
+    reading = crowd.reading
+    closed = [d for d in reading if d.conn.closed]
+    return {
+        "sent": crowd.sent(),
+        "accepted": accepted,
+        "duplicates_answered": sum(p.duplicates for p in crowd.publishers),
+        "refused": len(refused),
+        "unanswered": crowd.sent() - crowd.answered(),
+        "unsent": sum(p.unsent for p in crowd.publishers),
+        "publisher_error_samples": [s for p in crowd.publishers for s in p.error_samples][:5],
+        "afad_recipients": afad,
+        "afad_missing": sum(r["missing"] for r in afad),
+        "afad_exact": all(r["exact"] for r in afad),
+        "dashboards_reading": len(reading),
+        "dashboard_expected": accepted * len(reading),
+        "dashboard_delivered": sum(d.received for d in reading),
+        "dashboard_missing": sum(max(0, accepted - d.received) for d in reading),
+        "reading_dashboards_closed": len(closed),
+        "reading_close_codes": _count(d.close_code for d in closed),
+        "reading_saw_slow_consumer": sum(d.saw_slow_consumer for d in reading),
+    }
+
+
+def _progress_line(label: str, r: dict[str, Any]) -> str:
+    def ms(v: float | None) -> str:
+        return "—" if v is None else f"{v:,.0f}"
+
+    return (
+        f"bench       soak {label} t={r['t']:.0f}s {r['phase']}: "
+        f"accepted {r['accepted_per_s']:,.0f}/s, AFAD p99 {ms(r['afad']['p99_ms'])} ms, "
+        f"dashboards p99 {ms(r['dashboards']['p99_ms'])} ms, "
+        f"RSS {r['rss_peak_kib'] / 1024:,.0f} MiB, "
+        f"/health {ms(r['health']['worst_ms'])} ms, /metrics {ms(r['metrics']['worst_ms'])} ms"
+        f" ({r['metrics']['timeouts']} timeouts), srv {r['server_cpu_pct']:.0f}% "
+        f"gen {r['generator_cpu_pct']:.0f}% others {r['others_cpu_pct']:.0f}%"
+    )
+
+
+# -- after the server stopped --------------------------------------------------------
+
+
+def inspect_database(path: Path, afad_names: list[str]) -> dict[str, Any]:
+    """What the gateway recorded: close codes of dashboards, AFAD cursors against the
+    newest seq, dropped-event ledger rows. Read-only, after the server stopped."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        codes = dict(
+            db.execute(
+                "SELECT coalesce(close_code, 'none'), count(*) FROM connections "
+                "WHERE client_type = 'DASHBOARD' GROUP BY 1"
+            ).fetchall()
+        )
+        head = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        marks = ",".join("?" * len(afad_names))
+        cursors = db.execute(
+            f"SELECT identity, min(seq) FROM cursors WHERE identity IN ({marks}) "
+            "AND channel = 'type:AFAD' GROUP BY identity",
+            afad_names,
+        ).fetchall()
+        dropped = db.execute(
+            "SELECT count(*), coalesce(sum(last_seq - first_seq + 1), 0) FROM ledger "
+            "WHERE kind = 'dropped'"
+        ).fetchone()
+    finally:
+        db.close()
+    return {
+        "dashboard_close_codes": {str(k): v for k, v in codes.items()},
+        "head_seq": head,
+        "afad_cursors": {name: seq for name, seq in cursors},
+        "afad_cursors_at_head": len(cursors) == len(afad_names)
+        and all(seq == head for _, seq in cursors),
+        "ledger_dropped_rows": dropped[0],
+        "ledger_dropped_events": dropped[1],
+    }
+
+
+def plan_dict(plan: SoakPlan) -> dict[str, Any]:
+    return asdict(plan)

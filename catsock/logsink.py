@@ -1,6 +1,11 @@
 """The gateway's single log writer: rows are buffered on the event loop, written in batches.
 
 `record` never blocks; `run` group-commits the buffer to SQLite in a worker thread.
+Its timing is anchored to events, not to when `run` gets around to them: a batch is
+due `flush_interval` after the first of its rows was recorded, and prunes are due
+every `prune_interval` from start-up, however long a write or a prune took in its
+thread. So a test on a fake clock knows when each write is due from what it did.
+The age cut of retention reads the injected `wall_clock`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import attrs
 import sqlite_utils
@@ -58,6 +64,7 @@ class LogSink:
         retention_max_rows: int | None = None,
         prune_interval: float = 60.0,
         lock: trio.Lock | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if flush_interval < 0:
             raise ValueError("flush_interval must be >= 0")
@@ -74,7 +81,10 @@ class LogSink:
         self._retention_max_age = retention_max_age
         self._retention_max_rows = retention_max_rows
         self._prune_interval = prune_interval
+        self._wall_clock = wall_clock
         self._pending: list[LogRow] = []
+        # trio time at which the oldest pending row was recorded (inf: none pending).
+        self._pending_since = math.inf
         self._wakeup = trio.Event()
         # Held across every use of the connection, so writes and prunes never overlap and
         # batches commit in the order their rows were recorded. The event log
@@ -102,6 +112,8 @@ class LogSink:
             # rather than queued without bound or made to wait.
             self.dropped += 1
             return
+        if not self._pending:
+            self._pending_since = trio.current_time()
         self._pending.append(row)
         self._accepted += 1
         self._wakeup.set()
@@ -116,7 +128,13 @@ class LogSink:
             while True:
                 if trio.current_time() >= next_prune:
                     await self._prune()
-                    next_prune = trio.current_time() + self._prune_interval
+                    # Due every interval from the last due time, not from when this prune
+                    # ended: a slow thread does not push the schedule back. After a stall
+                    # longer than the interval, the schedule starts again from now.
+                    next_prune += self._prune_interval
+                    if next_prune <= trio.current_time():
+                        next_prune = trio.current_time() + self._prune_interval
+                    continue
                 if not self._pending:
                     # A fresh Event per wait: trio Events cannot be cleared, and nothing can
                     # record() between the emptiness check and this line.
@@ -125,9 +143,12 @@ class LogSink:
                         await self._wakeup.wait()
                     continue
                 if len(self._pending) < self._max_batch:
-                    # Group commit: one transaction for everything that arrives meanwhile
-                    # costs far less than one per row.
-                    await trio.sleep(self._flush_interval)
+                    # Group commit: one transaction for everything that arrives within
+                    # flush_interval of the first row costs far less than one per row.
+                    with trio.move_on_at(next_prune):
+                        await trio.sleep_until(self._pending_since + self._flush_interval)
+                    if trio.current_time() >= next_prune:
+                        continue  # the prune is due first; these rows keep their due time
                 await self._write_next_batch()
         finally:
             with trio.move_on_after(SHUTDOWN_FLUSH_SECONDS, shield=True):
@@ -155,9 +176,12 @@ class LogSink:
     def _take(self) -> list[LogRow]:
         if len(self._pending) <= self._max_batch:
             batch, self._pending = self._pending, []
+            self._pending_since = math.inf
         else:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
+            # What is left is a backlog: write it without waiting.
+            self._pending_since = -math.inf
         return batch
 
     async def _write_next_batch(self) -> bool:
@@ -203,6 +227,7 @@ class LogSink:
             self._db,
             max_age=self._retention_max_age,
             max_rows=self._retention_max_rows,
+            now=self._wall_clock(),
         )
         async with self._db_lock:
             try:

@@ -9,6 +9,10 @@ the middle of the exchange: a heartbeat, an auth deadline, the test's own
 a worker thread holds a token of trio's default thread limiter (which every
 ``to_thread.run_sync`` without a limiter of its own takes), so fake time moves only
 when nothing at all is running. tests/test_clocks.py checks that it still works.
+
+``wait_quiet`` is the matching wait for a test that moves a clock by hand: it
+returns once no task can run and no worker thread works, so everything the current
+fake time allows has happened.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-__all__ = ["thread_aware_clock"]
+__all__ = ["thread_aware_clock", "wait_quiet"]
 
 
 def thread_aware_clock(autojump_threshold: float) -> trio.testing.MockClock:
@@ -41,3 +45,17 @@ def thread_aware_clock(autojump_threshold: float) -> trio.testing.MockClock:
 
     clock._autojump = autojump_unless_a_thread_works  # type: ignore[method-assign]
     return clock
+
+
+async def wait_quiet() -> None:
+    """Return once every other task is blocked and no worker thread works: what the
+    code under test does at this fake time is done. (``wait_all_tasks_blocked``
+    alone returns while a task waits for a thread.)"""
+    limiter = trio.to_thread.current_default_thread_limiter()
+    while True:
+        await trio.testing.wait_all_tasks_blocked()
+        if not limiter.borrowed_tokens:
+            return
+        # A thread works: look again. This task stays runnable meanwhile, so no
+        # autojump can take it for idleness (the thread gets the GIL at its switch
+        # interval, and SQLite releases it anyway).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -249,8 +250,30 @@ class Config:
 _conv = cattrs.Converter(forbid_extra_keys=True)
 
 
-def _validate(config: Config) -> Config:
+def _rate_problems(limits: LimitsConfig) -> list[str]:
+    """A bucket needs a positive, finite rate and room for one message, and the abuse
+    allowance at least one rejection: anything else would fail at the first login of
+    that client type, not at start-up (checked whether or not limits are enabled)."""
     problems = []
+    for client_type, rate in limits.rate.items():
+        where = f"limits.rate.{client_type}"
+        # Divided as the bucket divides it: a rate so small it underflows is zero too.
+        if not (math.isfinite(rate.per_minute) and rate.per_minute / 60.0 > 0):
+            problems.append(
+                f"{where}.per_minute must be a positive number of messages a minute,"
+                f" not {rate.per_minute!r}"
+            )
+        if rate.burst < 1:
+            problems.append(f"{where}.burst must be at least 1 message, not {rate.burst!r}")
+    if limits.abuse_limit < 1:
+        problems.append(
+            f"limits.abuse_limit must be at least 1 rejection, not {limits.abuse_limit!r}"
+        )
+    return problems
+
+
+def _validate(config: Config) -> Config:
+    problems = _rate_problems(config.limits)
     if not 0 <= config.port <= 65535:
         problems.append(f"port {config.port} is not in 0-65535")
     if config.log.policy not in ("full", "metadata", "off"):

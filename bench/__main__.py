@@ -173,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_plan(args: argparse.Namespace) -> Plan:
     peers = args.peers or (QUICK_PEERS if args.quick else list(PEERS))
+    if args.peers is None and args.scenarios == ["soak"]:
+        peers = ["catsock"]  # the soak runs catsock alone
     if "catsock" not in peers:
         peers = ["catsock", *peers]
     plan = Plan.make(quick=args.quick, peers=peers, scenarios=args.scenarios)

@@ -67,6 +67,7 @@ HEARTBEAT_LOG_EVERY = 60.0
 #: Writes within this many seconds share one "written" ledger row.
 LEDGER_SPAN = 1.0
 CRITICAL = PRIORITIES["CRITICAL"]
+LOW = PRIORITIES["LOW"]
 #: How often a client without acks is checked for what it has taken in.
 CONFIRM_EVERY = 0.05
 
@@ -181,6 +182,7 @@ class Connection(Session):
         self.connected_at = ctx.wall_clock()
         self._auth_deadline = trio.current_time() + ctx.auth_timeout
         self._events = 0  # events in the queue (entries, and the entries of runs)
+        self._levels = [0] * (LOW + 1)  # of those, how many of each priority
         self._urgent = False  # a CRITICAL event is queued: write without pacing
         self._full_since: float | None = None
         # Delivery state, set once authenticated (see the module docstring).
@@ -233,6 +235,8 @@ class Connection(Session):
             return
         self._queue.append(run)
         self._events += len(run.entries)
+        for level, n in enumerate(run.levels):
+            self._levels[level] += n
         self._urgent = self._urgent or run.priority <= CRITICAL
 
     def _offer_entry(self, entry: Entry) -> None:
@@ -245,6 +249,7 @@ class Connection(Session):
             return
         self._queue.append(entry)
         self._events += 1
+        self._levels[entry.priority] += 1
         self._urgent = self._urgent or entry.priority <= CRITICAL
 
     def deliver(self) -> None:
@@ -286,11 +291,15 @@ class Connection(Session):
         return item, None
 
     def render(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes | memoryview], object]:
+        levels = self._levels
         for item in batch:
             if isinstance(item, Run):
                 self._events -= len(item.entries)
+                for level, n in enumerate(item.levels):
+                    levels[level] -= n
             elif isinstance(item, Entry):
                 self._events -= 1
+                levels[item.priority] -= 1
         self._full_since = None
         frames, first, last = self._frames(batch)
         self.ctx.stats.count_delivered(len(frames))
@@ -303,6 +312,7 @@ class Connection(Session):
 
     def dropped(self) -> None:
         self._events = 0
+        self._levels = [0] * (LOW + 1)
 
     def idle(self) -> None:
         if self._positions is not None:
@@ -481,16 +491,21 @@ class Connection(Session):
         if now - self._full_since >= self.ctx.queue_full_grace:
             self._slow_consumer()
             return
-        self._explode_runs()
-        # Shed the least important event: the newest of the lowest priority.
-        victim, index = entry, -1
-        last = len(self._queue) - 1
-        for back, item in enumerate(reversed(self._queue)):
-            if isinstance(item, Entry) and item.priority > victim.priority:
-                victim, index = item, last - back
-        if index >= 0:
-            del self._queue[index]
-            self._queue.append(entry)
+        # Shed the least important event: the newest of the lowest priority. Most
+        # often that is the one arriving, decided without looking at the queue.
+        least = max(level for level in range(LOW + 1) if self._levels[level] or level == 0)
+        victim = entry
+        if entry.priority < least:
+            self._explode_runs()
+            last = len(self._queue) - 1
+            for back, item in enumerate(reversed(self._queue)):
+                if isinstance(item, Entry) and item.priority == least:
+                    victim = item
+                    del self._queue[last - back]
+                    self._queue.append(entry)
+                    self._levels[least] -= 1
+                    self._levels[entry.priority] += 1
+                    break
         why = f"queue full: shed {PRIORITY_NAMES.get(victim.priority, '?')} priority first"
         assert self._identity is not None
         self.delivery.drop(victim, self._identity, self.id, why)
@@ -510,6 +525,7 @@ class Connection(Session):
         self.ctx.stats.count_slow_consumer()
         self._queue.clear()
         self._events = self._replies = 0
+        self._levels = [0] * (LOW + 1)
         self._send(
             m.Error(
                 payload=m.ErrorPayload(

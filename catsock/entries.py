@@ -94,6 +94,8 @@ class Run:
     size: int
     #: The most important priority among the entries (lowest number).
     priority: int
+    #: How many entries of each priority (index 1 to 4), for shedding decisions.
+    levels: tuple[int, ...]
     _frames: bytes | memoryview | None = None
     _seq_frames: bytes | memoryview | None = None
 
@@ -103,10 +105,12 @@ class Run:
         expiries = []
         size = 0
         priority = PRIORITIES["LOW"]
+        levels = [0] * (PRIORITIES["LOW"] + 1)
         for entry in entries:
             types[entry.type] = types.get(entry.type, 0) + 1
             size += len(entry.body)
             priority = min(priority, entry.priority)
+            levels[entry.priority] += 1
             if entry.expires_at is not None:
                 expiries.append(entry.expires_at)
         return cls(
@@ -116,6 +120,7 @@ class Run:
             types,
             size,
             priority,
+            tuple(levels),
         )
 
     @property

@@ -354,7 +354,7 @@ class Runner:
                 tag=f"catsock-soak-{label}",
                 cpu=self.plan.server_cpu,
                 tokens=self._tokens,
-                env=soak.soak_env(plan.dashboards),
+                limits=soak.soak_env(plan.dashboards),
             )
             with trio.fail_after(limit):
                 metrics = await self._soak_measure(server, tokens, params, label, rate)

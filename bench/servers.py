@@ -271,7 +271,10 @@ class Server:
         cpu: int | None,
         tokens: CatsockTokens | None = None,
         env: dict[str, str] | None = None,
+        limits: dict[str, str] | None = None,
     ) -> Server:
+        """Start ``spec`` and wait until it listens. catsock gets ``limits`` (by
+        default ``CATSOCK_BENCH_ENV``), then ``env``, in its environment."""
         port = free_port()
         environment = _clean_env()
         workdir: Path | None = None
@@ -283,7 +286,7 @@ class Server:
             db = workdir / "catsock.db"
             shutil.copyfile(tokens.template, db)
             cats, afad = tokens.cats, tokens.afad
-            environment.update(CATSOCK_BENCH_ENV)
+            environment.update(CATSOCK_BENCH_ENV if limits is None else limits)
             command = [
                 sys.executable,
                 "-m",

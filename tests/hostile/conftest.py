@@ -144,6 +144,10 @@ def _trace_lost(gw: RunningGateway, report: CanaryReport) -> list[str]:
             ledger = storage.ledger_rows(db, seq, "canary-afad")
             kinds = [(r["kind"], r["first_seq"], r["last_seq"]) for r in ledger]
             out.append(f"  {PREFIX}{n}: seq {seq}, canary-afad ledger {kinds}")
+        (rows, canary, head) = db.execute(
+            "SELECT count(*), sum(message_id LIKE 'canary-%'), max(seq) FROM events"
+        ).fetchone()
+        out.append(f"  the event log holds {rows} events ({canary} of the canary), head {head}")
         return out
     finally:
         db.close()

@@ -15,24 +15,14 @@ import storage
 from tests.catsock.harness import CONVERSION, envelope
 
 from .conftest import Arena, Target
-from .tools import Wire, auth_frame, differences, http, text_frame, ws_from
+from .tools import Wire, authenticate, differences, http, next_json, text_frame, ws_from
 
 
 async def authenticated(target: Target, name: str, client_type: str, **kw: Any) -> Wire:
     token = await target.token(name, client_type, kw.get("user_id"))
     wire = await ws_from(target.port)
-    await wire.stream.send_all(auth_frame(token, client_type))
-    reply = await next_json(wire)
-    assert reply["type"] == "auth_success", reply
+    await authenticate(wire, token, client_type)
     return wire
-
-
-async def next_json(wire: Wire) -> dict[str, Any]:
-    while not wire.texts:
-        assert not wire.ended, f"closed {wire.close_code}"
-        await wire._pump()
-    message: dict[str, Any] = json.loads(wire.texts.pop(0))
-    return message
 
 
 async def refusals(wire: Wire, texts: dict[str, str]) -> dict[str, str]:

@@ -9,21 +9,12 @@ import pytest
 import trio
 
 from .conftest import Arena
-from .tools import Wire, auth_frame, frame, text_frame, ws_from
+from .tools import Wire, auth_frame, authenticate, frame, text_frame, ws_from
 
 #: How long a flooding attacker keeps at it (reconnecting when cut).
 FLOOD_SECONDS = 1.5
 MAX_SIZE = 64 * 1024  # limits.max_message_size's default
 TEXT, BINARY, CONTINUATION, PING = 0x1, 0x2, 0x0, 0x9
-
-
-async def authenticate(wire: Wire, token: str, client_type: str) -> None:
-    await wire.stream.send_all(auth_frame(token, client_type))
-    while not wire.texts:
-        assert not wire.ended, f"closed {wire.close_code} before auth_success"
-        await wire._pump()
-    reply = json.loads(wire.texts.pop(0))
-    assert reply["type"] == "auth_success", reply
 
 
 async def flood(wire: Wire, first: bytes, block: bytes, seconds: float) -> None:
@@ -43,14 +34,6 @@ async def flood(wire: Wire, first: bytes, block: bytes, seconds: float) -> None:
             nursery.start_soon(send)
             await wire.wait_ended()
             nursery.cancel_scope.cancel()
-
-
-async def next_message(wire: Wire) -> dict[str, object]:
-    while not wire.texts:
-        assert not wire.ended, f"closed {wire.close_code} before a reply"
-        await wire._pump()
-    message: dict[str, object] = json.loads(wire.texts.pop(0))
-    return message
 
 
 # -- fragment floods (issue 16, failure 1) ---------------------------------------------------

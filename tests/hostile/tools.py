@@ -27,12 +27,14 @@ __all__ = [
     "HANDSHAKE",
     "Wire",
     "auth_frame",
+    "authenticate",
     "body_of",
     "connect_from",
     "differences",
     "frame",
     "http",
     "metric_total",
+    "next_json",
     "one_response",
     "raw_exchange",
     "read_reply",
@@ -76,6 +78,22 @@ def reset(stream: trio.SocketStream) -> None:
 def auth_frame(token: Any, client_type: Any = "DASHBOARD", **extra: Any) -> bytes:
     auth = {"type": "auth", "token": token, "client_type": client_type, **extra}
     return text_frame(json.dumps(auth))
+
+
+async def next_json(wire: Wire) -> dict[str, Any]:
+    """The next text message the gateway sent on ``wire``, parsed."""
+    while not wire.texts:
+        assert not wire.ended, f"closed {wire.close_code} before a reply"
+        await wire._pump()
+    message: dict[str, Any] = json.loads(wire.texts.pop(0))
+    return message
+
+
+async def authenticate(wire: Wire, token: str, client_type: str) -> None:
+    """Send ``auth`` on ``wire``; the reply must be ``auth_success``."""
+    await wire.stream.send_all(auth_frame(token, client_type))
+    reply = await next_json(wire)
+    assert reply["type"] == "auth_success", reply
 
 
 async def read_reply(stream: trio.abc.ReceiveStream) -> bytes:

@@ -16,7 +16,7 @@ Rules (besides those of tests/conftest.py):
 - The real clock, with deadlines shortened where an attack waits for one
   (``http.request_timeout``, ``auth_timeout`` of 1 s) so that each attack is
   real and short; ``fail_after`` bounds every test. The whole directory runs in
-  about 50 s on two cores.
+  35-45 s on two cores.
 - Attackers connect from ``127.0.0.2`` and up, legitimate clients and the
   canary from ``127.0.0.1`` (tools.py), so per-address limits see two hosts.
 - An attack the runtime does not withstand yet is ``xfail(strict=True)`` with
@@ -63,6 +63,9 @@ test_delivery_attacks.py
     HTTP); a user-bound dashboard fishing for others' events (resume since 0,
     long-poll since 0); metric label sets under bogus types, paths, methods and
     client types from ten addresses.
+test_lost_reads.py
+    not an attack but what the canary found: bytes a connection's reader took
+    from the socket are lost when its deadline fires right after the read.
 
 Run: ``python -m pytest -q -p no:cacheprovider tests/hostile``.
 """

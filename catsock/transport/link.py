@@ -118,10 +118,11 @@ class Link:
         """The next bytes from the peer; ``b""`` at end of stream or on a reset.
 
         Every call passes through the scheduler at least once, so a peer that always
-        has data ready still cannot keep other tasks from running."""
+        has data ready still cannot keep other tasks from running. A cancellation
+        (a deadline) can end the wait for data, never a call that has read some."""
         if self._rest:
             data, self._rest = self._rest, b""
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         sock = self._sock
         if sock is None:
@@ -143,10 +144,13 @@ class Link:
                 n = 0
             if n == 0:
                 self.received_eof = True
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
             data = bytes(_view[:n])
-            await trio.lowlevel.checkpoint()
+            # A yield, so a peer that always has data ready cannot keep others from
+            # running, but not a cancellation point: the bytes are read, and a
+            # deadline passing now must not drop them.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
     # -- writing ------------------------------------------------------------------------

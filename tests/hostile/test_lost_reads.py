@@ -10,26 +10,19 @@ by then, the checkpoint raises ``Cancelled`` and the bytes, already taken out
 of the kernel, are lost. End to end the canary saw it as events the gateway
 never decoded (not in the event log, no error, the connection open): in the
 slow-dashboard attacks of test_delivery_attacks.py, 1 to 4 of 24 canary events
-in about one run of ten (measured at d7173bc, 40 runs).
+in about one run of ten (measured at d7173bc, 40 runs). Fixed: the checkpoint after
+a read is a yield that a cancellation cannot interrupt.
 """
 
 from __future__ import annotations
 
 import socket
 
-import pytest
 import trio
 
 from catsock.transport.link import Link
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="catsock/transport/link.py Link.receive: `data = bytes(_view[:n])` then "
-    "`await trio.lowlevel.checkpoint()` (lines 148-149, and the same after `_rest`, "
-    "122-125): a deadline that passes in between raises Cancelled and the bytes read are "
-    "lost; the next receive returns what came after them (measured)",
-)
 async def test_bytes_read_when_the_readers_deadline_fires_are_not_lost() -> None:
     ours, peer = socket.socketpair()
     with ours, peer:

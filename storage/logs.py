@@ -81,7 +81,8 @@ class LogPolicy(enum.StrEnum):
 
 
 def redact(payload_json: str, fields: frozenset[str]) -> str:
-    """Replace the value of every key in `fields`, at any depth, with "[redacted]".
+    """Replace the value of every key in `fields`, at any depth and in any case
+    (``IPAddress`` is ``ipaddress``), with "[redacted]".
 
     Key order is preserved. Text that is not JSON (or nests too deep to re-encode) becomes
     "[unparseable]": this never raises, because it runs on untrusted client input.
@@ -92,12 +93,13 @@ def redact(payload_json: str, fields: frozenset[str]) -> str:
         return UNPARSEABLE
     # An explicit stack rather than recursion: orjson accepts nesting deeper than Python's
     # recursion limit, and a hostile payload must not be able to raise RecursionError here.
+    folded = frozenset(field.casefold() for field in fields)
     stack: list[Any] = [root]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                if key in fields:
+                if key.casefold() in folded:
                     node[key] = REDACTED  # replacing a value keeps the key's position
                 elif isinstance(value, dict | list):
                     stack.append(value)
@@ -114,11 +116,14 @@ def _stored_payload(payload: str | None, policy: LogPolicy, fields: frozenset[st
         return None
     # With nothing to redact the text is stored as received, sparing a parse and
     # re-encode (and the GIL time it costs the event loop). A key can only match
-    # if its quoted name appears, or if some key is spelled with a \u escape.
-    if not fields or (
-        "\\u" not in payload and not any(f'"{field}"' in payload for field in fields)
-    ):
+    # if its quoted name appears in some case, or if some key is spelled with a \u
+    # escape.
+    if not fields:
         return payload
+    if "\\u" not in payload:
+        folded = payload.casefold()
+        if not any(f'"{field.casefold()}"' in folded for field in fields):
+            return payload
     return redact(payload, fields)
 
 

@@ -8,7 +8,6 @@ import re
 from importlib import resources
 from typing import Any
 
-import pytest
 import trio
 
 import storage
@@ -242,12 +241,6 @@ SECRETS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log.redact keys match case-sensitively (storage/logs.py redact and "
-    "_stored_payload): IPAddress, IpAddress, USERAGENT and UserAgent stay in clear in "
-    "the messages table and in what `logs` shows (measured at 1cd21c8)",
-)
 async def test_redaction_keys_match_in_any_case(arena: Arena) -> None:
     """A click whose payload carries ``ipaddress`` and ``useragent`` spelled in other
     cases, at the top and nested: published (read back through the logs view) and

@@ -25,6 +25,7 @@ from storage.logs import (
     LogPolicy,
     LogRow,
     MessageLogged,
+    _stored_payload,
     close_dangling,
     prune,
     recent_connections,
@@ -469,3 +470,23 @@ def test_full_policy_stores_untouched_text_when_no_redacted_key_appears(tmp_path
     stored = {r["message_id"]: r["payload"] for r in db["messages"].rows}
     assert stored["a"] == plain  # spacing and 1.0 kept: no parse, no re-encode
     assert "10.0.0.1" not in stored["b"]  # an escaped key is still found and redacted
+
+
+spellings = st.sampled_from(["ipaddress", "useragent"]).flatmap(
+    lambda name: st.lists(st.booleans(), min_size=len(name), max_size=len(name)).map(
+        lambda upper: "".join(c.upper() if u else c for c, u in zip(name, upper, strict=True))
+    )
+)
+
+
+@given(spelling=spellings, depth=st.integers(0, 4))
+def test_redaction_matches_keys_in_any_case_at_any_depth(spelling: str, depth: int) -> None:
+    secret = "203.0.113.9"
+    node: Any = {spelling: secret, "keep": 1}
+    for _ in range(depth):
+        node = {"inner": [node]}
+    text = json.dumps({"type": "click", "payload": node})
+    stored = _stored_payload(text, LogPolicy.FULL, frozenset({"ipaddress", "useragent"}))
+    assert stored is not None
+    assert secret not in stored
+    assert '"keep":1' in stored.replace(" ", "")

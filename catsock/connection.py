@@ -23,10 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
 
-import attrs
 import trio
 
 from protocol import (
@@ -34,10 +31,8 @@ from protocol import (
     Action,
     Close,
     CloseCode,
-    Codec,
     ConnectionMachine,
     ErrorCode,
-    MachineConfig,
     Principal,
     ProtocolError,
     Publish,
@@ -45,15 +40,16 @@ from protocol import (
     StartHeartbeat,
     State,
     Subscribe,
-    TokenBucket,
     Verify,
     iso_timestamp,
 )
 from protocol import messages as m
 from storage import ConnectionClosed as ClosedRow
-from storage import ConnectionHeartbeat, ConnectionOpened, LogRow, MessageLogged
+from storage import ConnectionHeartbeat, ConnectionOpened, MessageLogged
 
 from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Run
+from .services import ConnectionContext, DeliveryView, Registry, StatsSink
+from .takenin import TakenIn
 from .transport.frames import frame as ws_frame
 from .transport.link import Link
 from .transport.session import Session
@@ -73,91 +69,6 @@ CONFIRM_EVERY = 0.05
 
 #: What ``render`` hands the session for ``written``: first seq, last seq, the batch.
 Written = tuple[int, int, list["bytes | Entry | Run"]]
-
-
-class StatsSink(Protocol):
-    """The gateway's counters, as a connection reports into them."""
-
-    def count_in(self, type_: str) -> None: ...
-    def count_out(self, type_: str, n: int = 1) -> None: ...
-    def count_error(self, code: str) -> None: ...
-    def count_delivered(self, n: int) -> None: ...
-    def count_slow_consumer(self) -> None: ...
-
-
-class Registry(Protocol):
-    """Who is connected: the gateway's side of authentication, joining and leaving."""
-
-    async def authenticate(
-        self, conn: Connection, token: str, client_type: str
-    ) -> Principal | tuple[str, ErrorCode]: ...
-    def identity_bucket(self, principal: Principal) -> TokenBucket | None: ...
-    def connections_of(self, identity: str) -> int: ...
-    def subscribe(self, conn: Connection, channels: Iterable[str]) -> None: ...
-    def publish(self, event: m.Event, channels: tuple[str, ...], sender: Connection) -> None: ...
-    def connection_ended(self, conn: Connection) -> None: ...
-
-
-class DeliveryView(Protocol):
-    """What a connection uses of the event log (``catsock.delivery.Delivery``)."""
-
-    head: int
-
-    def is_durable(self, principal: Principal) -> bool: ...
-    async def start_positions(
-        self,
-        principal: Principal,
-        channels: tuple[str, ...],
-        since: int | None,
-        *,
-        others_online: bool = False,
-    ) -> dict[str, int] | None: ...
-    async def read(
-        self, positions: Mapping[str, int], exclude_sender: str | None, limit: int
-    ) -> tuple[list[Entry], int]: ...
-    def advance(self, identity: str, channels: Iterable[str], seq: int) -> None: ...
-    def note(
-        self,
-        identity: str,
-        kind: str,
-        first: int,
-        last: int,
-        connection_id: str | None,
-        detail: str | None = None,
-    ) -> None: ...
-    def expire(self, entry: Entry, identity: str, connection_id: str | None) -> None: ...
-    def drop(self, entry: Entry, identity: str, connection_id: str | None, why: str) -> None: ...
-    def observe_latency(self, entry: Entry) -> None: ...
-    def count_catchup(self) -> None: ...
-    def count_unconfirmed(self, events: int) -> None: ...
-    def later(self, recipient: Session) -> None: ...
-    @property
-    def congested(self) -> bool: ...
-    async def room(self) -> None: ...
-
-
-@attrs.frozen
-class ConnectionContext:
-    """What every connection reads and reports to, fixed when the gateway starts."""
-
-    codec: Codec
-    machine_config: MachineConfig
-    wall_clock: Callable[[], float]
-    stats: StatsSink
-    record_log: Callable[[LogRow], None]
-    auth_timeout: float
-    send_queue: int
-    queue_full_grace: float
-    replay_batch: int
-    #: Frames larger than this close 1009 at once; between the codec's own limit
-    #: and this one the peer gets a MESSAGE_TOO_LARGE error first.
-    max_frame_size: int
-    max_fragments: int = 1000
-    #: Published events are in the event log: the message log does not copy them.
-    events_logged: bool = True
-    #: Seconds a durable client without acks must have taken an event in before it
-    #: counts as delivered (0: as soon as it is written).
-    legacy_confirm: float = 1.0
 
 
 class Connection(Session):
@@ -202,11 +113,9 @@ class Connection(Session):
         self._uncommitted = 0
         self._replaying = False
         self._held: list[m.ControlMessage] = []
-        # A durable client without acks: writes not yet counted as delivered, as
-        # [link offset after the write, last seq, events, when the peer had taken it].
-        self._unconfirmed: deque[list[Any]] = deque()
+        # A durable client without acks: what it was written and has not taken in.
+        self._taken_in: TakenIn | None = None
         self._confirm_at = math.inf
-        self._max_window = 0
         self._heartbeat = 0.0  # the negotiated interval; 0: no heartbeat
         self._silent_at = math.inf  # heartbeat: close if nothing arrives by then
         self._ping_at = math.inf
@@ -353,9 +262,9 @@ class Connection(Session):
 
     def ended(self) -> None:
         self._note_range()
-        if self._unconfirmed:
+        if self._taken_in:
             # Written, never known to be taken in: the next connection gets them again.
-            self.delivery.count_unconfirmed(sum(item[2] for item in self._unconfirmed))
+            self.delivery.count_unconfirmed(self._taken_in.events)
         self.registry.connection_ended(self)
         if self.machine.state is not State.CLOSED:
             self.machine.closed()
@@ -420,6 +329,8 @@ class Connection(Session):
         self._durable = delivery.is_durable(principal)
         self._acks = "acks" in extensions
         self._with_seq = self._acks or "resume" in extensions
+        if self._durable and not self._acks and self.ctx.legacy_confirm > 0:
+            self._taken_in = TakenIn(self.ctx.legacy_confirm)
         resume = extensions.get("resume")
         since = resume.get("since") if isinstance(resume, dict) else None
         others = self.registry.connections_of(principal.identity) > 1  # this one counts too
@@ -617,13 +528,13 @@ class Connection(Session):
 
     def _delivered_up_to(self, seq: int, events: int) -> None:
         """Everything for this connection up to ``seq`` has been written: a durable
-        recipient's cursor moves once it may count as delivered."""
+        recipient's cursor moves once it counts as delivered (catsock/takenin.py)."""
         if not self._durable or self._acks or self._identity is None:
             return
-        if self.ctx.legacy_confirm <= 0:
+        if self._taken_in is None:
             self.delivery.advance(self._identity, self._channels, seq)
             return
-        self._unconfirmed.append([self.link.sent, seq, events, None])
+        self._taken_in.written(self.link.sent, seq, events)
         now = trio.current_time()
         if now >= self._confirm_at:
             self._confirm(now)  # a busy stream is checked as it goes, not only when idle
@@ -631,29 +542,11 @@ class Connection(Session):
             self._confirm_at = now + CONFIRM_EVERY
 
     def _confirm(self, now: float) -> None:
-        """Move the cursor over what the peer has taken in: bytes its TCP acknowledged
-        minus what it leaves unread (its window below the widest it has shown), held
-        for ``legacy_confirm`` seconds more for the application to act on them. Where
-        TCP_INFO cannot tell (TLS), time since the write alone decides."""
-        progress = self.link.peer_progress()
-        if progress is None:
-            consumed = self.link.sent
-        else:
-            acked, window = progress
-            self._max_window = max(self._max_window, window)
-            consumed = acked - (self._max_window - window)
-        for item in self._unconfirmed:
-            if item[3] is None and item[0] <= consumed:
-                item[3] = now
-        hold = self.ctx.legacy_confirm
-        confirmed = None
-        while self._unconfirmed and (taken := self._unconfirmed[0][3]) is not None:
-            if now - taken < hold:
-                break
-            confirmed = self._unconfirmed.popleft()[1]
-        if confirmed is not None and self._identity is not None:
-            self.delivery.advance(self._identity, self._channels, confirmed)
-        self._confirm_at = now + CONFIRM_EVERY if self._unconfirmed else math.inf
+        assert self._taken_in is not None
+        seq = self._taken_in.check(now, self.link.sent, self.link.peer_progress())
+        if seq is not None and self._identity is not None:
+            self.delivery.advance(self._identity, self._channels, seq)
+        self._confirm_at = now + CONFIRM_EVERY if self._taken_in else math.inf
 
     def _send(self, message: m.ControlMessage) -> None:
         text = self.ctx.codec.encode(message)

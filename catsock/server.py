@@ -42,12 +42,13 @@ from protocol import messages as m
 
 from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
-from .connection import Connection, ConnectionContext
+from .connection import Connection
 from .delivery import Delivery
 from .guard import RETRY_AFTER, UNCOUNTED, AddressGuard, Slot
 from .httpapi import HttpApi
 from .hub import Hub
 from .logsink import LogSink
+from .services import ConnectionContext
 from .transport.frontdoor import Response, Upgrade, error_response
 from .transport.handshake import accept_response, check_upgrade
 from .transport.link import Link

@@ -8,6 +8,11 @@ test green. What counts as an internal error:
 
 - a record of a ``catsock`` logger at WARNING or above that carries a traceback,
   or any record whose text says "internal error";
+- a record at WARNING or above that reports a caught exception of a kind only a bug
+  raises (``TypeError``, ``AttributeError``, ``KeyError``...; ``BUG_TYPES``) among its
+  arguments, as ``logger.warning("commit failed: %s", exc)`` does: that is how the
+  event log's commit loop reported the ``TypeError`` of issue 20's bug 10, retrying
+  it forever, while no test noticed;
 - ``stats.internal_errors`` of an in-process gateway going up (the harness and the
   framing fuzz's threaded gateway call ``watch_gateway``);
 - "Traceback" or "internal error" in the stderr of a gateway process
@@ -39,6 +44,20 @@ __all__ = ["ErrorLog", "InternalErrors"]
 
 #: The wording of the gateway's own report of a crashed connection (server.py).
 SAYS_INTERNAL = re.compile(r"internal error", re.IGNORECASE)
+#: Exceptions that only a bug raises: caught and logged, they are internal errors.
+#: (OSError, sqlite3.Error, ValueError and the like can come from the environment or
+#: from input, and tests provoke them on purpose.)
+BUG_TYPES = (
+    AssertionError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    NameError,
+    NotImplementedError,
+    RecursionError,
+    TypeError,
+    ZeroDivisionError,
+)
 #: What a crashed gateway process leaves in its stderr.
 IN_STDERR = re.compile(r"Traceback \(most recent call last\)|internal error", re.IGNORECASE)
 
@@ -74,12 +93,17 @@ class ErrorLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        with_traceback = record.exc_info is not None and record.levelno >= logging.WARNING
-        if not (with_traceback or SAYS_INTERNAL.search(message)):
+        serious = record.levelno >= logging.WARNING
+        with_traceback = record.exc_info is not None and serious
+        args = record.args.values() if isinstance(record.args, dict) else record.args or ()
+        bugs = [a for a in args if isinstance(a, BUG_TYPES)] if serious else []
+        if not (with_traceback or bugs or SAYS_INTERNAL.search(message)):
             return
         text = f"{record.name} {record.levelname}: {message}"
         if record.exc_info is not None:
             text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        for bug in bugs:
+            text += f"\n(caught {type(bug).__module__}.{type(bug).__qualname__}: {bug})"
         self.errors.append(text)
         if record.name == "catsock.server" and SAYS_INTERNAL.search(message):
             self.connection_crashes += 1

@@ -14,13 +14,22 @@ from typing import Any, NoReturn
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
+import storage
 from catsock.client import ReceivedEvent, connect
+from tests.clocks import thread_aware_clock
 from tests.internal_errors import InternalErrors, _stderr_errors
 
 from .catsock.harness import CONVERSION, GatewayFactory, envelope
 from .catsock.test_http import http
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Fake time, so the commit loop's pause before a retry costs none."""
+    return thread_aware_clock(0.05)
 
 
 class Provoked(Exception):
@@ -87,6 +96,36 @@ async def test_a_client_handler_that_raises_is_an_internal_error(
     assert error.startswith("catsock.client ERROR: handler")
     assert "Provoked: in a handler" in error
     internal_errors.expect("in a handler")
+
+
+async def test_a_bug_caught_and_logged_as_a_warning_is_an_internal_error(
+    start_gateway: GatewayFactory,
+    internal_errors: InternalErrors,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: trio.testing.MockClock,
+) -> None:
+    """The event log's commit loop logs a failed commit as a warning with the
+    exception's text and tries again: a TypeError there is a bug all the same."""
+    gw = await start_gateway()
+    commit = storage.commit_events
+    failures: list[int] = []
+
+    def commit_once_broken(*args: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+        return commit(*args)
+
+    monkeypatch.setattr("storage.commit_events", commit_once_broken)
+    with trio.fail_after(60):
+        async with gw.client("CATS") as cats, gw.client("AFAD") as afad:
+            await cats.send(envelope("conversion", CONVERSION, "CATS", "m-1"))
+            assert (await afad.recv())["message_id"] == "m-1"  # after the retry
+    (error,) = internal_errors.errors()
+    assert error.startswith("catsock.delivery WARNING: event log: commit of 1 events failed")
+    assert error.endswith("(caught builtins.TypeError: unsupported operand type(s) for +:"
+                          " 'NoneType' and 'int')")
+    internal_errors.expect("caught builtins.TypeError", count=1)
 
 
 async def test_a_counted_crash_that_was_not_logged_is_reported(

@@ -376,6 +376,8 @@ class Runner:
                     except Exception as exc:
                         metrics["database"] = {"error": _explain(exc)}
                 server.cleanup()
+                if metrics is not None:
+                    metrics["server_log"] = soak.log_problems(server.log_path)
         self._record("soak", "catsock", params, metrics, error, time.perf_counter() - started)
         return metrics if error is None else None
 

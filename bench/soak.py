@@ -727,5 +727,21 @@ def inspect_database(path: Path, afad_names: list[str]) -> dict[str, Any]:
     }
 
 
+def log_problems(path: Path, keep: int = 5) -> dict[str, Any]:
+    """What catsock wrote to its log besides its own start and stop lines (``serve``
+    configures no logging: warnings go out as bare messages): tracebacks, other
+    lines, and the first few of them."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"tracebacks": 0, "other_lines": 0, "samples": []}
+    other = [line for line in lines if line.strip() and not line.startswith("catsock: ")]
+    return {
+        "tracebacks": sum(line.startswith("Traceback") for line in lines),
+        "other_lines": len(other),
+        "samples": [line[:300] for line in other[:keep]],
+    }
+
+
 def plan_dict(plan: SoakPlan) -> dict[str, Any]:
     return asdict(plan)

@@ -411,6 +411,15 @@ def soak_markdown(records: list[dict[str, Any]]) -> list[str]:
                 f"(close codes they read: {m['reading_close_codes'] or 'none'}).",
                 "",
             ]
+        log = m.get("server_log")
+        if log is not None:
+            out += [
+                f"catsock's log: {log['tracebacks']} tracebacks, {log['other_lines']} lines "
+                "besides its start and stop"
+                + (": " + " / ".join(f"`{x}`" for x in log["samples"]) if log["samples"] else "")
+                + ".",
+                "",
+            ]
         if m["publisher_error_samples"]:
             out += ["Publisher errors: " + "; ".join(m["publisher_error_samples"]), ""]
     return out

@@ -388,8 +388,12 @@ class Delivery:
         finally:
             with trio.move_on_after(5.0, shield=True):
                 await self.flush()
-            if self._reader is not None:
-                self._reader.close()
+                # A replay read may still run in a worker thread on the reader's
+                # connection: close it only once that read is over (issue 20, bug 9).
+                async with self._read_lock:
+                    if self._reader is not None:
+                        self._reader.close()
+                        self._reader = None
 
     async def flush(self) -> None:
         """Commit everything appended or recorded so far."""

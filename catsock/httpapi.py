@@ -36,6 +36,7 @@ from protocol import (
 from protocol import messages as m
 
 from . import metrics
+from .entries import with_seq_first
 from .static_files import static_response
 from .transport.frontdoor import FrontDoor, Request, Response, error_response, json_response
 
@@ -373,7 +374,7 @@ class HttpApi:
         next_seq = min(positions.values(), default=delivery.head)
         if live:
             delivery.note(identity, "written", live[0].seq, live[-1].seq, None)
-        events = b",".join(_with_seq(e.seq, e.body).encode() for e in live)
+        events = b",".join(with_seq_first(e.seq, e.body).encode() for e in live)
         body = b'{"events":[' + events + b'],"next":' + str(next_seq).encode() + b"}\n"
         return Response(200, body)
 
@@ -424,10 +425,6 @@ def _complete_envelope(
     rest = text.lstrip()[1:]
     return head + ("" if rest.lstrip().startswith("}") else ",") + rest
 
-
-def _with_seq(seq: int, body: str) -> str:
-    """The event's text with the log's ``seq`` as its first key (docs/delivery.md)."""
-    return f'{{"seq":{seq},{body.lstrip()[1:]}'
 
 
 def _int_param(

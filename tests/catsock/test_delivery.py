@@ -7,11 +7,15 @@ after everything queued for that connection before the ping was read.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
+import trio_websocket
 
 import storage
 from catsock.ledger import explain
@@ -304,3 +308,52 @@ async def test_a_client_without_acks_that_took_everything_in_is_not_sent_it_agai
         async with gw.client("AFAD") as again:
             assert await until_pong(again) == []
     assert gw.gateway.delivery.statistics().unconfirmed == 0
+
+
+async def test_the_replay_reader_closes_only_after_its_last_read(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, bug 9: the writer task's cleanup closed the reader's SQLite connection
+    while a replay read could still run on it in a worker thread. Here the read is
+    held inside its thread while the gateway shuts down; it must finish on an open
+    connection (a closed one raises ProgrammingError in the thread)."""
+    # A shutdown that gives up on the stuck connection at once, so the writer's
+    # cleanup runs while the read is still held.
+    gw = await start_gateway(shutdown_timeout=0.1)
+    gw.token("afad", "AFAD")
+    texts = [conversion(f"r{i}") for i in range(5)]
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+    results: list[object] = []
+    real = storage.read_after
+
+    def held_read(db: Any, *args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        release.wait(10)
+        try:
+            results.append(real(db, *args, **kwargs))
+        except Exception as exc:
+            results.append(exc)
+            raise
+        finally:
+            done.set()
+        return results[-1]
+
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, texts)
+        monkeypatch.setattr(storage, "read_after", held_read)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_connect_afad, gw)
+            await trio.to_thread.run_sync(inside.wait, 10)
+            nursery.start_soon(gw.gateway.shutdown)
+            await trio.sleep(0.2)  # the writer's cleanup runs while the read is held
+            release.set()
+            await trio.to_thread.run_sync(done.wait, 10)
+    assert results, "the held read never ran"
+    assert not isinstance(results[0], Exception), results
+
+
+async def _connect_afad(gw: RunningGateway) -> None:
+    with contextlib.suppress(trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
+        async with gw.client("AFAD") as afad:
+            await afad.recv()

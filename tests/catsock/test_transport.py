@@ -121,3 +121,36 @@ async def test_tls_serves_wss_and_refuses_plain_text(
             except trio.BrokenResourceError:
                 reply = b""
             assert b"101" not in reply
+
+
+async def test_concurrent_handshakes_never_exceed_max_connections(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Issue 20, bug 5: the limit was checked before the handshake's await and the
+    connection counted after it, so handshakes arriving together all passed."""
+    gw = await start_gateway(limits={"max_connections": 5})
+    request = (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(20):
+        streams = [await trio.open_tcp_stream("127.0.0.1", gw.port) for _ in range(30)]
+        statuses: list[bytes] = []
+
+        async def handshake(stream: trio.SocketStream) -> None:
+            await stream.send_all(request)
+            head = b""
+            while b"\r\n" not in head:
+                data = await stream.receive_some(4096)
+                if not data:
+                    break
+                head += data
+            statuses.append(head.split(b" ", 2)[1] if head else b"closed")
+
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(handshake, stream)
+        for stream in streams:
+            await stream.aclose()
+    assert statuses.count(b"101") == 5, statuses
+    assert statuses.count(b"503") == 25, statuses

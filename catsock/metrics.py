@@ -81,7 +81,7 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gateway = self.gateway
-        stats = gateway.stats
+        stats = gateway.statistics()
         yield from self._connections()
         yield _counter(
             "catsock_connections_accepted", "WebSocket connections accepted.", stats.accepted

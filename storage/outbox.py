@@ -231,12 +231,6 @@ class Outbox:
                         (s.error, now, s.message_id),
                     )
 
-    def mark_sent(self, message_id: str, seq: int | None = None) -> None:
-        self.settle([Settlement(message_id, seq)])
-
-    def mark_failed(self, message_id: str, error: str) -> None:
-        self.settle([Settlement(message_id, error=error)])
-
     def count_retries(self, message_ids: Iterable[str]) -> None:
         """``retry_count += 1`` for each still PENDING event (it is being sent again)."""
         now = iso(self._now())

@@ -252,6 +252,33 @@ async def test_handlers_sync_async_and_wildcard(
     assert seen == [("sync", "UPDATE"), ("any", "adware_update"), ("any", "budget_update")]
 
 
+async def test_a_removed_handler_is_not_called_again(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    gw = await start_gateway()
+    seen: list[str] = []
+    handled, done = trio.Event(), trio.Event()
+    with trio.fail_after(TIMEOUT):
+        async with _client(gw, "CATS") as cats, _client(gw, "AFAD", receive=False) as afad:
+
+            def first(event: ReceivedEvent) -> None:
+                seen.append(event.message["payload"]["action"])
+                handled.set()
+
+            def last(event: ReceivedEvent) -> None:
+                done.set()
+
+            cats.add_handler("adware_update", first)
+            cats.add_handler("budget_update", last)
+            await afad.publish("adware_update", ADWARE_UPDATE)
+            await handled.wait()
+            cats.remove_handler("adware_update", first)
+            await afad.publish("adware_update", {**ADWARE_UPDATE, "action": "DELETE"})
+            await afad.publish("budget_update", {"adware_id": 100, "limit": 5000})
+            await done.wait()
+    assert seen == ["UPDATE"]
+
+
 async def test_refused_publish_fails_in_the_outbox(
     start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

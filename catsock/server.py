@@ -29,6 +29,7 @@ import trio
 
 import storage
 from protocol import (
+    CloseCode,
     Codec,
     ErrorCode,
     EventRegistry,
@@ -248,7 +249,7 @@ class Gateway:
         self.http.shutdown()
         with trio.move_on_after(self.config.shutdown_timeout):
             for conn in list(self.connections):
-                conn.close(1001, "server shutting down")
+                conn.close(CloseCode.GOING_AWAY, "server shutting down")
             if self.connections:
                 await self._drained.wait()
             await self.delivery.flush()
@@ -420,7 +421,7 @@ class Gateway:
         self.stats.accepted += 1
         if self._closing:
             # shutdown() closed everyone while the 101 went out: this one too.
-            conn.close(1001, "server shutting down")
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
         await conn.run()
         if conn.close_code is None:
             # No close frame either way: the peer reset, hung up or stopped reading.

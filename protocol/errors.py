@@ -56,8 +56,6 @@ class CloseCode(enum.IntEnum):
     INVALID_DATA = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
     # Private range: reasons RFC 6455 has no code for.
     HEARTBEAT_TIMEOUT = 4000
     SLOW_CONSUMER = 4001

@@ -7,15 +7,17 @@ Test rules (every test in tests/ follows them):
 - Every test that does I/O runs under ``trio.fail_after(...)``, so a hang is a
   failure with a traceback, not a stuck CI job.
 - Anything timed (heartbeats, deadlines, retries, rate limits) runs on a fake
-  clock: ``trio.testing.MockClock`` / the ``autojump_clock`` fixture in trio
-  tests, an injected clock function in sans-IO code.
+  clock: ``trio.testing.MockClock`` in trio tests, an injected clock function in
+  sans-IO code. Where worker threads run (a gateway, the log writer, SQLite), not
+  the plain ``autojump_clock``, which jumps while a thread works: the
+  thread-aware ``lazy_clock`` (tests/clocks.py), or a clock the test moves by hand
+  with ``wait_quiet`` between moves. No bound on real time (``took < 1.0``).
 - Never ``sleep`` to wait for a condition: wait on the event, the channel or
   the state change itself (``trio.testing.wait_all_tasks_blocked`` at most).
 - Storage tests use real SQLite files under ``tmp_path``, not ``:memory:``
   stand-ins, so WAL mode, file locking and migrations run as in production.
 - No mocks where the real part can run: use the real codec, state machine,
   database and loopback sockets; fake only clocks and the outside world.
-
 - A test fails if catsock had an internal error it did not declare: a gateway's
   crashed connection or HTTP handler, a client's crashed event handler, a
   traceback in a gateway process's stderr (tests/internal_errors.py). Declare the
@@ -34,9 +36,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, settings
 
 from tests.catsock.harness import GatewayFactory
+from tests.clocks import thread_aware_clock
 from tests.internal_errors import InternalErrors
 
 settings.register_profile(
@@ -98,6 +102,20 @@ def internal_errors(request: pytest.FixtureRequest) -> Iterator[InternalErrors]:
     problems = watch.problems()
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def lazy_clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    """A fake clock for gateway tests: it jumps only after 0.1 s of real idleness,
+    and never while a worker thread runs (tests/clocks.py).
+
+    The plain ``autojump_clock`` jumps whenever every task waits, which includes
+    waiting for the gateway's worker threads (SQLite), so fake time could race
+    to a test's own deadline mid-exchange. The periodic credential refresh is
+    stretched so hours of fake idleness take a handful of jumps.
+    """
+    monkeypatch.setattr("catsock.server.CREDENTIAL_REFRESH", 24 * 3600.0)
+    return thread_aware_clock(0.1)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Rate limits, size limits, connection limits and slow consumers, over real sockets.
 
-The rate-limit tests run on the lazy fake clock (tests/catsock/conftest.py): the
+The rate-limit tests run on the lazy fake clock (tests/conftest.py): the
 gateway's buckets read ``trio.current_time()``, so tokens come back only as fast
 as fake time moves, which is not at all while anything runs, however busy the
 machine. What did pass is read from the same clock, so bounds are exact.

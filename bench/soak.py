@@ -469,7 +469,8 @@ async def run_level(
             await trio.sleep(max(0.0, next_at - perf()))
             next_at += plan.window
             rows.append(r := sampling.row())
-            if perf() - shown >= 60 or r["phase"] != "load":
+            first_drain = r["phase"] == "drain" and rows[-2:-1] and rows[-2]["phase"] == "load"
+            if perf() - shown >= 60 or first_drain:
                 shown = perf()
                 log(_progress_line(label, r))
 
@@ -482,7 +483,6 @@ async def run_level(
             for k, publisher in enumerate(crowd.publishers):
                 offset = k / max(rate, 1e-9)
                 senders.start_soon(publisher.run_schedule, per_publisher, t0 + offset, stop)
-        sampling.phase = "drain"
         drained_in = await _drain(crowd, plan)
         watchers.cancel_scope.cancel()
     rows.append(sampling.row())
@@ -514,7 +514,6 @@ class _Sampler:
     ) -> None:
         self.crowd, self.probes, self.rss, self.server_cpu = crowd, probes, rss, server_cpu
         self.rate, self.t0, self.stop = rate, t0, stop
-        self.phase = "load"
         self.mark = _CpuMark.now(server_cpu)
         self.sent = self.accepted = self.refused = self.afad = self.dash = self.seen = 0
 
@@ -534,7 +533,9 @@ class _Sampler:
         fresh = probes.latest_at > self.mark.at
         out = {
             "t": now - self.t0,
-            "phase": self.phase,
+            # By the clock: a publisher whose write the gateway holds up returns late,
+            # but the load (its schedule) ended at ``stop``.
+            "phase": "load" if now <= self.stop + 1.0 else "drain",
             "wall_s": wall,
             "offered_per_s": scheduled * self.rate / wall,
             "sent_per_s": (sent - self.sent) / wall,

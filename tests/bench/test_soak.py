@@ -82,8 +82,9 @@ def test_afad_never_sees_an_event_twice_or_out_of_order(
 
 def test_the_gateway_answered_metrics(soak_run: tuple[dict[str, Any], str, Path]) -> None:
     data, _, _ = soak_run
-    final = data["records"][1]["metrics"]["final_metrics"]
-    assert final["catsock_published_total"] == data["records"][1]["metrics"]["accepted"]
+    metrics = data["records"][1]["metrics"]
+    # Counted when taken in, before the commit: at least every event acked as accepted.
+    assert metrics["final_metrics"]["catsock_published_total"] >= metrics["accepted"]
 
 
 def test_report_and_plot(soak_run: tuple[dict[str, Any], str, Path]) -> None:

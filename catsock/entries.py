@@ -10,8 +10,6 @@ few operations however many events the commit holds (docs/architecture.md).
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 from collections.abc import Mapping
 from typing import Protocol
@@ -143,14 +141,40 @@ class Run:
 
     def split(self, room: int, with_seq: bool) -> tuple[Run, Run | None]:
         """The first entries whose frames fit in ``room`` bytes (at least one), and the
-        rest; both share this run's joined frames (no copy)."""
-        ends = list(itertools.accumulate(len(e.frame(with_seq)) for e in self.entries))
-        k = max(1, bisect.bisect_right(ends, room))
-        if k >= len(self.entries):
+        rest; both share this run's joined frames (no copy).
+
+        Costs what the first part holds, not what the run holds: draining a long run
+        in slices must not measure its rest again at every slice. The rest's figures
+        are this run's minus the first part's; its senders and earliest expiry stay
+        this run's (a superset, and an earlier-or-equal time: both only make a
+        recipient look closer, never miss anything)."""
+        entries = self.entries
+        cut = 0
+        k = 0
+        for entry in entries:
+            size = len(entry.frame(with_seq))
+            if k and cut + size > room:
+                break
+            cut += size
+            k += 1
+        if k >= len(entries):
             return self, None
+        head = Run.of(entries[:k])
+        types = dict(self.types)
+        for type_, n in head.types.items():
+            types[type_] -= n
+            if not types[type_]:
+                del types[type_]
+        tail = Run(
+            entries[k:],
+            self.senders,
+            self.expires_at,
+            types,
+            self.size - head.size,
+            self.priority,
+            tuple(a - b for a, b in zip(self.levels, head.levels, strict=True)),
+        )
         data = memoryview(self.frames(with_seq))
-        cut = ends[k - 1]
-        head, tail = Run.of(self.entries[:k]), Run.of(self.entries[k:])
         if with_seq:
             head._seq_frames, tail._seq_frames = data[:cut], data[cut:]
         else:

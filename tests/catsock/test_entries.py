@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -63,3 +64,47 @@ def test_seq_goes_first_and_the_rest_is_the_published_text() -> None:
     assert with_seq_first(7, ' {"type":"click","x":1}') == '{"seq":7,"type":"click","x":1}'
     assert with_seq_first(7, "{ }") == '{"seq":7 }'
     assert json.loads(with_seq_first(3, "{}")) == {"seq": 3}
+
+
+@given(st.lists(st.integers(0, 400), min_size=1, max_size=60), st.integers(1, 3000))
+def test_draining_a_run_in_slices_keeps_every_figure_right(sizes: list[int], room: int) -> None:
+    entries = [
+        entry(i + 1, json.dumps({"pad": "x" * n}), ("click", "conversion")[n % 2])
+        for i, n in enumerate(sizes)
+    ]
+    for e, n in zip(entries, sizes, strict=True):
+        e.priority = 1 + n % 4
+    run: Run | None = Run.of(entries)
+    assert run is not None
+    whole = bytes(run.frames(False))
+    slices = []
+    while run is not None:
+        head, run = run.split(room, False)
+        recount = Run.of(head.entries)
+        assert (head.types, head.levels, head.size) == (recount.types, recount.levels, recount.size)
+        if run is not None:
+            rest = Run.of(run.entries)
+            assert (run.types, run.levels, run.size) == (rest.types, rest.levels, rest.size)
+        slices.append(bytes(head.frames(False)))
+    assert b"".join(slices) == whole
+
+
+def test_a_split_measures_only_what_it_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draining a run of n entries in slices of k must not cost n²/k (the soak's
+    meltdown, docs/benchmarks.md): each entry's frame is looked at about once."""
+    entries = [entry(i + 1, json.dumps({"pad": "x" * 100})) for i in range(2000)]
+    run: Run | None = Run.of(entries)
+    assert run is not None
+    run.frames(False)
+    looked = 0
+    real = Entry.frame
+
+    def counting(self: Entry, with_seq: bool) -> bytes:
+        nonlocal looked
+        looked += 1
+        return real(self, with_seq)
+
+    monkeypatch.setattr(Entry, "frame", counting)
+    while run is not None:
+        _, run = run.split(4096, False)
+    assert looked <= 2 * len(entries)

@@ -15,9 +15,10 @@ times that rate, open loop, for ``duration`` seconds, and samples every
 percentiles, server RSS (its peak, from a sample every 0.5 s) and CPU, the
 generator's CPU, everyone else's (noise), ``GET /health`` and ``GET /metrics``
 times (``probe_limit`` timeout) and every ``catsock_`` series of the last
-``/metrics`` answer. It drains, then lets the non-reading dashboards read what
-their sockets hold, to see whether the ``SLOW_CONSUMER`` error and the 4001 close
-reached them, and reads close codes and AFAD cursors from the database.
+``/metrics`` answer. Once catsock counts the non-reading dashboards as shed (or
+after the drain), they read what their sockets hold, to see whether the
+``SLOW_CONSUMER`` error and the 4001 close reached them. After the drain the
+harness reads close codes and AFAD cursors from the database.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import trio
 from . import httpprobe
 from .loadgen import cpu_pressure_us, generator_cpu_seconds
 from .soakclients import Afad, ClassTotals, Dashboard, Progress, SoakPublisher
+from .soakreport import metric
 from .wsclient import Conn, ConnectFailed, authenticate, open_conn
 
 __all__ = ["Crowd", "SoakPlan", "SoakTokens", "measure_capacity", "run_level"]
@@ -72,7 +74,10 @@ class SoakPlan:
     capacity: float | None = None
     drain_limit: float = 300.0
     drain_idle: float = 10.0
-    #: After the drain, how long the non-reading dashboards get to read their sockets.
+    #: The non-reading dashboards read again this long after catsock counted them all
+    #: shed (4001 closes in /metrics), or after the drain if it never did; then they
+    #: get ``idle_read_limit`` seconds to read what their sockets hold.
+    idle_resume_after: float = 10.0
     idle_read_limit: float = 10.0
     #: ``SO_RCVBUF`` of the non-reading dashboards (None: the kernel's default, which
     #: on loopback here let one hold about 19 MB unread: 38,000 events before catsock
@@ -474,19 +479,41 @@ async def run_level(
                 shown = perf()
                 log(_progress_line(label, r))
 
+    idle: dict[str, Any] = {}
+
+    async def resume_idle_once_shed() -> None:
+        """Once catsock counts as many 4001 closes as there are non-readers, give it
+        ``idle_resume_after`` seconds more (its close grace is 5 s) and let them
+        read: does a tab that comes back find the close?"""
+        count = len(crowd.idle)
+        while count:
+            shed = metric(probes.latest, "catsock_slow_consumer_disconnects")
+            if shed is not None and shed >= count:
+                break
+            await trio.sleep(plan.probe_every)
+        shed_at = perf()
+        await trio.sleep(plan.idle_resume_after)
+        idle.update(await _let_idle_read(crowd, plan.idle_read_limit))
+        idle["shed_seen_at_s"] = shed_at - t0
+        idle["resumed_at_s"] = idle["resumed_at_s"] - t0
+
     async with trio.open_nursery() as watchers:
         watchers.start_soon(rss.run)
         watchers.start_soon(_probe_loop, port, "/health", plan, probes)
         watchers.start_soon(_probe_loop, port, "/metrics", plan, probes)
         watchers.start_soon(sampler)
+        watchers.start_soon(resume_idle_once_shed)
         async with trio.open_nursery() as senders:
             for k, publisher in enumerate(crowd.publishers):
                 offset = k / max(rate, 1e-9)
                 senders.start_soon(publisher.run_schedule, per_publisher, t0 + offset, stop)
         drained_in = await _drain(crowd, plan)
+        if not idle:  # never counted as shed (or the count was never seen): read now
+            idle.update(await _let_idle_read(crowd, plan.idle_read_limit))
+            idle["shed_seen_at_s"] = None
+            idle["resumed_at_s"] = idle["resumed_at_s"] - t0
         watchers.cancel_scope.cancel()
     rows.append(sampling.row())
-    idle = await _let_idle_read(crowd, plan.idle_read_limit)
     return {
         "rate": rate,
         "per_publisher_rate": per_publisher,
@@ -594,6 +621,7 @@ async def _let_idle_read(crowd: Crowd, limit: float) -> dict[str, Any]:
     ``SLOW_CONSUMER`` error and the close frame reach them?"""
     idle = crowd.idle
     before = [d.received for d in idle]
+    resumed = perf()
     for d in idle:
         d.conn.resume()
     deadline = perf() + limit
@@ -613,6 +641,7 @@ async def _let_idle_read(crowd: Crowd, limit: float) -> dict[str, Any]:
         "ended_by": _count(d.conn.ended_by or "open" for d in idle),
         "events_read_after": sum(d.received - b for d, b in zip(idle, before, strict=True)),
         "events_read": sum(d.received for d in idle),
+        "resumed_at_s": resumed,
     }
 
 

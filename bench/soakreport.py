@@ -153,7 +153,8 @@ def soak_checks(m: dict[str, Any], base_peak_kib: int | None = None) -> list[dic
             "pass": idle["count"] > 0 and got_close == idle["count"],
             "detail": f"{got_close}/{idle['count']} non-reading dashboards read a 4001 close, "
             f"{idle['saw_slow_consumer']} the SLOW_CONSUMER error; ended by "
-            + ", ".join(f"{k} {v}" for k, v in sorted(idle["ended_by"].items())),
+            + ", ".join(f"{k} {v}" for k, v in sorted(idle["ended_by"].items()))
+            + _resumed(idle),
         }
     )
     if m["load"] <= 1:
@@ -167,6 +168,15 @@ def soak_checks(m: dict[str, Any], base_peak_kib: int | None = None) -> list[dic
             }
         )
     return checks
+
+
+def _resumed(idle: dict[str, Any]) -> str:
+    resumed, shed = idle.get("resumed_at_s"), idle.get("shed_seen_at_s")
+    if resumed is None:
+        return ""
+    if shed is None:
+        return f"; they read again at {resumed:.0f} s, after the drain (never counted shed)"
+    return f"; counted shed at {shed:.0f} s, they read again at {resumed:.0f} s"
 
 
 def _afad_how(recipients: list[dict[str, Any]]) -> str:

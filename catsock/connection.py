@@ -437,6 +437,8 @@ class Connection(Session):
         self._queue.clear()
         self._events = self._replies = 0
         self._levels = [0] * (LOW + 1)
+        # The error and the close wait behind one frame, not a whole write.
+        self.cut_short()
         self._send(
             m.Error(
                 payload=m.ErrorPayload(

@@ -68,6 +68,8 @@ class Link:
         "_rest",
         "_sock",
         "_stream",
+        "_write",
+        "_write_sent",
         "broken",
         "on_drained",
         "received_eof",
@@ -81,6 +83,9 @@ class Link:
         self._stream = stream
         self._rest = rest
         self._pending: memoryview | bytes | None = None
+        # The write in flight, whole, and how much of it the kernel has taken.
+        self._write: memoryview | None = None
+        self._write_sent = 0
         self._draining = False
         self._nursery: trio.Nursery | None = None
         #: Called (from the drain task) when a ``PENDING`` write has fully gone out.
@@ -177,7 +182,8 @@ class Link:
             self.sent += sent
             if sent == len(data):
                 return SENT
-            self._pending = memoryview(data)[sent:]
+            self._write, self._write_sent = memoryview(data), sent
+            self._pending = self._write[sent:]
         else:
             self._pending = data
         self._draining = True
@@ -208,6 +214,8 @@ class Link:
     async def _drain_socket(self, sock: socket.socket) -> None:
         while self._pending is not None:
             await trio.lowlevel.wait_writable(sock)
+            if self._pending is None:  # cut short meanwhile (cut_after_frame)
+                break
             try:
                 sent = sock.send(self._pending)
             except BlockingIOError:
@@ -216,8 +224,22 @@ class Link:
                 self.broken = True
                 return
             self.sent += sent
+            self._write_sent += sent
             rest = self._pending[sent:]
             self._pending = rest if len(rest) else None
+        self._write = None
+
+    def cut_after_frame(self) -> int:
+        """Drop what the write in flight holds after the frame the kernel is in the
+        middle of (a frame cannot be cut), so that what comes next — a close — waits
+        behind one frame, not behind the whole write. Returns the bytes dropped."""
+        write, pending = self._write, self._pending
+        if write is None or pending is None or not isinstance(pending, memoryview):
+            return 0
+        end = _frame_end(write, self._write_sent)
+        dropped = len(write) - end
+        self._pending = write[self._write_sent : end] if end > self._write_sent else None
+        return dropped
 
     # -- what the peer has taken ------------------------------------------------------------
 
@@ -269,6 +291,23 @@ class Link:
     def fileno(self) -> int:
         """The socket's descriptor (-1 for a TLS stream or a closed link)."""
         return self._sock.fileno() if self._sock is not None else -1
+
+
+def _frame_end(data: memoryview, offset: int) -> int:
+    """Where the server frame that ``offset`` falls in ends, walking ``data``'s
+    unmasked frame headers (RFC 6455 §5.2) from its start; ``offset`` itself when
+    it falls between two frames."""
+    pos = 0
+    n = len(data)
+    while pos < offset and pos + 2 <= n:
+        length = data[pos + 1] & 0x7F
+        header = 2
+        if length == 126:
+            length, header = int.from_bytes(data[pos + 2 : pos + 4], "big"), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
+        pos += header + length
+    return min(pos, n) if pos >= offset else n
 
 
 def _tcp_info(sock: socket.socket | None) -> tuple[int, int] | None:

@@ -175,7 +175,7 @@ class Session:
     def _drained(self) -> None:
         self._busy = False
         token, self._inflight = self._inflight, None
-        if not self._close_sent:
+        if not self._close_sent and token is not None:
             self.written(token)
         self.pump()
         self._room.unpark_all()
@@ -185,6 +185,13 @@ class Session:
         (``empty``: until the queue is empty too)."""
         while self.link.busy or (self._queue if empty else self._replies > MAX_UNREAD_REPLIES):
             await self._room.park()
+
+    def cut_short(self) -> None:
+        """Give up on what is being written after the frame in progress (the peer is
+        not keeping up): a reply or close queued next goes out as soon as the peer
+        has read that one frame. What was cut does not count as written."""
+        if self._busy and self.link.cut_after_frame():
+            self._inflight = None
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -19,19 +19,32 @@ import trio
 
 from .transport.frames import text_frame
 
-__all__ = ["PRIORITIES", "PRIORITY_NAMES", "Entry", "Publisher", "Run", "with_seq_first"]
+__all__ = [
+    "PRIORITIES",
+    "PRIORITY_NAMES",
+    "Entry",
+    "Publisher",
+    "Run",
+    "keys_in_front",
+    "with_seq_first",
+]
 
 #: Seed 002's levels: a lower number is more important.
 PRIORITIES: Mapping[str, int] = {"CRITICAL": 1, "HIGH": 2, "NORMAL": 3, "LOW": 4}
 PRIORITY_NAMES: Mapping[int, str] = {v: k for k, v in PRIORITIES.items()}
 
 
-def with_seq_first(seq: int, body: str) -> str:
-    """The event's JSON object text with ``"seq"`` as its first key (docs/delivery.md),
-    the rest byte for byte as published."""
+def keys_in_front(opening: str, body: str) -> str:
+    """``body`` (a JSON object's text) with the keys of ``opening`` (an object's text
+    without its closing brace, such as ``'{"seq":5'``) put first; the rest byte for
+    byte as it was, so recipients get what was published."""
     rest = body.lstrip()[1:]
-    comma = "" if rest.lstrip().startswith("}") else ","
-    return f'{{"seq":{seq}{comma}{rest}'
+    return opening + ("" if rest.lstrip().startswith("}") else ",") + rest
+
+
+def with_seq_first(seq: int, body: str) -> str:
+    """The event's JSON object text with ``"seq"`` as its first key (docs/delivery.md)."""
+    return keys_in_front(f'{{"seq":{seq}', body)
 
 
 class Publisher(Protocol):

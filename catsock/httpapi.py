@@ -36,7 +36,7 @@ from protocol import (
 from protocol import messages as m
 
 from . import metrics
-from .entries import with_seq_first
+from .entries import keys_in_front, with_seq_first
 from .static_files import static_response
 from .transport.frontdoor import FrontDoor, Request, Response, error_response, json_response
 
@@ -107,6 +107,11 @@ class HttpApi:
             "/api/publish": {"POST": self._post_publish},
             "/api/events": {"GET": self._get_events},
         }
+
+    @property
+    def open_polls(self) -> int:
+        """Long-polls (``GET /api/events``) waiting for events now."""
+        return len(self._polls)
 
     def shutdown(self) -> None:
         """The gateway is shutting down: /health says so, keep-alive ends, and
@@ -421,10 +426,7 @@ def _complete_envelope(
     missing = {key: defaults[key] for key in _FILLED if key not in envelope}
     if not missing:
         return text
-    head = orjson.dumps(missing).decode()[:-1]  # '{"version":"1.0",...' without the '}'
-    rest = text.lstrip()[1:]
-    return head + ("" if rest.lstrip().startswith("}") else ",") + rest
-
+    return keys_in_front(orjson.dumps(missing).decode()[:-1], text)
 
 
 def _int_param(

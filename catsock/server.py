@@ -150,6 +150,7 @@ class Gateway:
             redact_fields=frozenset(config.log.redact),
             retention_max_age=config.log.retention_days * 86400,
             retention_max_rows=config.log.retention_rows,
+            wall_clock=wall_clock,
         )
         self.hub = Hub()
         self.delivery = Delivery(

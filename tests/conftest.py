@@ -58,12 +58,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 #: Tests that provoke an internal error on purpose but do not carry the marker yet
 #: (by node id): each entry belongs on its test as
 #: ``@pytest.mark.expect_internal_errors(...)``, and goes from here when it is there.
-DECLARED_HERE: dict[str, tuple[str, ...]] = {
-    # The client logs a failing handler with its traceback and goes on.
-    "tests/catsock/test_client.py::test_handlers_sync_async_and_wildcard": (
-        "RuntimeError: a failing handler is logged, not fatal",
-    ),
-}
+DECLARED_HERE: dict[str, tuple[str, ...]] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,6 +15,7 @@ import trio.testing
 import storage
 from catsock.config import RateConfig
 from catsock.server import Gateway
+from tests.clocks import wait_quiet
 
 from .harness import GatewayFactory, RunningGateway
 from .test_http import http
@@ -239,6 +240,7 @@ async def test_a_rate_limit_that_makes_no_bucket_refuses_login_without_a_leak(
             gw.port, "GET", "/api/events", headers={"authorization": f"Bearer {token}"}
         )
         assert reply.status == 500
+    await wait_quiet()  # the AFAD's close returns before the gateway lets it go
     assert gateway.connections_of("cats") == 0
     assert gateway._identities == {}
     assert gateway.stats.internal_errors == 0

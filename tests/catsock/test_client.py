@@ -225,6 +225,7 @@ async def test_publish_is_accepted_and_reaches_handlers_and_iterator(
                 assert other.seq > accepted.seq
 
 
+@pytest.mark.expect_internal_errors("RuntimeError: a failing handler is logged, not fatal", count=1)
 async def test_handlers_sync_async_and_wildcard(
     start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:

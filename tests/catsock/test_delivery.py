@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,25 @@ async def _connect_afad(gw: RunningGateway) -> None:
     with contextlib.suppress(trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
         async with gw.client("AFAD") as afad:
             await afad.recv()
+
+
+async def test_a_login_whose_replay_planning_is_slow_still_succeeds(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, bug 8: the auth deadline also covered the login's delivery planning
+    (log reads in worker threads), so when it passed during them the next one raised
+    Cancelled and a valid login was closed 4000 with no auth_success. The deadline is
+    for waiting for ``auth``, not for the gateway's own work: here the replay reader's
+    first opening of the database (the first of the planning's threads) is slow."""
+    gw = await start_gateway(auth_timeout=0.3)
+    gw.token("afad", "AFAD")
+    real = storage.open_db
+
+    def slow_open(path: Any) -> Any:
+        time.sleep(0.6)  # a busy disk, past the auth deadline
+        return real(path)
+
+    monkeypatch.setattr(storage, "open_db", slow_open)
+    with trio.fail_after(10):
+        async with gw.client("AFAD") as afad:  # asserts auth_success
+            assert await until_pong(afad) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -11,6 +12,8 @@ import trio
 import trio.testing
 import trio_websocket
 import wsproto.events as ev
+
+from tests.clocks import wait_quiet
 
 from .harness import GatewayFactory, RawClient, tls_config
 
@@ -153,3 +156,55 @@ async def test_concurrent_handshakes_never_exceed_max_connections(
             await stream.aclose()
     assert statuses.count(b"101") == 5, statuses
     assert statuses.count(b"503") == 25, statuses
+
+
+async def test_a_handshake_that_completes_during_shutdown_does_not_join(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Issue 20, bug 6: a handshake finishing after shutdown() had closed everyone
+    joined without its 1001 and made shutdown wait out ``shutdown_timeout``. Half a
+    handshake is in the front door when shutdown starts; the rest comes after."""
+    gw = await start_gateway(shutdown_timeout=30)
+    head = (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", gw.port) as stream:
+            await stream.send_all(head[:40])
+            await wait_quiet()  # the front door holds the half head
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gw.gateway.shutdown)
+                await wait_quiet()
+                await stream.send_all(head[40:])
+                reply = b""
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while data := await stream.receive_some(4096):
+                        reply += data
+        # Refused, not joined; and shutdown did not wait for it (fail_after above).
+        assert not reply.startswith(b"HTTP/1.1 101"), reply
+    assert not gw.gateway.connections
+
+
+async def test_a_heartbeat_never_pings_a_connection_that_is_closing(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    """Issue 20, bug 7: a heartbeat ping during the close handshake raised
+    ConnectionClosed and was logged as an internal error (the suite fails on those).
+    Here the gateway shuts down and the client never answers the close: the
+    heartbeat's next ping time passes during the close grace."""
+    gw = await start_gateway(heartbeat={"min_interval": 1})
+    token = gw.token("afad", "AFAD")
+    with trio.fail_after(120):
+        raw = await _raw_auth(gw.port, token, {"heartbeat": {"interval": 3}})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gw.gateway.shutdown)
+            events = []
+            while (event := await raw.next_event()) is not None:
+                events.append(event)
+        closes = [e for e in events if isinstance(e, ev.CloseConnection)]
+        assert [c.code for c in closes] == [1001]
+        after = events[events.index(closes[0]) + 1 :]
+        assert not any(isinstance(e, ev.Ping) for e in after)
+        assert trio.current_time() > 3  # a ping was due while it closed (5 s of grace)
+        await raw.aclose()

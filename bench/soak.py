@@ -69,6 +69,9 @@ class SoakPlan:
     capacity_settle: float = 1.0
     capacity_p99_ms: float = 1000.0
     capacity_refine: bool = True
+    #: Seconds the rate found is then held (stepping down until a hold passes);
+    #: 0: no hold.
+    capacity_hold: float = 30.0
     capacity_max: float = 100_000.0
     #: Given: skip the capacity ramp and use this many events/s as 1×.
     capacity: float | None = None
@@ -99,6 +102,7 @@ class SoakPlan:
             capacity_step=1.0,
             capacity_settle=1.0,
             capacity_refine=False,
+            capacity_hold=2.0,
             drain_limit=10.0,
             drain_idle=3.0,
             idle_read_limit=3.0,
@@ -290,9 +294,13 @@ def _settled(crowd: Crowd) -> bool:
 
 
 async def _ramp_step(
-    crowd: Crowd, plan: SoakPlan, rate: float, server_cpu: Callable[[], float]
+    crowd: Crowd,
+    plan: SoakPlan,
+    rate: float,
+    server_cpu: Callable[[], float],
+    seconds: float | None = None,
 ) -> dict[str, Any]:
-    """``rate`` events/s for ``capacity_step`` seconds, then up to ``capacity_settle``
+    """``rate`` events/s for ``seconds`` (``capacity_step``), then up to ``capacity_settle``
     for the rest to arrive. Passes if the publishers kept the schedule, everything
     arrived in time, nobody was cut off and both classes' p99 stayed in bounds."""
     crowd.afad_totals.latency.take()
@@ -300,7 +308,8 @@ async def _ramp_step(
     sent0, closed0 = crowd.sent(), sum(d.conn.closed for d in crowd.reading)
     cpu0 = _CpuMark.now(server_cpu)
     start = perf() + 0.01
-    stop = start + plan.capacity_step
+    seconds = plan.capacity_step if seconds is None else seconds
+    stop = start + seconds
     per = rate / max(len(crowd.publishers), 1)
     async with trio.open_nursery() as nursery:
         for k, publisher in enumerate(crowd.publishers):
@@ -315,14 +324,15 @@ async def _ramp_step(
     cut = sum(d.conn.closed for d in crowd.reading) - closed0
     limit = plan.capacity_p99_ms
     passed = (
-        written >= 0.98 * rate * plan.capacity_step
+        written >= 0.98 * rate * seconds
         and _settled(crowd)
         and not cut
         and all(x["p99_ms"] is not None and x["p99_ms"] <= limit for x in (afad, dash))
     )
     return {
         "rate": rate,
-        "written_per_s": written / plan.capacity_step,
+        "seconds": seconds,
+        "written_per_s": written / seconds,
         "settle_s": settle,
         "reading_dashboards_cut": cut,
         "afad_latency": afad,
@@ -339,7 +349,9 @@ async def measure_capacity(
     ``capacity_start`` times ``capacity_factor`` each step until a step fails
     (``_ramp_step``), or, if the first one fails, divided by it until one passes;
     then, if ``capacity_refine``, one step halfway (geometrically) between the
-    highest pass and the lowest failure. The capacity is the highest rate that passed."""
+    highest pass and the lowest failure; then the highest pass is held for
+    ``capacity_hold`` seconds, divided by ``capacity_factor`` after each failed
+    hold (four at most). The capacity is the rate that held."""
     warmup = await _ramp_step(crowd, plan, plan.capacity_start, server_cpu)
     warmup["warmup"] = True
     steps: list[dict[str, Any]] = [warmup]
@@ -370,6 +382,22 @@ async def measure_capacity(
         steps.append(step)
         if step["pass"]:
             best = max(best, mid)
+    # A short step passes before a backlog has grown enough to hurt: hold the rate
+    # for longer, and step down until a hold passes.
+    tries = 0
+    while plan.capacity_hold > 0 and best is not None and tries < 4:
+        await _wait_settled(crowd, plan.drain_limit)
+        step = await _ramp_step(crowd, plan, best, server_cpu, plan.capacity_hold)
+        step["hold"] = True
+        steps.append(step)
+        if step["pass"]:
+            break
+        failed = best if failed is None else min(failed, best)
+        best /= plan.capacity_factor
+        tries += 1
+    else:
+        if plan.capacity_hold > 0 and best is not None:
+            best = None  # no hold passed
     return {
         "capacity_events_per_s": best,
         "first_failed_events_per_s": failed,

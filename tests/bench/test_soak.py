@@ -61,7 +61,12 @@ def test_capacity_then_each_load_level(soak_run: tuple[dict[str, Any], str, Path
     records = data["records"]
     assert [r["params"] for r in records] == [{"phase": "capacity"}, {"load": 1.0}, {"load": 2.0}]
     assert not [(r["params"], r["error"]) for r in records if r["error"]]
-    assert records[0]["metrics"]["capacity_events_per_s"] > 0
+    capacity = records[0]["metrics"]
+    assert capacity["capacity_events_per_s"] > 0
+    holds = [s for s in capacity["steps"] if s.get("hold")]
+    assert holds
+    assert holds[-1]["pass"]
+    assert holds[-1]["rate"] == capacity["capacity_events_per_s"]
     for record in records[1:]:
         metrics = record["metrics"]
         assert metrics["windows"]

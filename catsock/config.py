@@ -125,6 +125,10 @@ class DeliveryConfig:
     #: thousand dashboards cost a write each per round, not per commit. CRITICAL
     #: events go at once. 0: after every commit, like durable recipients.
     live_interval: float = 0.05
+    #: Seconds the gateway may run behind (its event loop, or the pacer's round)
+    #: before publishers are held until it has caught up (catsock/admission.py).
+    #: 0: never hold them.
+    admission_lag: float = 0.2
     #: Seconds a durable recipient that does not send acks (the seed's clients) must
     #: have taken an event in (its TCP acknowledged it and it left nothing unread)
     #: before the event counts as delivered; what it had not taken when it leaves is
@@ -317,6 +321,8 @@ def _validate(config: Config) -> Config:
         problems.append("delivery.legacy_confirm must be between 0 and 60 (seconds)")
     if not 0 <= delivery.live_interval <= 1:
         problems.append("delivery.live_interval must be between 0 and 1 (seconds)")
+    if not 0 <= delivery.admission_lag <= 60:
+        problems.append("delivery.admission_lag must be between 0 and 60 (seconds)")
     if delivery.queue_full_grace < 0 or delivery.retention_days <= 0:
         problems.append("delivery.queue_full_grace must be >= 0, retention_days > 0")
     if config.limits.max_message_size < 256:

@@ -143,9 +143,7 @@ class Connection(Session):
                 self._offer_entry(entry)
             return
         self._queue.append(run)
-        self._events += len(run.entries)
-        for level, n in enumerate(run.levels):
-            self._levels[level] += n
+        self._count(run, 1)
         self._urgent = self._urgent or run.priority <= CRITICAL
 
     def _offer_entry(self, entry: Entry) -> None:
@@ -157,8 +155,7 @@ class Connection(Session):
             self._overflow(entry)
             return
         self._queue.append(entry)
-        self._events += 1
-        self._levels[entry.priority] += 1
+        self._count(entry, 1)
         self._urgent = self._urgent or entry.priority <= CRITICAL
 
     def deliver(self) -> None:
@@ -200,15 +197,9 @@ class Connection(Session):
         return item, None
 
     def render(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes | memoryview], object]:
-        levels = self._levels
         for item in batch:
-            if isinstance(item, Run):
-                self._events -= len(item.entries)
-                for level, n in enumerate(item.levels):
-                    levels[level] -= n
-            elif isinstance(item, Entry):
-                self._events -= 1
-                levels[item.priority] -= 1
+            if not isinstance(item, bytes):
+                self._count(item, -1)
         self._full_since = None
         frames, first, last = self._frames(batch)
         self.ctx.stats.count_delivered(len(frames))
@@ -220,8 +211,7 @@ class Connection(Session):
             self._written_up_to(*written)
 
     def dropped(self) -> None:
-        self._events = 0
-        self._levels = [0] * (LOW + 1)
+        self._forget_queued()
 
     def idle(self) -> None:
         if self._positions is not None:
@@ -256,11 +246,8 @@ class Connection(Session):
         if self._heartbeat:
             self._silent_at = trio.current_time() + 2 * self._heartbeat
 
-    async def after_read(self) -> None:
-        if self.delivery.congested:
-            await self.delivery.room()  # the log writer is behind: stop reading
-
     def ended(self) -> None:
+        self._forget_queued()
         self._note_range()
         if self._taken_in:
             # Written, never known to be taken in: the next connection gets them again.
@@ -285,6 +272,13 @@ class Connection(Session):
     async def _execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Publish):
+                if self.delivery.congested:
+                    # The log writer is behind or the gateway overloaded: take this
+                    # event in later, and read nothing more meanwhile (TCP pushes
+                    # back on the publisher). Recipients' reads (acks, pongs) go on.
+                    # The wait was ours, not the peer's silence.
+                    await self.delivery.room()
+                    self.received()
                 self._uncommitted += 1
                 self.registry.publish(action.event, action.channels, self)
             elif isinstance(action, Send):
@@ -371,8 +365,9 @@ class Connection(Session):
                     return
                 entries, scanned = await delivery.read(positions, self._identity, limit)
                 if entries:
-                    self._queue.append(Run.of(entries))
-                    self._events += len(entries)
+                    run = Run.of(entries)
+                    self._queue.append(run)
+                    self._count(run, 1)
                 if self._positions is not positions:
                     return  # cannot happen today; guards a future second writer of _positions
                 if scanned >= delivery.head:
@@ -414,12 +409,33 @@ class Connection(Session):
                     victim = item
                     del self._queue[last - back]
                     self._queue.append(entry)
-                    self._levels[least] -= 1
-                    self._levels[entry.priority] += 1
+                    self._count(victim, -1)
+                    self._count(entry, 1)
                     break
         why = f"queue full: shed {PRIORITY_NAMES.get(victim.priority, '?')} priority first"
         assert self._identity is not None
         self.delivery.drop(victim, self._identity, self.id, why)
+
+    def _count(self, item: Entry | Run, sign: int) -> None:
+        """``item`` joins (1) or leaves (-1) the queue: this connection's counts and
+        the gateway's backlog, per priority, without walking any queue."""
+        backlog = self.ctx.stats.backlog
+        if isinstance(item, Run):
+            self._events += sign * len(item.entries)
+            for level, n in enumerate(item.levels):
+                self._levels[level] += sign * n
+                backlog[level] += sign * n
+        else:
+            self._events += sign
+            self._levels[item.priority] += sign
+            backlog[item.priority] += sign
+
+    def _forget_queued(self) -> None:
+        backlog = self.ctx.stats.backlog
+        for level, n in enumerate(self._levels):
+            backlog[level] -= n
+        self._events = 0
+        self._levels = [0] * (LOW + 1)
 
     def _explode_runs(self) -> None:
         """Turn queued runs into their entries, so shedding can pick single events."""
@@ -435,8 +451,8 @@ class Connection(Session):
     def _slow_consumer(self) -> None:
         self.ctx.stats.count_slow_consumer()
         self._queue.clear()
-        self._events = self._replies = 0
-        self._levels = [0] * (LOW + 1)
+        self._replies = 0
+        self._forget_queued()
         # The error and the close wait behind one frame, not a whole write.
         self.cut_short()
         self._send(

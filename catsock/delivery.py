@@ -28,6 +28,7 @@ import storage
 from protocol import Principal, encode
 from protocol import messages as m
 
+from .admission import Admission
 from .config import DeliveryConfig
 from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Publisher, Run
 from .pacer import Pacer, Pumpable
@@ -69,6 +70,10 @@ class DeliveryStatistics:
     latency_buckets: tuple[tuple[float, int], ...]  # cumulative, Prometheus style
     latency_sum: float
     latency_count: int
+    lag: float
+    overloaded: bool
+    overload_episodes: int
+    overload_seconds: float
 
 
 class Delivery:
@@ -89,6 +94,7 @@ class Delivery:
         self.enabled = config.log
         self.hub = hub
         self.pacer = Pacer(config.live_interval)
+        self.admission = Admission(config.admission_lag, self.pacer.lag)
         self._db = db
         self._lock = lock
         self._read_path = read_path
@@ -143,7 +149,7 @@ class Delivery:
         connection_id: str | None = None,
     ) -> Entry:
         """Accept a validated event. With the log on it is committed, then fanned out;
-        with it off it is fanned out now (and ``seq`` stays 0)."""
+        with it off it is fanned out with the next batch (and ``seq`` stays 0)."""
         now = self._wall()
         ttl = self.config.ttl.get(event.type)
         entry = Entry(
@@ -160,16 +166,11 @@ class Delivery:
             created_at=now,
             appended_at=trio.current_time(),
         )
-        if not self.enabled:
-            for recipient in self.hub.publish(Run.of([entry])):
-                recipient.deliver()
-            if publisher is not None:
-                publisher.accepted(entry)
-                publisher.pump()
-            return entry
-        entry.seq = self._next
-        self._next += 1
+        if self.enabled:
+            entry.seq = self._next
+            self._next += 1
         self._pending.append(entry)
+        self.admission.poke()
         self._wakeup.set()
         self._event_waiting.set()
         return entry
@@ -190,12 +191,17 @@ class Delivery:
 
     @property
     def congested(self) -> bool:
-        return len(self._pending) >= self.config.max_pending
+        """Publishers must wait: the log writer is ``max_pending`` events behind, or
+        the gateway is overloaded (catsock/admission.py)."""
+        return len(self._pending) >= self.config.max_pending or self.admission.overloaded
 
     async def room(self) -> None:
-        """Wait until the uncommitted backlog is below ``max_pending`` again."""
+        """Wait until neither holds (publishers, after a read that brought events in)."""
         while self.congested:
-            await self._room.wait()
+            if self.admission.overloaded:
+                await self.admission.wait()
+            else:
+                await self._room.wait()
 
     # -- cursors and the ledger ------------------------------------------------------------
 
@@ -350,9 +356,10 @@ class Delivery:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches until cancelled; then commit what is left (bounded).
 
-        The pacer of live-only recipients runs beside it."""
+        The pacer of live-only recipients and the admission watch run beside it."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.pacer.run)
+            nursery.start_soon(self.admission.run)
             await self._write(task_status)
 
     async def _write(self, task_status: trio.TaskStatus[None]) -> None:
@@ -402,6 +409,13 @@ class Delivery:
                 return
 
     async def _commit_next(self) -> bool:
+        if not self.enabled:
+            # No log: the batch is only what arrived meanwhile, fanned out together
+            # so that each recipient writes once for it, as after a commit.
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            self._after_commit(batch, {})
+            return True
         async with self._lock:
             # Shielded: rows taken out of the buffers must reach the database or be
             # put back, never vanish with a cancellation.
@@ -467,7 +481,7 @@ class Delivery:
             earlier = duplicates.get(entry.seq)
             if earlier is None:
                 self.head = entry.seq
-                self.committed_count += 1
+                self.committed_count += self.enabled
                 if run and run[-1].channels != entry.channels:
                     recipients.update(dict.fromkeys(self.hub.publish(Run.of(run))))
                     run = []
@@ -489,7 +503,7 @@ class Delivery:
             recipient.deliver()
         self._committed.set()
         self._committed = trio.Event()
-        if not self.congested:
+        if len(self._pending) < self.config.max_pending:
             self._room.set()
             self._room = trio.Event()
 
@@ -531,5 +545,9 @@ class Delivery:
             latency_buckets=tuple(cumulative),
             latency_sum=self._latency_sum,
             latency_count=total,
+            lag=self.admission.lag,
+            overloaded=self.admission.overloaded,
+            overload_episodes=self.admission.episodes,
+            overload_seconds=self.admission.held_seconds,
         )
 

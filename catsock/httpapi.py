@@ -66,7 +66,10 @@ STATUS_OF: dict[str, int] = {
     ErrorCode.RATE_LIMIT_EXCEEDED: 429,
     ErrorCode.PROCESSING_ERROR: 500,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.OVERLOADED: 503,
 }
+#: Seconds an HTTP publish waits for an overloaded gateway before it is refused.
+OVERLOAD_WAIT = 2.0
 _UNAUTHORIZED = (("www-authenticate", 'Bearer realm="catsock"'),)
 
 
@@ -313,7 +316,17 @@ class HttpApi:
         )
         delivery = gateway.delivery
         if delivery.congested:
-            await delivery.room()  # the log writer is behind: wait like a WebSocket publisher
+            # Wait like a WebSocket publisher, but an HTTP caller has a timeout of
+            # its own: past OVERLOAD_WAIT, a 503 it can act on is kinder.
+            with trio.move_on_after(OVERLOAD_WAIT):
+                await delivery.room()
+            if delivery.congested:
+                gateway.stats.count_error(ErrorCode.OVERLOADED)
+                return _api_error(
+                    ErrorCode.OVERLOADED,
+                    "the gateway is overloaded; nothing was published, retry later",
+                    1.0,
+                )
         entry = await delivery.publish(event, action.channels, principal)
         return json_response(
             202,

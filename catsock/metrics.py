@@ -23,6 +23,8 @@ from prometheus_client.registry import Collector
 
 from protocol import CONTROL_TYPES, ErrorCode
 
+from .entries import PRIORITY_NAMES
+
 #: Where a peer can reset or leave (``GatewayStats.peer_resets``'s keys).
 PEER_STAGES = ("tls", "http", "handshake", "websocket", "other")
 
@@ -144,6 +146,7 @@ class GatewayCollector(Collector):
         )
         yield from self._log_sink()
         yield from self._http()
+        yield from self._backlog()
         yield from self._delivery()
 
     def _peer_resets(self) -> Iterator[Metric]:
@@ -230,6 +233,18 @@ class GatewayCollector(Collector):
             http.front_door.open_http,
         )
 
+    def _backlog(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "catsock_backlog_events",
+            "Events queued for connections and not yet written, by priority"
+            " (each recipient's copy counts once).",
+            labels=["priority"],
+        )
+        backlog = self.gateway.stats.backlog
+        for level, name in PRIORITY_NAMES.items():
+            family.add_metric([name], backlog[level])
+        yield family
+
     def _delivery(self) -> Iterator[Metric]:
         delivery = getattr(self.gateway, "delivery", None)
         statistics = getattr(delivery, "statistics", None)
@@ -307,6 +322,25 @@ def delivery_metrics(stats: Any) -> Iterator[Metric]:
         "From a publish being accepted to its frame being written to a recipient.",
         [(_bound(bound), count) for bound, count in stats.latency_buckets],
         stats.latency_sum,
+    )
+    yield _gauge(
+        "catsock_lag_seconds",
+        "How far behind the gateway ran at the last look: its event loop, or the"
+        " oldest live-only recipient waiting for a write (catsock/admission.py).",
+        stats.lag,
+    )
+    yield _gauge(
+        "catsock_overloaded",
+        "1 while the gateway holds publishers' reads because it runs behind.",
+        int(stats.overloaded),
+    )
+    yield _counter(
+        "catsock_overload_episodes", "Times the gateway became overloaded.", stats.overload_episodes
+    )
+    yield _counter(
+        "catsock_overload_seconds",
+        "Time spent overloaded (publishers held), ended episodes only.",
+        stats.overload_seconds,
     )
 
 

@@ -11,6 +11,7 @@ first").
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import trio
@@ -32,6 +33,10 @@ class Pacer:
         self._due: dict[Pumpable, None] = {}
         self._wakeup = trio.Event()
         self.rounds = 0
+        # When the oldest recipient still waiting was put on the list: of the list
+        # being gathered, and of the round being pumped.
+        self._gathering_since = math.inf
+        self._pumping_since = math.inf
 
     def later(self, recipient: Pumpable) -> None:
         """Pump ``recipient`` within ``interval`` (at once if the interval is 0)."""
@@ -40,10 +45,16 @@ class Pacer:
             return
         if not self._due:
             self._wakeup.set()
+            self._gathering_since = trio.current_time()
         self._due[recipient] = None
 
     def __len__(self) -> int:
         return len(self._due)
+
+    def lag(self) -> float:
+        """How long past ``interval`` the longest-waiting recipient has waited (0: none)."""
+        oldest = min(self._gathering_since, self._pumping_since)
+        return max(0.0, trio.current_time() - oldest - self.interval)
 
     async def run(self) -> None:
         """Pump what is due, once per interval, until cancelled."""
@@ -52,8 +63,12 @@ class Pacer:
             self._wakeup = trio.Event()
             await trio.sleep(self.interval)
             due, self._due = self._due, {}
+            self._pumping_since, self._gathering_since = self._gathering_since, math.inf
             self.rounds += 1
-            for i, recipient in enumerate(due):
-                recipient.pump()
-                if i % SLICE == SLICE - 1:
-                    await trio.lowlevel.checkpoint()
+            try:
+                for i, recipient in enumerate(due):
+                    recipient.pump()
+                    if i % SLICE == SLICE - 1:
+                        await trio.lowlevel.checkpoint()
+            finally:
+                self._pumping_since = math.inf

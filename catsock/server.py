@@ -44,7 +44,7 @@ from protocol import messages as m
 from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
-from .delivery import Delivery
+from .delivery import PRIORITY_NAMES, Delivery
 from .guard import RETRY_AFTER, UNCOUNTED, AddressGuard, Slot
 from .httpapi import HttpApi
 from .hub import Hub
@@ -97,6 +97,9 @@ class GatewayStats:
     #: frames that do not decode count as "other".
     messages_in: dict[str, int] = attrs.Factory(dict)
     messages_out: dict[str, int] = attrs.Factory(dict)
+    #: Events queued for connections and not yet written, by priority (each
+    #: recipient's copy counts once; kept by the connections as they queue and write).
+    backlog: list[int] = attrs.Factory(lambda: [0] * (max(PRIORITY_NAMES) + 1))
 
     def count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1

@@ -29,6 +29,9 @@ __all__ = ["ConnectionContext", "DeliveryView", "Registry", "StatsSink"]
 class StatsSink(Protocol):
     """The gateway's counters, as a connection reports into them."""
 
+    #: Events queued and not yet written, by priority (``Connection._count``).
+    backlog: list[int]
+
     def count_in(self, type_: str) -> None: ...
     def count_out(self, type_: str, n: int = 1) -> None: ...
     def count_error(self, code: str) -> None: ...

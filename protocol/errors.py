@@ -45,6 +45,7 @@ class ErrorCode(enum.StrEnum):
     CONNECTION_LIMIT = "CONNECTION_LIMIT"
     SLOW_CONSUMER = "SLOW_CONSUMER"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    OVERLOADED = "OVERLOADED"
 
 
 class CloseCode(enum.IntEnum):

@@ -106,9 +106,6 @@ class Session:
     def deadline_passed(self) -> None:
         """``deadline`` came with nothing read."""
 
-    async def after_read(self) -> None:
-        """Called after every read is handled: the place to wait for backpressure."""
-
     def received(self) -> None:
         """Bytes arrived from the peer (a heartbeat's sign of life)."""
 
@@ -289,4 +286,3 @@ class Session:
                 await trio.lowlevel.checkpoint()
             if self._replies > MAX_UNREAD_REPLIES:
                 await self.wait_for_room()
-            await self.after_read()

@@ -367,7 +367,9 @@ class Delivery:
             self.head = await trio.to_thread.run_sync(storage.log_head, self._db)
             self._next = self.head + 1
         task_status.started()
-        next_prune = trio.current_time()
+        # With the log off there is nothing to prune: waiting until a prune that is
+        # always due would spin (it did: an idle live relay used a whole core).
+        next_prune = trio.current_time() if self.enabled else math.inf
         last_commit = -math.inf
         try:
             while True:

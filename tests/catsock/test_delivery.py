@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 import storage
@@ -380,3 +381,18 @@ async def test_a_login_whose_replay_planning_is_slow_still_succeeds(
     with trio.fail_after(10):
         async with gw.client("AFAD") as afad:  # asserts auth_success
             assert await until_pong(afad) == []
+
+
+@pytest.mark.parametrize("log", [True, False])
+async def test_an_idle_gateway_is_quiet_with_the_log_on_or_off(
+    start_gateway: GatewayFactory, log: bool
+) -> None:
+    """After traffic, nothing of the gateway keeps running: with the log off its writer
+    once waited for a prune that was always due, and spun a whole core."""
+    gw = await start_gateway(delivery={"log": log})
+    with trio.fail_after(10):
+        async with gw.client("AFAD") as afad, gw.client("CATS") as cats:
+            await cats.send(envelope("conversion", CONVERSION, "CATS", "q1"))
+            assert json.loads(await afad.recv_text())["message_id"] == "q1"
+            # Returns only once every task has waited 0.2 s without a wakeup.
+            await trio.testing.wait_all_tasks_blocked(0.2)

@@ -108,6 +108,8 @@ class Connection(Session):
         self._written = 0  # the highest seq written (or expired) for this connection
         self._acked = 0
         self._range: tuple[int, int, float] | None = None  # written, not yet in the ledger
+        # Shed, not yet in the ledger: first seq, last seq, why, since (see _overflow).
+        self._dropping: tuple[int, int, str, float] | None = None
         # A pong answers after everything before it: this connection's earlier
         # publishes are committed and fanned out, and its first replay is queued.
         self._uncommitted = 0
@@ -144,6 +146,8 @@ class Connection(Session):
             return
         self._queue.append(run)
         self._count(run, 1)
+        if self._dropping is not None:
+            self._note_drops()
         self._urgent = self._urgent or run.priority <= CRITICAL
 
     def _offer_entry(self, entry: Entry) -> None:
@@ -156,6 +160,8 @@ class Connection(Session):
             return
         self._queue.append(entry)
         self._count(entry, 1)
+        if self._dropping is not None:
+            self._note_drops()
         self._urgent = self._urgent or entry.priority <= CRITICAL
 
     def deliver(self) -> None:
@@ -249,6 +255,7 @@ class Connection(Session):
     def ended(self) -> None:
         self._forget_queued()
         self._note_range()
+        self._note_drops()
         if self._taken_in:
             # Written, never known to be taken in: the next connection gets them again.
             self.delivery.count_unconfirmed(self._taken_in.events)
@@ -413,8 +420,30 @@ class Connection(Session):
                     self._count(entry, 1)
                     break
         why = f"queue full: shed {PRIORITY_NAMES.get(victim.priority, '?')} priority first"
-        assert self._identity is not None
-        self.delivery.drop(victim, self._identity, self.id, why)
+        self.delivery.count_dropped()
+        # One ledger row per run of drops: while every event arriving for this
+        # connection is shed (nothing queued in between), they extend one range.
+        # A row per event was millions of rows a minute when a thousand dashboards
+        # fell behind, and the log writer's work starved the event loop (issue 19).
+        dropping = self._dropping
+        if (
+            victim is entry
+            and dropping is not None
+            and dropping[2] == why
+            and now - dropping[3] < LEDGER_SPAN
+        ):
+            self._dropping = (dropping[0], entry.seq, why, dropping[3])
+            return
+        self._note_drops()
+        self._dropping = (victim.seq, victim.seq, why, now)
+        if victim is not entry:
+            self._note_drops()  # the arriving one was queued: the range ends here
+
+    def _note_drops(self) -> None:
+        if self._dropping is not None and self._identity is not None:
+            first, last, why, _ = self._dropping
+            self.delivery.note(self._identity, "dropped", first, last, self.id, why)
+        self._dropping = None
 
     def _count(self, item: Entry | Run, sign: int) -> None:
         """``item`` joins (1) or leaves (-1) the queue: this connection's counts and

@@ -243,9 +243,9 @@ class Delivery:
         self.expired += 1
         self.note(identity, "expired", entry.seq, entry.seq, connection_id)
 
-    def drop(self, entry: Entry, identity: str, connection_id: str | None, why: str) -> None:
+    def count_dropped(self) -> None:
+        """An event was shed for a recipient (its ledger row is the connection's)."""
         self.dropped += 1
-        self.note(identity, "dropped", entry.seq, entry.seq, connection_id, why)
 
     def count_catchup(self) -> None:
         """A live recipient fell behind and reads from the log again."""

@@ -60,7 +60,7 @@ async def test_a_websocket_publisher_is_held_while_recipients_go_on(
     with trio.fail_after(20):
         async with (
             gw.client("AFAD") as afad,
-            gw.client("CATS", extensions={"acks": True, "heartbeat": {"interval": 0.1}}) as cats,
+            gw.client("CATS", extensions={"acks": True, "heartbeat": {"interval": 0.3}}) as cats,
         ):
             stop = trio.Event()
             nursery.start_soon(_hog, stop)
@@ -70,7 +70,7 @@ async def test_a_websocket_publisher_is_held_while_recipients_go_on(
             assert json.loads(await afad.recv_text())["message_id"] == "e1"
             await _overloaded(gw)
             await cats.send(envelope("conversion", CONVERSION, "CATS", "e2"))
-            await trio.sleep(1.0)  # five heartbeat intervals: the hold is not silence
+            await trio.sleep(2.0)  # six heartbeat intervals: the hold is not silence
             assert gw.gateway.delivery.head == 1
             await afad.send({"type": "ping"})
             assert (await afad.recv())["type"] == "pong"  # a recipient's reads go on

@@ -108,3 +108,38 @@ def test_a_split_measures_only_what_it_takes(monkeypatch: pytest.MonkeyPatch) ->
     while run is not None:
         _, run = run.split(4096, False)
     assert looked <= 2 * len(entries)
+
+
+def test_recipients_cutting_one_run_at_the_same_room_share_the_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thousand dashboards drain the same committed run in writes of the same size:
+    the entries are measured for the first of them only, and every one gets the
+    same slices (the soak at 2×, docs/benchmarks.md)."""
+    entries = [entry(i + 1, json.dumps({"pad": "x" * 100})) for i in range(2000)]
+    first = Run.of(entries)
+    first.frames(False)
+    looked = 0
+    real = Entry.frame
+
+    def counting(self: Entry, with_seq: bool) -> bytes:
+        nonlocal looked
+        looked += 1
+        return real(self, with_seq)
+
+    monkeypatch.setattr(Entry, "frame", counting)
+    drains = []
+    for _ in range(100):
+        run: Run | None = first
+        slices = []
+        while run is not None:
+            head, run = run.split(4096, False)
+            slices.append(bytes(head.frames(False)))
+        drains.append(slices)
+    assert looked <= 2 * len(entries)
+    assert all(slices == drains[0] for slices in drains)
+    assert b"".join(drains[0]) == bytes(first.frames(False))
+    # Other rooms (a reply went first) are cut afresh, and only a few are kept.
+    for room in range(1000, 1010):
+        head, _ = first.split(room, False)
+        assert len(head.frames(False)) <= room

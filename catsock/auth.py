@@ -50,8 +50,9 @@ class Authenticator:
         self._active: dict[str, storage.Credential] = {}
         self._version: int | None = None
         self._lock = trio.Lock()
-        self._checks_started = 0  # checks begun so far (each under the lock)
-        self._checked = 0  # the number of the last check that finished
+        # The check that callers arriving now will share: not started yet (its owner
+        # waits for the lock); None: the next caller starts one.
+        self._next: trio.Event | None = None
 
     async def refresh(self) -> bool:
         """Reload the credentials if the table may have changed; True if it did.
@@ -64,22 +65,28 @@ class Authenticator:
         """Return once every change committed before this call is loaded. Callers
         that arrive together share one check; a database error is logged (DEBUG)
         and the credentials in memory stay in use."""
-        arrived = self._checks_started
-        async with self._lock:
-            if self._checked > arrived:
-                return  # a check that began after we arrived has finished
-            try:
-                await self._check()
-            except sqlite3.Error as exc:
-                logger.debug("credential check failed, using the cached set: %s", exc)
+        ticket = self._next
+        if ticket is not None:
+            await ticket.wait()  # a check that starts after we arrived
+            return
+        # Everyone arriving until this check starts shares it: a storm of logins
+        # costs a check or two, not a trip through the lock each (which, one
+        # waiter per scheduler round, made 10,000 logins queue behind each other).
+        ticket = self._next = trio.Event()
+        # Shielded: the callers sharing it must not wait forever for a cancelled
+        # owner; the check is one short read (or the database's busy timeout).
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                self._next = None
+                try:
+                    await self._check()
+                except sqlite3.Error as exc:
+                    logger.debug("credential check failed, using the cached set: %s", exc)
+                finally:
+                    ticket.set()
 
     async def _check(self) -> bool:
-        self._checks_started += 1
-        number = self._checks_started
-        try:
-            return await trio.to_thread.run_sync(self._reload)
-        finally:
-            self._checked = number
+        return await trio.to_thread.run_sync(self._reload)
 
     def _reload(self) -> bool:
         version = storage.data_version(self._db)

@@ -89,25 +89,30 @@ def test_draining_a_run_in_slices_keeps_every_figure_right(sizes: list[int], roo
     assert b"".join(slices) == whole
 
 
-def test_a_split_measures_only_what_it_takes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Draining a run of n entries in slices of k must not cost n²/k (the soak's
-    meltdown, docs/benchmarks.md): each entry's frame is looked at about once."""
-    entries = [entry(i + 1, json.dumps({"pad": "x" * 100})) for i in range(2000)]
-    run: Run | None = Run.of(entries)
-    assert run is not None
+def _measured_run(monkeypatch: pytest.MonkeyPatch) -> tuple[Run, list[int]]:
+    """A run of 2,000 entries with its frames joined, and a counter (its one item)
+    of the entry frames looked at from now on."""
+    run = Run.of([entry(i + 1, json.dumps({"pad": "x" * 100})) for i in range(2000)])
     run.frames(False)
-    looked = 0
+    looked = [0]
     real = Entry.frame
 
     def counting(self: Entry, with_seq: bool) -> bytes:
-        nonlocal looked
-        looked += 1
+        looked[0] += 1
         return real(self, with_seq)
 
     monkeypatch.setattr(Entry, "frame", counting)
+    return run, looked
+
+
+def test_a_split_measures_only_what_it_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draining a run of n entries in slices of k must not cost n²/k (the soak's
+    meltdown, docs/benchmarks.md): each entry's frame is looked at about once."""
+    first, looked = _measured_run(monkeypatch)
+    run: Run | None = first
     while run is not None:
         _, run = run.split(4096, False)
-    assert looked <= 2 * len(entries)
+    assert looked[0] <= 2 * len(first.entries)
 
 
 def test_recipients_cutting_one_run_at_the_same_room_share_the_cut(
@@ -116,18 +121,7 @@ def test_recipients_cutting_one_run_at_the_same_room_share_the_cut(
     """A thousand dashboards drain the same committed run in writes of the same size:
     the entries are measured for the first of them only, and every one gets the
     same slices (the soak at 2×, docs/benchmarks.md)."""
-    entries = [entry(i + 1, json.dumps({"pad": "x" * 100})) for i in range(2000)]
-    first = Run.of(entries)
-    first.frames(False)
-    looked = 0
-    real = Entry.frame
-
-    def counting(self: Entry, with_seq: bool) -> bytes:
-        nonlocal looked
-        looked += 1
-        return real(self, with_seq)
-
-    monkeypatch.setattr(Entry, "frame", counting)
+    first, looked = _measured_run(monkeypatch)
     drains = []
     for _ in range(100):
         run: Run | None = first
@@ -136,7 +130,7 @@ def test_recipients_cutting_one_run_at_the_same_room_share_the_cut(
             head, run = run.split(4096, False)
             slices.append(bytes(head.frames(False)))
         drains.append(slices)
-    assert looked <= 2 * len(entries)
+    assert looked[0] <= 2 * len(first.entries)
     assert all(slices == drains[0] for slices in drains)
     assert b"".join(drains[0]) == bytes(first.frames(False))
     # Other rooms (a reply went first) are cut afresh, and only a few are kept.

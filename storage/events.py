@@ -10,9 +10,10 @@ Times are Unix seconds (REAL): compact, and cheap to write on the hot path.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -246,9 +247,10 @@ def prune_events(
     """
     deleted = 0
     conn = db.conn
-    # Every statement writes: a transaction that began with a read could not take
-    # the write lock once another connection had written (SQLITE_BUSY at once).
-    with db.atomic():
+    # The write lock first: a transaction that began with a read (the cut's seq)
+    # could not take it once another connection had written meanwhile (SQLITE_BUSY
+    # at once, whatever the busy timeout), and pruning failed now and then.
+    with _immediate(conn):
         if max_age is not None:
             cut = (time.time() if now is None else now) - max_age
             older = _last_seq_before(db, cut)
@@ -270,6 +272,19 @@ def prune_events(
                     "DELETE FROM ledger WHERE last_seq < ?", (oldest,)
                 ).rowcount
     return deleted
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction that holds the write lock from its start (waiting for it as
+    long as the busy timeout allows)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _last_seq_before(db: sqlite_utils.Database, cut: float) -> int | None:

@@ -5,6 +5,7 @@ Every test opens a real SQLite file under pytest's tmp_path.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +174,36 @@ def test_age_pruning_bisects_seq_and_the_log_has_one_index(db: sqlite_utils.Data
     # One secondary index: (message_id, sender), for duplicates and ledger lookups.
     indexes = [r["name"] for r in db.query("PRAGMA index_list(events)")]
     assert indexes == ["idx_events_message"]
+
+
+def test_prune_holds_the_write_lock_while_another_connection_writes(
+    db: sqlite_utils.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writing between the prune's first read and its first delete
+    made SQLite refuse the prune at once (BUSY_SNAPSHOT, whatever the busy
+    timeout): the gateway logged 'pruning failed: database is locked'. The prune
+    now holds the write lock from its start; the other writer waits instead."""
+    commit(db, [row(s, at=T0 + s) for s in range(1, 11)], {}, [])
+    other = storage.open_db(db.conn.execute("PRAGMA database_list").fetchone()[2])
+    other.conn.execute("PRAGMA busy_timeout = 0")
+    outcome = []
+    real = storage.events._last_seq_before
+
+    def read_then_someone_writes(database: sqlite_utils.Database, cut: float) -> int | None:
+        seq = real(database, cut)
+        try:
+            commit(other, [], {("x", "type:AFAD"): 1}, [])
+            outcome.append("written")
+        except sqlite3.OperationalError:
+            outcome.append("waited")
+        return seq
+
+    monkeypatch.setattr(storage.events, "_last_seq_before", read_then_someone_writes)
+    try:
+        prune_events(db, max_age=0, max_rows=None, now=T0 + 5.5)
+    finally:
+        other.close()
+    assert outcome == ["waited"]
+    assert [e["seq"] for e in db.query("SELECT seq FROM events ORDER BY seq")] == list(
+        range(6, 11)
+    )

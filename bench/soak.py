@@ -103,6 +103,9 @@ class SoakPlan:
             capacity_settle=1.0,
             capacity_refine=False,
             capacity_hold=2.0,
+            # Bounded, so the quick ramp ends in seconds however fast the gateway got
+            # (it once ran past its step timeout doubling up to 100,000/s).
+            capacity_max=3200.0,
             drain_limit=10.0,
             drain_idle=3.0,
             idle_read_limit=3.0,
@@ -384,26 +387,35 @@ async def measure_capacity(
             best = max(best, mid)
     # A short step passes before a backlog has grown enough to hurt: hold the rate
     # for longer, and step down until a hold passes.
-    tries = 0
-    while plan.capacity_hold > 0 and best is not None and tries < 4:
-        await _wait_settled(crowd, plan.drain_limit)
-        step = await _ramp_step(crowd, plan, best, server_cpu, plan.capacity_hold)
-        step["hold"] = True
-        steps.append(step)
-        if step["pass"]:
-            break
-        failed = best if failed is None else min(failed, best)
-        best /= plan.capacity_factor
-        tries += 1
-    else:
-        if plan.capacity_hold > 0 and best is not None:
-            best = None  # no hold passed
+    held = True
+    if plan.capacity_hold > 0 and best is not None:
+        held = False
+        for _ in range(MAX_HOLDS):
+            await _wait_settled(crowd, plan.drain_limit)
+            step = await _ramp_step(crowd, plan, best, server_cpu, plan.capacity_hold)
+            step["hold"] = True
+            steps.append(step)
+            if step["pass"]:
+                held = True
+                break
+            failed = best if failed is None else min(failed, best)
+            tried = best
+            best /= plan.capacity_factor
+        if not held:
+            # The levels still run, at the lowest rate tried; the report says so
+            # (a machine too busy to hold any rate should not void the whole soak).
+            best = tried
     return {
         "capacity_events_per_s": best,
+        "capacity_held": held,
         "first_failed_events_per_s": failed,
         "steps": steps,
         "p99_limit_ms": plan.capacity_p99_ms,
     }
+
+
+#: Holds tried, each at the last rate divided by ``capacity_factor``.
+MAX_HOLDS = 4
 
 
 async def _wait_settled(crowd: Crowd, limit: float) -> None:

@@ -329,6 +329,7 @@ def _capacity_lines(record: dict[str, Any]) -> list[str]:
     return [
         "**Capacity: "
         + ("none found" if capacity is None else f"{capacity:,.0f} events/s")
+        + ("" if m.get("capacity_held", True) else " (no hold passed: the lowest rate tried)")
         + "** — the highest rate of an open-loop ramp (after one warm-up step), held "
         "longer at the end, at which the publishers kept their schedule, every event "
         "reached every AFAD and reading dashboard within the step plus its settling "

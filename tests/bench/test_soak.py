@@ -65,12 +65,14 @@ def test_capacity_then_each_load_level(soak_run: tuple[dict[str, Any], str, Path
     assert capacity["capacity_events_per_s"] > 0
     holds = [s for s in capacity["steps"] if s.get("hold")]
     assert holds
-    assert holds[-1]["pass"]
+    # The rate that held, or (a machine too busy for any) the lowest one tried.
+    assert holds[-1]["pass"] == capacity["capacity_held"]
     assert holds[-1]["rate"] == capacity["capacity_events_per_s"]
     for record in records[1:]:
         metrics = record["metrics"]
         assert metrics["windows"]
-        assert {w["phase"] for w in metrics["windows"]} >= {"load", "drain"}
+        # A drain shorter than a window ends inside the last load row.
+        assert "load" in {w["phase"] for w in metrics["windows"]} <= {"load", "drain"}
         assert metrics["idle_dashboards"]["count"] == 5
         assert metrics["dashboards_reading"] == 95
 

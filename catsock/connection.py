@@ -224,6 +224,7 @@ class Connection(Session):
             self._start_catch_up()
         else:
             self._note_range()  # idle: let the ledger know now
+            self._note_drops()  # drained without another event arriving
 
     def deadline(self) -> float:
         if self.machine.state is State.AWAITING_AUTH:

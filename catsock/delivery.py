@@ -196,7 +196,7 @@ class Delivery:
         return len(self._pending) >= self.config.max_pending or self.admission.overloaded
 
     async def room(self) -> None:
-        """Wait until neither holds (publishers, after a read that brought events in)."""
+        """Wait until neither holds (a connection, before it takes an event in)."""
         while self.congested:
             if self.admission.overloaded:
                 await self.admission.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -433,3 +434,44 @@ async def test_drops_in_a_row_share_a_ledger_row_and_each_is_explained(
                     assert bool(shed) == (message_id not in got), (message_id, facts)
             rows = db.execute("SELECT count(*) FROM ledger WHERE kind = 'dropped'").fetchone()[0]
             assert rows <= len(bursts) < gw.gateway.delivery.dropped
+
+
+async def test_a_failing_commit_keeps_its_events_and_warns_once_per_outage(
+    start_gateway: GatewayFactory,
+    lazy_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A disk that fails three commits in a row: the event waits in memory, is
+    retried (catsock/groupcommit.py), and goes out once the disk works; the log
+    says so once when it starts and once when it ends, and the metrics count all
+    three failures."""
+    gw = await start_gateway(limits={"rate_limits_enabled": False})
+    commit = storage.commit_events
+    failures: list[int] = []
+
+    def disk_fails_three_times(*args: Any) -> Any:
+        if len(failures) < 3:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        return commit(*args)
+
+    with trio.fail_after(60):
+        async with gw.client("CATS", extensions=ACKS) as cats, gw.client("AFAD") as afad:
+            await until_pong(afad)
+            monkeypatch.setattr("storage.commit_events", disk_fails_three_times)
+            await cats.send(conversion("kept"))
+            reply = await cats.recv()
+            assert (reply["type"], reply["message_id"], reply["seq"]) == ("accepted", "kept", 1)
+            assert [m["message_id"] for m in await until_pong(afad)] == ["kept"]
+    assert len(failures) == 3
+    assert gw.gateway.delivery.statistics().commit_errors == 3
+    said = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "catsock.delivery" and r.levelno >= 20
+    ]
+    assert said == [
+        ("WARNING", "event log: commit of 1 events failed: disk I/O error"),
+        ("INFO", "event log: database writes work again (3 errors so far)"),
+    ]

@@ -10,14 +10,15 @@ Times are Unix seconds (REAL): compact, and cheap to write on the hot path.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 import sqlite_utils
+
+from storage.db import immediate, keep_newest
 
 __all__ = [
     "LOG_START",
@@ -247,10 +248,7 @@ def prune_events(
     """
     deleted = 0
     conn = db.conn
-    # The write lock first: a transaction that began with a read (the cut's seq)
-    # could not take it once another connection had written meanwhile (SQLITE_BUSY
-    # at once, whatever the busy timeout), and pruning failed now and then.
-    with _immediate(conn):
+    with immediate(conn):
         if max_age is not None:
             cut = (time.time() if now is None else now) - max_age
             older = _last_seq_before(db, cut)
@@ -261,30 +259,13 @@ def prune_events(
                 ).rowcount
             deleted += conn.execute("DELETE FROM ledger WHERE at < ?", (cut,)).rowcount
         if max_rows is not None:
-            deleted += conn.execute(
-                "DELETE FROM events WHERE seq <"
-                " (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                (max(max_rows, 1) - 1,),
-            ).rowcount
+            deleted += keep_newest(conn, "events", "seq", max(max_rows, 1))
             oldest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
             if oldest is not None:
                 deleted += conn.execute(
                     "DELETE FROM ledger WHERE last_seq < ?", (oldest,)
                 ).rowcount
     return deleted
-
-
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A transaction that holds the write lock from its start (waiting for it as
-    long as the busy timeout allows)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _last_seq_before(db: sqlite_utils.Database, cut: float) -> int | None:

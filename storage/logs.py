@@ -14,7 +14,7 @@ import attrs
 import orjson
 import sqlite_utils
 
-from storage.db import iso
+from storage.db import immediate, iso, keep_newest
 
 __all__ = [
     "ConnectionClosed",
@@ -200,7 +200,7 @@ def prune(
         raise ValueError("max_rows must be >= 0")
     deleted = 0
     conn = db.conn
-    with db.atomic():
+    with immediate(conn):
         if max_age is not None:
             cut = iso((time.time() if now is None else now) - max_age)
             deleted += conn.execute("DELETE FROM messages WHERE created_at < ?", (cut,)).rowcount
@@ -210,13 +210,7 @@ def prune(
                 (cut,),
             ).rowcount
         if max_rows is not None:
-            # Ids grow with insertion, so "newest" is the highest ids; when there are fewer
-            # than max_rows the subquery is NULL and nothing matches.
-            deleted += conn.execute(
-                "DELETE FROM messages WHERE id <="
-                " (SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (max_rows,),
-            ).rowcount
+            deleted += keep_newest(conn, "messages", "id", max_rows)
     return deleted
 
 

@@ -34,6 +34,7 @@ from protocol import (
     subscriptions_for,
 )
 from protocol import messages as m
+from protocol.codec import json_object
 
 from . import metrics
 from .entries import keys_in_front, with_seq_first
@@ -415,10 +416,9 @@ def _api_error(code: str, message: str, retry_after: float | None = None) -> Res
 
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+        return json_object(text)
+    except ValueError:
+        return None  # the codec says what is wrong with it, once the sender is known
 
 
 _FILLED = ("version", "timestamp", "message_id", "sender")

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import attrs
-import orjson
 import trio
 from trio_websocket import WebSocketConnection
 
@@ -165,16 +164,6 @@ class _ClientCore:
 
 def _ack(seq: int) -> str:
     return f'{{"type":"ack","seq":{seq}}}'
-
-
-def _json_object(data: str | bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError("not JSON") from exc
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
 
 
 def _error_fields(message: dict[str, Any]) -> tuple[str, str]:

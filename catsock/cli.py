@@ -295,18 +295,22 @@ def ledger(
 
     Exits 1 when the event log has no such message.
     """
-    from .ledger import explain
+    from .ledger import explain, refusals
 
     config = _load(config_path, _flags(database=database))
     db = _open(config_path, database)
     stories = explain(
         db, message_id, recipient=recipient, durable_types=config.delivery.durable_types
     )
+    refused = refusals(db, message_id)
+    if refused:
+        click.echo(f"message {message_id}")
+        for line in refused:
+            click.echo(f"  {line}")
     if not stories:
-        seen = storage.recent_messages(db, message_id=message_id, direction="in", limit=1)
         why = (
-            "it reached the gateway but was refused (see `python -m catsock logs`)"
-            if seen
+            "it was refused (above; `python -m catsock refused retry ID` sends it again)"
+            if refused
             else "never accepted, or pruned after delivery.retention_days"
         )
         click.echo(f"no event with message_id {message_id!r} in the log: {why}", err=True)
@@ -424,3 +428,4 @@ def conformance(
 
 
 from . import cli_client as _cli_client  # noqa: E402,F401  (registers publish and tail)
+from . import cli_refused as _cli_refused  # noqa: E402,F401  (registers refused)

@@ -236,14 +236,20 @@ class Delivery:
         last: int,
         connection_id: str | None,
         detail: str | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
-        """Add a ledger row (written, acked, expired, dropped, duplicate)."""
+        """Add a ledger row (written, acked, expired, dropped, duplicate), dated
+        ``at`` (wall time; default now)."""
         if not (self.enabled and self.config.ledger):
             return
         if not self._ledger:
             self._quiet()
         self._ledger.append(
-            storage.LedgerRow(identity, kind, first, last, connection_id, self._wall(), detail)
+            storage.LedgerRow(
+                identity, kind, first, last, connection_id,
+                self._wall() if at is None else at, detail,
+            )
         )
 
     def expire(self, entry: Entry, identity: str, connection_id: str | None) -> None:
@@ -347,6 +353,11 @@ class Delivery:
         """Return once the committed head is past ``seq``."""
         while self.head <= seq:
             await self._committed.wait()
+
+    async def query(self, func: Callable[..., T], *args: object) -> T:
+        """``func(db, *args)`` on the log's reader connection, in a worker thread
+        (the HTTP API's lookups: a refused event to retry)."""
+        return await self._read(func, *args)
 
     async def _read(self, func: Callable[..., T], *args: object) -> T:
         async with self._read_lock:

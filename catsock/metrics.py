@@ -122,6 +122,15 @@ class GatewayCollector(Collector):
         for code, value in by_code.items():
             errors.add_metric([code], value)
         yield errors
+        refused = CounterMetricFamily(
+            "catsock_refused_events",
+            "Events refused from authenticated publishers and kept in the refused store"
+            " (python -m catsock refused), by reason.",
+            labels=["reason"],
+        )
+        for reason, value in bounded(stats.refused, (code.value for code in ErrorCode)).items():
+            refused.add_metric([reason], value)
+        yield refused
         yield _counter(
             "catsock_rate_limit_rejections",
             "Messages refused with RATE_LIMIT_EXCEEDED.",

@@ -47,6 +47,7 @@ from storage.logs import (
     write_batch,
 )
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
+from storage.refused import EventRefused, RefusedRetried, get_refused, list_refused
 
 __all__ = [
     "LOG_START",
@@ -56,6 +57,7 @@ __all__ = [
     "ConnectionOpened",
     "Credential",
     "CredentialError",
+    "EventRefused",
     "EventRow",
     "LedgerRow",
     "LogPolicy",
@@ -65,6 +67,7 @@ __all__ = [
     "OutboxEntry",
     "OutboxError",
     "OutboxStatus",
+    "RefusedRetried",
     "SchemaVersionError",
     "SeqTaken",
     "StoredEvent",
@@ -74,9 +77,11 @@ __all__ = [
     "data_version",
     "events_by_message_id",
     "generate_token",
+    "get_refused",
     "hash_token",
     "iso",
     "ledger_rows",
+    "list_refused",
     "list_tokens",
     "load_active",
     "load_cursors",

@@ -150,6 +150,30 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "DROP INDEX IF EXISTS idx_events_created_at",
         "CREATE UNIQUE INDEX IF NOT EXISTS idx_events_message ON events (message_id, sender)",
     ),
+    # 6: the refused-event store (storage/refused.py).
+    (
+        """
+        CREATE TABLE IF NOT EXISTS refused (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            identity TEXT,
+            client_type TEXT,
+            user_id TEXT,
+            connection_id TEXT,
+            transport TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            type TEXT,
+            message_id TEXT,
+            size INTEGER NOT NULL,
+            body TEXT,
+            retried_at TEXT,
+            retry_result TEXT,
+            retry_seq INTEGER
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS idx_refused_message_id ON refused (message_id)",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -475,3 +475,32 @@ async def test_a_failing_commit_keeps_its_events_and_warns_once_per_outage(
         ("WARNING", "event log: commit of 1 events failed: disk I/O error"),
         ("INFO", "event log: database writes work again (3 errors so far)"),
     ]
+
+
+async def test_ledger_sentences_name_the_transport_and_read_as_english(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Issue 11, ledger truth: a long-poll's row names it (it used to say "written
+    to None"), and a dashboard that missed an event is told so in one plain
+    sentence."""
+    from .test_http import http
+
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")
+    gw.token("admin", "DASHBOARD")
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion("lp-1")])
+        polled = await http(
+            gw.port, "GET", "/api/events?since=0&wait=0",
+            headers={"authorization": f"Bearer {afad}"},
+        )
+        assert polled.status == 200
+        await gw.gateway.delivery.flush()
+    (story,) = explain(storage.open_db(gw.database), "lp-1")
+    (fact,) = story.recipients["afad"]
+    assert fact.startswith("written to HTTP long-poll at ")
+    assert story.recipients["admin"] == [
+        "not written to admin: it is not durable (DASHBOARD), so it gets events only while"
+        " connected, and this one was written to none of its connections"
+    ]

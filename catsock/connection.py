@@ -348,6 +348,12 @@ class Connection(Session):
             start = min(self._start.values(), default=delivery.head) if self._start else None
             resume["since"] = delivery.head if start is None else start
             resume["head"] = delivery.head
+            gap = await delivery.gap(self._start) if self._start else None
+            if gap is not None:
+                # Retention took these before this client had them: the replay
+                # starts after them, and the grant says so instead of hiding it.
+                resume["since"] = gap[1]
+                resume["gap"] = {"first": gap[0], "last": gap[1]}
 
     def _join(self) -> None:
         # Synchronous with subscribing: positions and the live head agree.

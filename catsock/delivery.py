@@ -25,7 +25,7 @@ import sqlite_utils
 import trio
 
 import storage
-from protocol import Principal, encode
+from protocol import Principal, encode, subscriptions_for
 from protocol import messages as m
 
 from .admission import Admission
@@ -65,6 +65,8 @@ class DeliveryStatistics:
     replayed: int
     catchups: int
     unconfirmed: int
+    #: Events pruned past a durable recipient's cursor (delivery.retention_hard_rows).
+    lost_to_retention: int
     commit_errors: int
     latency_buckets: tuple[tuple[float, int], ...]  # cumulative, Prometheus style
     latency_sum: float
@@ -100,9 +102,7 @@ class Delivery:
             lock,
             due=self._due,
             write_next=self._commit_next,
-            prune=functools.partial(
-                _prune, config.retention_days * 86400, config.retention_rows
-            ),
+            prune=self._prune,
             wall_clock=wall_clock,
             logger=logger,
         )
@@ -133,6 +133,7 @@ class Delivery:
         self.replayed = 0
         self.catchups = 0
         self.unconfirmed = 0
+        self.lost_to_retention = 0
         self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
 
@@ -311,6 +312,18 @@ class Delivery:
             for channel in channels
         }
 
+    async def gap(self, positions: Mapping[str, int]) -> tuple[int, int] | None:
+        """The seqs a replay from ``positions`` can no longer give, because retention
+        pruned them (first, last), or None. Some may not have been routed to the
+        reader; the ones that were are lost to it (docs/delivery.md, "Retention")."""
+        lowest = min(positions.values(), default=None)
+        if lowest is None:
+            return None
+        first = await self._read(storage.first_seq)
+        if first is None or lowest >= first - 1:
+            return None
+        return lowest + 1, first - 1
+
     async def read(
         self, positions: Mapping[str, int], exclude_sender: str | None, limit: int
     ) -> tuple[list[Entry], int]:
@@ -394,6 +407,11 @@ class Delivery:
                     if self._reader is not None:
                         self._reader.close()
                         self._reader = None
+
+    @property
+    def prunes(self) -> int:
+        """Retention runs completed (the first one at start-up)."""
+        return self._commits.prunes
 
     async def flush(self) -> None:
         """Commit everything appended or recorded so far."""
@@ -516,6 +534,27 @@ class Delivery:
             self._room.set()
             self._room = trio.Event()
 
+    def _prune(self, db: sqlite_utils.Database, now: float) -> int:
+        # In a worker thread, under the writer's lock; the counter is only read
+        # on the event loop (metrics), and an int assignment is atomic.
+        config = self.config
+        pruned = storage.prune_events(
+            db,
+            max_age=config.retention_days * 86400,
+            max_rows=config.retention_rows,
+            hard_rows=config.retention_hard_rows,
+            wants=durable_wants(db, config.durable_types),
+            now=now,
+        )
+        if pruned.lost:
+            self.lost_to_retention += pruned.lost
+            logger.warning(
+                "event log: over delivery.retention_hard_rows, %d events were pruned before"
+                " every durable recipient had them (recorded in the ledger)",
+                pruned.lost,
+            )
+        return pruned.deleted
+
     def statistics(self) -> DeliveryStatistics:
         cumulative, total = [], 0
         for bound, count in zip((*LATENCY_BUCKETS, math.inf), self._latency, strict=True):
@@ -534,6 +573,7 @@ class Delivery:
             replayed=self.replayed,
             catchups=self.catchups,
             unconfirmed=self.unconfirmed,
+            lost_to_retention=self.lost_to_retention,
             commit_errors=self._commits.errors,
             latency_buckets=tuple(cumulative),
             latency_sum=self._latency_sum,
@@ -546,6 +586,32 @@ class Delivery:
 
 
 
+def durable_wants(
+    db: sqlite_utils.Database, durable_types: Iterable[str]
+) -> dict[str, dict[str, int]]:
+    """Where every durable recipient stands, ``{identity: {channel: seq}}``: the
+    channels its token listens on, each with the seq it has had (its cursor, or
+    where its log starts while it has none). Revoked and publish-only tokens want
+    nothing."""
+    durable = frozenset(durable_types)
+    wants = {}
+    for credential in storage.list_tokens(db):
+        if credential.revoked_at or credential.publish_only:
+            continue
+        if credential.client_type not in durable:
+            continue
+        cursors = storage.load_cursors(db, credential.name)
+        start = cursors.get(storage.LOG_START)
+        positions = {
+            channel: seq
+            for channel in subscriptions_for(credential.client_type, credential.user_id)
+            if (seq := cursors.get(channel, start)) is not None
+        }
+        if positions:
+            wants[credential.name] = positions
+    return wants
+
+
 def _commit_events(
     db: sqlite_utils.Database,
     rows: list[storage.EventRow],
@@ -556,7 +622,3 @@ def _commit_events(
     return storage.commit_events(db, rows, cursors, ledger)
 
 
-def _prune(
-    max_age: float, max_rows: int | None, db: sqlite_utils.Database, now: float
-) -> int:
-    return storage.prune_events(db, max_age=max_age, max_rows=max_rows, now=now)

@@ -71,6 +71,7 @@ class GroupCommit:
         self._retry_at = -math.inf
         self._failing = False
         self.batches = 0
+        self.prunes = 0  # retention runs that completed
         self.errors = 0
         self.last_batch_size = 0
         self.last_commit_seconds = 0.0
@@ -170,5 +171,6 @@ class GroupCommit:
             except Exception as exc:
                 self.failed("pruning", exc)
                 return
+        self.prunes += 1
         self._logger.debug("%s: pruned %d rows", self.name, deleted)
         self._recovered()

@@ -326,6 +326,12 @@ def delivery_metrics(stats: Any) -> Iterator[Metric]:
         " (sent again when it returns).",
         stats.unconfirmed,
     )
+    yield _counter(
+        "catsock_events_lost_to_retention",
+        "Events pruned (delivery.retention_hard_rows) before every durable recipient had"
+        " them; each loss has a dropped ledger row with detail retention.",
+        stats.lost_to_retention,
+    )
     yield _histogram(
         "catsock_publish_to_deliver_seconds",
         "From a publish being accepted to its frame being written to a recipient.",

@@ -504,3 +504,55 @@ async def test_ledger_sentences_name_the_transport_and_read_as_english(
         "not written to admin: it is not durable (DASHBOARD), so it gets events only while"
         " connected, and this one was written to none of its connections"
     ]
+
+
+@pytest.mark.parametrize(
+    ("hard_rows", "replayed", "gap", "lost"),
+    [
+        pytest.param(1000, range(1, 51), None, 0, id="soft-limits-keep-what-it-needs"),
+        pytest.param(20, range(31, 51), {"first": 1, "last": 30}, 30, id="hard-bound-says-so"),
+    ],
+)
+async def test_retention_never_hides_a_loss(
+    start_gateway: GatewayFactory,
+    hard_rows: int,
+    replayed: range,
+    gap: dict[str, int] | None,
+    lost: int,
+) -> None:
+    """Issue 11: with retention_rows 10 a durable recipient away for 50 events used
+    to get the last 10 and a grant saying since 0. Now the soft limits keep what it
+    has not had; only the hard bound takes it, and then the grant, the ledger and
+    /metrics say what was lost."""
+    settings: dict[str, Any] = {
+        "limits": {"rate_limits_enabled": False},
+        "delivery": {"retention_rows": 10, "retention_hard_rows": hard_rows},
+    }
+    gw = await start_gateway(**settings)
+    gw.token("afad", "AFAD")  # durable, never connected: its log starts now
+    with trio.fail_after(30):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion(f"r{i}") for i in range(1, 51)])
+        gw = await restart(start_gateway, gw, **settings)
+        while gw.gateway.delivery.prunes < 1:  # noqa: ASYNC110 - the start-up prune
+            await trio.sleep(0.01)
+        async with gw.client("AFAD", extensions=ACKS_RESUME) as afad:
+            grant = afad.auth_reply["extensions"]["resume"]
+            got = [m["message_id"] for m in await until_pong(afad)]
+    assert got == [f"r{i}" for i in replayed]
+    assert grant["since"] == replayed[0] - 1
+    assert grant.get("gap") == gap
+    metrics = (await http_get_metrics(gw.port))
+    assert f"catsock_events_lost_to_retention_total {float(lost)}" in metrics
+    db = storage.open_db(gw.database)
+    losses = [
+        (r["identity"], r["first_seq"], r["last_seq"], r["detail"])
+        for r in db.query("SELECT * FROM ledger WHERE kind = 'dropped'")
+    ]
+    assert losses == ([] if gap is None else [("afad", 1, 30, "retention")])
+
+
+async def http_get_metrics(port: int) -> str:
+    from .test_http import http
+
+    return (await http(port, "GET", "/metrics")).body.decode()

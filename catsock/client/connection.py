@@ -23,7 +23,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from protocol.codec import json_object
 
-from .core import _error_fields, _Session, logger
+from .core import _close_budget, _error_fields, _Session, logger
 from .publishing import _Publishing
 from .receiving import _Receiving
 from .values import AuthError, ConnectError
@@ -109,7 +109,7 @@ class _Connection(_Publishing, _Receiving):
                 finally:
                     self._session = None
                     self._connected = trio.Event()
-                    with trio.move_on_after(self.close_timeout) as scope:
+                    with trio.move_on_after(_close_budget(self.close_timeout)) as scope:
                         scope.shield = True
                         await ws.aclose(1000, "client closing")
                         if self._closing:

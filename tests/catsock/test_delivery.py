@@ -556,3 +556,41 @@ async def http_get_metrics(port: int) -> str:
     from .test_http import http
 
     return (await http(port, "GET", "/metrics")).body.decode()
+
+
+async def test_a_written_row_is_dated_from_its_first_write_never_after_an_ack(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    """Issue 11, ledger truth: a "written" range was dated when it was flushed to
+    the ledger, which for a recipient kept busy can be long after it acked events
+    of the range ("written at" after "acked at"). The AFAD here reads two large
+    events, acks them, and lets the rest of a burst wait in TCP buffers for 2 s,
+    so the gateway's queue does not drain until then."""
+    t0 = 1_800_000_000.0
+    gw = await start_gateway(
+        wall_clock=lambda: t0 + trio.current_time(),
+        limits={"rate_limits_enabled": False, "max_message_size": 256 * 1024},
+    )
+    big = {**CONVERSION, "adware_name": "x" * 100_000}
+    with trio.fail_after(120):
+        async with gw.client("AFAD", extensions=ACKS) as afad:
+            async with gw.client("CATS") as cats:
+                for i in range(100):  # 10 MB: more than loopback buffers hold
+                    await cats.send(envelope("conversion", big, "CATS", f"big-{i}"))
+                assert [(await afad.recv())["seq"] for _ in range(2)] == [1, 2]
+                await trio.sleep(0.5)
+                await afad.send({"type": "ack", "seq": 2})
+                await trio.sleep(2.0)
+                for _ in range(98):
+                    await afad.recv()
+            await gw.gateway.delivery.flush()
+    db = storage.open_db(gw.database)
+    rows = {
+        r["kind"]: r["at"] - t0
+        for r in db.query(
+            "SELECT kind, at FROM ledger WHERE identity = 'afad' AND first_seq <= 2"
+            " AND last_seq >= 2"
+        )
+    }
+    assert rows["acked"] >= 0.5
+    assert rows["written"] <= rows["acked"], rows

@@ -35,15 +35,31 @@ The modules, in the order they build on each other:
 
 from __future__ import annotations
 
+from .profiles import DEFAULT_PROFILES, PROFILES, Profile, module_checks, needs, section
 from .results import CheckResult, GatewayUnreachable, Status
-from .suite import check_names, run_conformance
-from .tokens import TOKEN_KINDS
+from .runner import _Ctx as Ctx
+from .server import ServerControl, ServerFailed
+from .suite import Planned, check_names, estimate, plan, run_conformance
+from .tokens import TOKEN_KINDS, TargetLimits
 
 __all__ = [
+    "DEFAULT_PROFILES",
+    "PROFILES",
     "TOKEN_KINDS",
     "CheckResult",
+    "Ctx",
     "GatewayUnreachable",
+    "Planned",
+    "Profile",
+    "ServerControl",
+    "ServerFailed",
     "Status",
+    "TargetLimits",
     "check_names",
+    "estimate",
+    "module_checks",
+    "needs",
+    "plan",
     "run_conformance",
+    "section",
 ]

@@ -507,7 +507,6 @@ def conformance(
         click.echo(text, err=as_json)
 
     width = max(len(item.name) for item in planned)
-    say(report.run_header(planned, timeout))
     shown: set[str] = set()
 
     def on_result(result: conf.CheckResult) -> None:
@@ -529,6 +528,7 @@ def conformance(
                 only=only,
                 limits=limits,
                 server=server,
+                on_start=lambda: say(report.run_header(planned, timeout)),
                 on_result=on_result,
             )
         )

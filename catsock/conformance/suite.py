@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Final
 
 import attrs
@@ -31,10 +32,12 @@ async def run_conformance(
     only: Sequence[str] = (),
     limits: TargetLimits | None = None,
     server: ServerControl | None = None,
+    on_start: Callable[[], None] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
 ) -> list[CheckResult]:
     """Run the checks of ``profiles`` against the gateway at ``url``; one result each,
-    in the order of ``plan``. ``on_result`` is called with each as it is known.
+    in the order of ``plan``. ``on_start`` is called once the gateway answered a
+    handshake, ``on_result`` with each result as it is known.
 
     ``tokens`` maps token kinds (``TOKEN_KINDS``) to tokens. ``timeout`` is the
     time each check may take (default: its profile's). ``only`` keeps the checks
@@ -60,14 +63,18 @@ async def run_conformance(
             except ServerFailed as exc:
                 raise GatewayUnreachable(f"--server-cmd: {exc}") from None
         await runner.preflight()
+        if on_start is not None:
+            on_start()
         results: list[CheckResult] = []
         async with trio.open_nursery() as keepers:
             # A durable gateway (catsock) replays what an identity missed while it had
             # no connection. One connection per system identity, open for the whole run,
             # keeps every check's connections live instead (docs/delivery.md §2).
-            for kind in _KEPT_ONLINE:
-                if kind in tokens:
-                    await keepers.start(_keep_online, runner.target, tokens[kind], kind)
+            async with trio.open_nursery() as starting:  # both at once
+                for kind in _KEPT_ONLINE:
+                    if kind in tokens:
+                        keep = partial(_keep_online, runner.target, tokens[kind], kind)
+                        starting.start_soon(keepers.start, keep, _KEEPER_PATIENCE)
             for item in planned:
                 runner.timeout = timeout or PROFILES[item.profile].timeout
                 result = await runner.run(item.check, item.profile)
@@ -118,6 +125,8 @@ def estimate(planned: Sequence[Planned], timeout: float | None = None) -> float:
     return sum(item.longest(timeout) for item in planned)
 
 
+#: Seconds the run waits for a kept connection's auth_success before it goes on.
+_KEEPER_PATIENCE: Final = 1.0
 #: How a kept connection may end without ending the run.
 _KEEPER_ENDS: Final = (
     OSError,
@@ -133,10 +142,12 @@ async def _keep_online(
     target: _Target,
     token: str,
     kind: str,
+    patience: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Authenticate as ``kind`` and read (and drop) everything until cancelled."""
+    """Authenticate as ``kind`` and read (and drop) everything until cancelled;
+    started once ``auth`` was answered, or ``patience`` seconds passed."""
     stream: trio.abc.Stream | None = None
     started = False
     try:
@@ -147,7 +158,9 @@ async def _keep_online(
             )
             auth = {"type": "auth", "token": token, "client_type": _client_type(kind)}
             await ws.send_message(json.dumps(auth))
-            await ws.get_message()
+            # A gateway that never answers must not hold up the run: its checks fail.
+            with trio.move_on_after(patience):
+                await ws.get_message()
             task_status.started()
             started = True
             while True:

@@ -79,10 +79,12 @@ def count_line(results: Sequence[CheckResult]) -> str:
 
 
 def profile_lines(results: Sequence[CheckResult], profiles: Sequence[str]) -> list[str]:
-    """``PROFILE: PASS|FAIL (counts)`` per profile, in the run's order."""
+    """``PROFILE: PASS|FAIL (counts)`` per profile that ran a check, in order."""
     lines = []
     for profile in profiles:
         mine = [r for r in results if r.profile == profile]
+        if not mine:
+            continue  # --only left none of its checks
         verdict = "FAIL" if counts(mine)[Status.FAIL] else "PASS"
         lines.append(f"{profile}: {verdict} ({count_line(mine)})")
     return lines
@@ -97,7 +99,10 @@ def json_report(
 ) -> dict[str, Any]:
     summary = {}
     for profile in profiles:
-        n = counts([r for r in results if r.profile == profile])
+        mine = [r for r in results if r.profile == profile]
+        if not mine:
+            continue
+        n = counts(mine)
         summary[profile] = {
             "claim": PROFILES[profile].claim,
             "passed": n[Status.PASS],

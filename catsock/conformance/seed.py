@@ -24,7 +24,7 @@ from protocol.conformance import load_decode_vectors
 from .conn import _PING, _clip, _Conn, _describe, _open_stream
 from .frames import _fresh_id
 from .results import _Fail, _Skip
-from .runner import _Check, _Ctx
+from .runner import CheckFn, _Check, _Ctx
 from .session_vectors import _json_equal
 from .tokens import TOKEN_KINDS, _client_type
 
@@ -217,7 +217,7 @@ async def _not_json(ctx: _Ctx) -> None:
     await conn.expect_type("pong")
 
 
-def _route(publisher: str) -> Any:
+def _route(publisher: str) -> CheckFn:
     recipient, names = _DIRECTIONS[publisher]
 
     async def run(ctx: _Ctx) -> None:

@@ -143,7 +143,8 @@ PROFILES: Final = {
             (
                 _vectors("extensions"),
                 extension_checks,
-                # Further extension checks: one module_checks(...) line each.
+                # A module of further checks joins with one line, for example:
+                # module_checks("catsock.conformance.expiry", "jwt", "§10"),
             ),
         ),
         Profile(

@@ -27,7 +27,7 @@ from .frames import _conversion, _event, _message_id
 from .results import _Fail, _Skip
 from .runner import _Check, _Ctx
 
-#: Events each streaming check publishes (within CATS's default burst of 100).
+#: Events each streaming check publishes (within CATS's default burst, 1000).
 STREAM: Final = 60
 #: Events, and their size, the slow consumer is sent: more than a loopback
 #: socket's buffers hold, so a gateway writing to it in turn would block.

@@ -271,7 +271,7 @@ def logs(
             direction=direction,
             message_id=message_id,
             policy=storage.LogPolicy(config.log.policy),
-            redact_fields=frozenset(config.log.redact),
+            redact_fields=config.redact_fields(),
         )
         columns = ["created_at", "direction", "type", "message_id", "connection_id", "size"]
     if as_json:

@@ -150,7 +150,7 @@ class Gateway:
             self._log_db,
             lock=db_lock,
             policy=storage.LogPolicy(config.log.policy),
-            redact_fields=frozenset(config.log.redact),
+            redact_fields=config.redact_fields(),
             retention_max_age=config.log.retention_days * 86400,
             retention_max_rows=config.log.retention_rows,
             wall_clock=wall_clock,
@@ -166,6 +166,7 @@ class Gateway:
         )
         self.stats = GatewayStats()
         limits = config.limits
+        self.projections = config.projections()
         self.context = ConnectionContext(
             codec=self.codec,
             machine_config=self.machine_config,
@@ -180,6 +181,7 @@ class Gateway:
             max_fragments=limits.max_fragments,
             events_logged=config.delivery.log,
             legacy_confirm=config.delivery.legacy_confirm,
+            projections=self.projections,
         )
         self.guard = AddressGuard(config.guard)
         self.http = HttpApi(self)

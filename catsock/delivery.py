@@ -88,6 +88,8 @@ class Delivery:
         read_path: str,
         *,
         wall_clock: Callable[[], float] = time.time,
+        personal_fields: Iterable[str] = (),
+        personal_max_age: float | None = None,
     ) -> None:
         self.config = config
         self.enabled = config.log
@@ -101,7 +103,11 @@ class Delivery:
             due=self._due,
             write_next=self._commit_next,
             prune=functools.partial(
-                _prune, config.retention_days * 86400, config.retention_rows
+                _prune,
+                config.retention_days * 86400,
+                config.retention_rows,
+                tuple(personal_fields),
+                personal_max_age,
             ),
             wall_clock=wall_clock,
             logger=logger,
@@ -546,6 +552,15 @@ def _commit_events(
 
 
 def _prune(
-    max_age: float, max_rows: int | None, db: sqlite_utils.Database, now: float
+    max_age: float,
+    max_rows: int | None,
+    personal_fields: tuple[str, ...],
+    personal_max_age: float | None,
+    db: sqlite_utils.Database,
+    now: float,
 ) -> int:
-    return storage.prune_events(db, max_age=max_age, max_rows=max_rows, now=now)
+    deleted = storage.prune_events(db, max_age=max_age, max_rows=max_rows, now=now)
+    if personal_max_age is not None:
+        # Personal fields have a shorter life than the events (docs/privacy.md).
+        storage.strip_personal(db, personal_fields, before=now - personal_max_age)
+    return deleted

@@ -163,6 +163,8 @@ class Gateway:
             db_lock,
             config.database,
             wall_clock=wall_clock,
+            personal_fields=config.privacy.personal_fields,
+            personal_max_age=config.privacy.personal_retention_hours * 3600,
         )
         self.stats = GatewayStats()
         limits = config.limits

@@ -47,6 +47,7 @@ from storage.logs import (
     write_batch,
 )
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
+from storage.privacy import Forgotten, forget, strip_personal
 
 __all__ = [
     "LOG_START",
@@ -57,6 +58,7 @@ __all__ = [
     "Credential",
     "CredentialError",
     "EventRow",
+    "Forgotten",
     "LedgerRow",
     "LogPolicy",
     "LogRow",
@@ -73,6 +75,7 @@ __all__ = [
     "create_token",
     "data_version",
     "events_by_message_id",
+    "forget",
     "generate_token",
     "hash_token",
     "iso",
@@ -92,6 +95,7 @@ __all__ = [
     "recipients_of",
     "redact",
     "revoke_token",
+    "strip_personal",
     "verify",
     "write_batch",
 ]

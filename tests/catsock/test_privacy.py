@@ -11,6 +11,10 @@ import json
 from typing import Any
 
 import trio
+from click.testing import CliRunner
+
+import storage
+from catsock.cli import main
 
 from .harness import CONVERSION, GatewayFactory, envelope
 from .test_delivery import until_pong
@@ -145,3 +149,45 @@ async def test_an_operator_allow_list_and_deny_list(start_gateway: GatewayFactor
             got = json.loads(await afad.recv_text())
             assert "reward_amount" not in got["payload"]
             assert got["payload"]["ipaddress"] == VISITOR["ipaddress"]  # kept, as configured
+
+
+async def test_personal_fields_are_redacted_in_the_message_log_in_any_case_and_depth(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    with trio.fail_after(20):
+        async with gw.client("DASHBOARD", "admin") as admin:
+            # Refused (a dashboard may not send clicks): its text goes to the message log.
+            await admin.send(click("refused"))
+            assert (await admin.recv())["type"] == "error"
+            # Invalid: the error names the fields, never their values.
+            bad = json.loads(click("bad"))
+            bad["payload"].update(ipaddress=20301139, useragent=["Mozilla/9 bad"])
+            await admin.send(json.dumps(bad))
+            error = await admin.recv_text()
+            assert "20301139" not in error
+            assert "Mozilla" not in error
+        async with gw.client("CATS") as cats:  # accepted: in the event log, raw for now
+            await cats.send(click("accepted"))
+            assert await until_pong(cats) == []
+        await gw.gateway.log.flush()
+        await gw.gateway.delivery.flush()
+    db = storage.open_db(gw.database)
+    try:
+        (payload,) = db.conn.execute(
+            "SELECT payload FROM messages WHERE message_id = 'refused'"
+        ).fetchone()
+    finally:
+        db.close()
+    for secret in SECRETS:
+        assert secret not in payload
+    stored = json.loads(payload)["payload"]
+    assert stored["IPAddress"] == stored["ipaddress"] == "[redacted]"
+    assert stored["extra"] == {"UserAgent": "[redacted]", "list": [{"REFERER": "[redacted]"}]}
+    # What `python -m catsock logs` shows of every message, the accepted event included.
+    shown = CliRunner().invoke(main, ["logs", "--json", "--db", str(gw.database)])
+    assert shown.exit_code == 0, shown.output
+    assert "accepted" in shown.output
+    assert "refused" in shown.output
+    for secret in SECRETS:
+        assert secret not in shown.output

@@ -167,9 +167,11 @@ async def test_personal_fields_are_redacted_in_the_message_log_in_any_case_and_d
             error = await admin.recv_text()
             assert "20301139" not in error
             assert "Mozilla" not in error
-        async with gw.client("CATS") as cats:  # accepted: in the event log, raw for now
-            await cats.send(click("accepted"))
-            assert await until_pong(cats) == []
+            async with gw.client("CATS") as cats:  # accepted: in the event log, raw for now
+                await cats.send(click("accepted"))
+                assert await until_pong(cats) == []
+            assert json.loads(await admin.recv_text())["message_id"] == "accepted"
+            assert await until_pong(admin) == []
         await gw.gateway.log.flush()
         await gw.gateway.delivery.flush()
     db = storage.open_db(gw.database)
@@ -177,10 +179,14 @@ async def test_personal_fields_are_redacted_in_the_message_log_in_any_case_and_d
         (payload,) = db.conn.execute(
             "SELECT payload FROM messages WHERE message_id = 'refused'"
         ).fetchone()
+        # The ledger holds seqs, names and the gateway's own words, never payload text.
+        ledger = repr(db.conn.execute("SELECT * FROM ledger").fetchall())
     finally:
         db.close()
+    assert "written" in ledger
     for secret in SECRETS:
         assert secret not in payload
+        assert secret not in ledger
     stored = json.loads(payload)["payload"]
     assert stored["IPAddress"] == stored["ipaddress"] == "[redacted]"
     assert stored["extra"] == {"UserAgent": "[redacted]", "list": [{"REFERER": "[redacted]"}]}

@@ -43,3 +43,24 @@ def test_forget_zeroes_freed_pages_even_when_secure_delete_is_off(tmp_path: Path
     data = b"".join(f.read_bytes() for f in tmp_path.glob("f.db*"))
     assert SECRET.encode() not in data
     assert b"192.0.2.1" in data
+
+
+def test_forget_says_when_a_reader_kept_the_wal_from_being_emptied(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    db = storage.open_db(path)
+    reader = storage.open_db(path)
+    try:
+        row = storage.EventRow(
+            1, "m1", "cats", None, "click", ("type:AFAD",), 3, 1.0, None, _body(1, SECRET)
+        )
+        storage.commit_events(db, [row], {}, [])
+        reader.conn.execute("BEGIN")
+        reader.conn.execute("SELECT count(*) FROM events").fetchone()  # a snapshot held
+        db.conn.execute("PRAGMA busy_timeout = 50")
+        done = storage.forget(db, [], fields=[("ipaddress", SECRET)])
+        assert done == storage.Forgotten(1, 0, 0, checkpointed=False)
+        reader.conn.execute("COMMIT")
+        assert db.execute_returning_dicts("SELECT body FROM events")[0]["body"].count(SECRET) == 0
+    finally:
+        reader.close()
+        db.close()

@@ -38,6 +38,8 @@ STRIP_BATCH = 100_000
 #: migration: only this module reads or writes it.
 _MARKS = "CREATE TABLE IF NOT EXISTS privacy_marks (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 _MARK = "personal_stripped"
+#: Milliseconds the lifetime's checkpoint waits for readers of the write-ahead log.
+CHECKPOINT_WAIT_MS = 100
 REDACTED_ADDRESS = "[redacted]"
 
 
@@ -92,8 +94,14 @@ def strip_personal(
         )
     if changed:
         # The old page images are in the write-ahead log until it is reused: copy the
-        # new ones over the file and empty it (if no reader holds it now, next time).
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # new ones over the file and empty it. This runs on the event log's writer,
+        # so it waits for readers briefly only; if one holds the log, next time.
+        timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS:d}")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout):d}")
     return len(changed)
 
 

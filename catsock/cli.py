@@ -1,4 +1,5 @@
-"""The command line: ``python -m catsock serve | config | token | logs | ledger | conformance``.
+"""The command line: ``python -m catsock serve | config | token | logs | ledger | forget |
+conformance``.
 
 Every command takes ``--config FILE`` (or ``$CATSOCK_CONFIG``); settings then
 come from ``CATSOCK_*`` variables and the command's own flags, in that order.
@@ -271,7 +272,7 @@ def logs(
             direction=direction,
             message_id=message_id,
             policy=storage.LogPolicy(config.log.policy),
-            redact_fields=frozenset(config.log.redact),
+            redact_fields=config.redact_fields(),
         )
         columns = ["created_at", "direction", "type", "message_id", "connection_id", "size"]
     if as_json:
@@ -323,6 +324,57 @@ def ledger(
             click.echo(f"  {name}:")
             for fact in facts:
                 click.echo(f"    {fact}")
+
+
+@main.command()
+@_config_option
+@_database_option
+@click.option(
+    "--field",
+    "field_specs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Forget the visitor whose NAME (a payload key, any case) is VALUE. Repeatable.",
+)
+@click.option("--user-id", help="Forget a user: events routed to it or naming it.")
+def forget(
+    config_path: str | None,
+    database: str | None,
+    field_specs: tuple[str, ...],
+    user_id: str | None,
+) -> None:
+    """Erase one person's data: redact the matching events and log rows (docs/privacy.md).
+
+    Prints how many events, message-log and refused-event rows and connections were redacted.
+    """
+    fields = []
+    for spec in field_specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip() or not value:
+            raise click.ClickException(f"--field {spec!r}: expected NAME=VALUE")
+        fields.append((name.strip(), value))
+    if user_id is not None and not user_id.strip():
+        raise click.ClickException("--user-id must not be empty")
+    if not fields and user_id is None:
+        raise click.ClickException("say whom to forget: --field NAME=VALUE or --user-id N")
+    config = _load(config_path, _flags(database=database))
+    db = _open(config_path, database)
+    try:
+        done = storage.forget(db, config.redact_fields(), fields=fields, user_id=user_id)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"database {config.database!r}: {exc}") from None
+    finally:
+        db.close()
+    click.echo(
+        f"forgot: {done.events} events, {done.messages} message-log and refused-event rows,"
+        f" {done.connections} connection addresses redacted"
+    )
+    if not done.checkpointed:
+        click.echo(
+            "catsock: a reader held the write-ahead log, so old copies may remain in"
+            f" {config.database}-wal until the next checkpoint; run forget again later",
+            err=True,
+        )
 
 
 class _UsageProblem(click.ClickException):

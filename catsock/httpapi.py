@@ -474,7 +474,15 @@ class HttpApi:
         next_seq = min(positions.values(), default=delivery.head)
         if live:
             delivery.note(identity, "written", live[0].seq, live[-1].seq, LONG_POLL)
-        events = b",".join(with_seq_first(e.seq, e.body).encode() for e in live)
+        # The same projection as over a WebSocket (docs/privacy.md).
+        projector = self.gateway.projections.for_recipient(
+            principal.client_type, principal.user_id is not None
+        )
+        events = b",".join(
+            with_seq_first(e.seq, e.body if projector is None else projector.body(e.type, e.body))
+            .encode()
+            for e in live
+        )
         body = b'{"events":[' + events + b'],"next":' + str(next_seq).encode() + b"}\n"
         return Response(200, body)
 

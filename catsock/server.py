@@ -156,7 +156,7 @@ class Gateway:
             self._log_db,
             lock=db_lock,
             policy=storage.LogPolicy(config.log.policy),
-            redact_fields=frozenset(config.log.redact),
+            redact_fields=config.redact_fields(),
             retention_max_age=config.log.retention_days * 86400,
             retention_max_rows=config.log.retention_rows,
             wall_clock=wall_clock,
@@ -169,9 +169,12 @@ class Gateway:
             db_lock,
             config.database,
             wall_clock=wall_clock,
+            personal_fields=config.privacy.personal_fields,
+            personal_max_age=config.privacy.personal_retention_hours * 3600,
         )
         self.stats = GatewayStats()
         limits = config.limits
+        self.projections = config.projections()
         self.context = ConnectionContext(
             codec=self.codec,
             machine_config=self.machine_config,
@@ -186,6 +189,7 @@ class Gateway:
             max_fragments=limits.max_fragments,
             events_logged=config.delivery.log,
             legacy_confirm=config.delivery.legacy_confirm,
+            projections=self.projections,
         )
         self.guard = AddressGuard(config.guard)
         self.http = HttpApi(self)

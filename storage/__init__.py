@@ -49,6 +49,7 @@ from storage.logs import (
     write_batch,
 )
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
+from storage.privacy import Forgotten, forget, strip_personal
 from storage.refused import EventRefused, RefusedRetried, get_refused, list_refused
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "CredentialError",
     "EventRefused",
     "EventRow",
+    "Forgotten",
     "LedgerRow",
     "LogPolicy",
     "LogRow",
@@ -80,6 +82,7 @@ __all__ = [
     "data_version",
     "events_by_message_id",
     "first_seq",
+    "forget",
     "generate_token",
     "get_refused",
     "hash_token",
@@ -101,6 +104,7 @@ __all__ = [
     "recipients_of",
     "redact",
     "revoke_token",
+    "strip_personal",
     "verify",
     "write_batch",
 ]

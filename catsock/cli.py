@@ -7,6 +7,8 @@ Bad input ends with a one-line message and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
+import shlex
 import signal
 import sqlite3
 import sys
@@ -96,8 +98,15 @@ def serve(
             tls__key=tls_key,
         ),
     )
+    given = []  # what a CLI command needs to reach the same database, as given
+    config_file = config_path or os.environ.get("CATSOCK_CONFIG")
+    if config_file:
+        given += ["--config", config_file]
+    db_given = database or os.environ.get("CATSOCK_DATABASE")
+    if db_given:
+        given += ["--db", db_given]
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, given)
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during shutdown
         sys.exit(130)
     except Exception as exc:
@@ -122,7 +131,12 @@ def _startup_failure(exc: BaseException, config: Config) -> str | None:
     return None
 
 
-async def _serve(config: Config) -> None:
+def program() -> str:
+    """How the user runs catsock: the single-file binary, or the module."""
+    return "catsock" if getattr(sys, "frozen", False) else "python -m catsock"
+
+
+async def _serve(config: Config, given: list[str]) -> None:
     from .server import Gateway
 
     gateway = Gateway(config)
@@ -132,10 +146,17 @@ async def _serve(config: Config) -> None:
             scheme = "wss" if config.tls.cert else "ws"
             shown = f"[{host}]" if ":" in host else host
             click.echo(f"catsock: listening on {scheme}://{shown}:{port}/ws", err=True)
+            base = f"{'https' if config.tls.cert else 'http'}://{shown}:{port}"
+            click.echo(
+                f"catsock: dashboard {base}/ , HTTP API {base}/api/publish and "
+                f"{base}/api/events, health {base}/health",
+                err=True,
+            )
             if not gateway.auth.has_tokens():
+                where = "".join(f" {shlex.quote(word)}" for word in given)
                 click.echo(
                     "catsock: no tokens yet; create one (printed once) with:\n"
-                    "  python -m catsock token create --client-type CATS --name cats-1",
+                    f"  {program()} token create{where} --client-type CATS --name cats-1",
                     err=True,
                 )
             async for _ in signals:
@@ -424,3 +445,4 @@ def conformance(
 
 
 from . import cli_client as _cli_client  # noqa: E402,F401  (registers publish and tail)
+from . import cli_ops as _cli_ops  # noqa: E402,F401  (registers deploy and db)

@@ -299,9 +299,12 @@ def logs(
         for row in rows:
             click.echo(orjson.dumps(row).decode())
         return
-    click.echo("  ".join(c.upper() for c in columns))
-    for row in rows:
-        click.echo("  ".join("-" if row.get(c) is None else str(row[c]) for c in columns))
+    table = [[c.upper() for c in columns]]
+    table += [["-" if row.get(c) is None else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
 
 
 @main.command()
@@ -349,7 +352,13 @@ class _UsageProblem(click.ClickException):
 
 
 @main.command()
-@click.argument("url")
+@click.argument("url", required=False)
+@click.option(
+    "--url",
+    "url_option",
+    envvar="CATSOCK_URL",
+    help="The gateway's WebSocket URL, instead of the URL argument (default: $CATSOCK_URL).",
+)
 @click.option(
     "--token",
     "token_specs",
@@ -375,7 +384,8 @@ class _UsageProblem(click.ClickException):
     help="wss://: trust the CA certificates in this PEM file.",
 )
 def conformance(
-    url: str,
+    url: str | None,
+    url_option: str | None,
     token_specs: tuple[str, ...],
     timeout: float,
     only: tuple[str, ...],
@@ -389,6 +399,11 @@ def conformance(
     import ssl
 
     from . import conformance as conf
+
+    if url is None:
+        if url_option is None:
+            raise _UsageProblem("give the gateway's URL: an argument, --url or $CATSOCK_URL")
+        url = url_option
 
     tokens: dict[str, str] = {}
     for spec in token_specs:

@@ -53,3 +53,23 @@ def test_the_documented_systemd_line_makes_a_unit_that_verifies(tmp_path: Path) 
     checked = verify(unit)
     assert checked.returncode == 0, checked.stderr
     assert checked.stderr.strip() == "", checked.stderr
+
+
+def test_deploy_nginx_follows_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "catsock.toml"
+    config.write_text(
+        'host = "0.0.0.0"\nport = 9100\n[heartbeat]\nmax_interval = 50000.0\n'
+        "[http]\nmax_wait = 300.0\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        main, ["deploy", "nginx", "--config", str(config), "--server-name", "gw.example"]
+    )
+    assert result.exit_code == 0, result.output
+    site = result.output
+    assert "    server 127.0.0.1:9100;" in site.splitlines()  # the bound port, on loopback
+    (ws_timeout,) = re.findall(r"location /ws \{.*?proxy_read_timeout (\d+)s;", site, re.S)
+    assert int(ws_timeout) > 2 * 50000  # longer than two heartbeats, whatever they are
+    (poll_timeout,) = re.findall(r"location / \{.*?proxy_read_timeout (\d+)s;", site, re.S)
+    assert int(poll_timeout) > 300
+    assert "listen 80 " in site  # no certificate: plain HTTP

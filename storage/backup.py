@@ -265,21 +265,6 @@ def hold(path: str | os.PathLike[str]) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def is_held(path: str | os.PathLike[str]) -> bool:
-    """Whether a running gateway (or a restore) holds the database at ``path``."""
-    if fcntl is None or not Path(path).exists():  # pragma: no cover
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        return False
-    finally:
-        os.close(fd)
-
-
 def restore(
     backup_path: str | os.PathLike[str],
     database: str | os.PathLike[str],

@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import ssl
+import sys
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -204,7 +205,7 @@ async def test_deploy_nginx_refuses_bad_input() -> None:
             ["--server-name", "x", "--metrics-allow", "10.0.0.0/33"],
         ):
             done = await trio.run_process(
-                ["python", "-m", "catsock", "deploy", "nginx", *args],
+                [sys.executable, "-m", "catsock", "deploy", "nginx", *args],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,

@@ -76,6 +76,9 @@ def deploy_nginx(
     --tls-cert/--tls-key nginx serves TLS 1.2 and 1.3 only.
     """
     config = _load(config_path)
+    # nginx reads a relative path from its own prefix (/etc/nginx): make it the one meant.
+    tls_cert = os.path.abspath(tls_cert) if tls_cert else None
+    tls_key = os.path.abspath(tls_key) if tls_key else None
     try:
         site = NginxSite.for_config(
             config,

@@ -8,6 +8,8 @@ Bad input ends with a one-line message and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
+import shlex
 import signal
 import sqlite3
 import sys
@@ -97,8 +99,15 @@ def serve(
             tls__key=tls_key,
         ),
     )
+    given = []  # what a CLI command needs to reach the same database, as given
+    config_file = config_path or os.environ.get("CATSOCK_CONFIG")
+    if config_file:
+        given += ["--config", config_file]
+    db_given = database or os.environ.get("CATSOCK_DATABASE")
+    if db_given:
+        given += ["--db", db_given]
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, given)
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during shutdown
         sys.exit(130)
     except Exception as exc:
@@ -123,7 +132,12 @@ def _startup_failure(exc: BaseException, config: Config) -> str | None:
     return None
 
 
-async def _serve(config: Config) -> None:
+def program() -> str:
+    """How the user runs catsock: the single-file binary, or the module."""
+    return "catsock" if getattr(sys, "frozen", False) else "python -m catsock"
+
+
+async def _serve(config: Config, given: list[str]) -> None:
     from .server import Gateway
 
     gateway = Gateway(config)
@@ -133,10 +147,17 @@ async def _serve(config: Config) -> None:
             scheme = "wss" if config.tls.cert else "ws"
             shown = f"[{host}]" if ":" in host else host
             click.echo(f"catsock: listening on {scheme}://{shown}:{port}/ws", err=True)
+            base = f"{'https' if config.tls.cert else 'http'}://{shown}:{port}"
+            click.echo(
+                f"catsock: dashboard {base}/ , HTTP API {base}/api/publish and "
+                f"{base}/api/events, health {base}/health",
+                err=True,
+            )
             if not gateway.auth.has_tokens():
+                where = "".join(f" {shlex.quote(word)}" for word in given)
                 click.echo(
                     "catsock: no tokens yet; create one (printed once) with:\n"
-                    "  python -m catsock token create --client-type CATS --name cats-1",
+                    f"  {program()} token create{where} --client-type CATS --name cats-1",
                     err=True,
                 )
             async for _ in signals:
@@ -279,9 +300,12 @@ def logs(
         for row in rows:
             click.echo(orjson.dumps(row).decode())
         return
-    click.echo("  ".join(c.upper() for c in columns))
-    for row in rows:
-        click.echo("  ".join("-" if row.get(c) is None else str(row[c]) for c in columns))
+    table = [[c.upper() for c in columns]]
+    table += [["-" if row.get(c) is None else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
 
 
 @main.command()
@@ -384,7 +408,13 @@ class _UsageProblem(click.ClickException):
 
 
 @main.command()
-@click.argument("url")
+@click.argument("url", required=False)
+@click.option(
+    "--url",
+    "url_option",
+    envvar="CATSOCK_URL",
+    help="The gateway's WebSocket URL, instead of the URL argument (default: $CATSOCK_URL).",
+)
 @click.option(
     "--token",
     "token_specs",
@@ -456,7 +486,8 @@ class _UsageProblem(click.ClickException):
     help="wss://: trust the CA certificates in this PEM file.",
 )
 def conformance(
-    url: str,
+    url: str | None,
+    url_option: str | None,
     token_specs: tuple[str, ...],
     profile_specs: tuple[str, ...],
     timeout: float | None,
@@ -487,6 +518,11 @@ def conformance(
 
     from . import conformance as conf
     from .conformance import report
+
+    if url is None:
+        if url_option is None:
+            raise _UsageProblem("give the gateway's URL: an argument, --url or $CATSOCK_URL")
+        url = url_option
 
     tokens: dict[str, str] = {}
     for spec in token_specs:
@@ -607,4 +643,5 @@ def conformance(
 
 
 from . import cli_client as _cli_client  # noqa: E402,F401  (registers publish and tail)
+from . import cli_ops as _cli_ops  # noqa: E402,F401  (registers deploy and db)
 from . import cli_refused as _cli_refused  # noqa: E402,F401  (registers refused)

@@ -129,6 +129,12 @@ class HttpApi:
             scope.cancel()
 
     async def handle(self, request: Request) -> Response:
+        if not self.gateway.client_allowed(request.client):
+            # Only behind a trusted proxy: other peers were checked on accept.
+            self.gateway.stats.refused_ip += 1
+            response = error_response(403, "ADDRESS_NOT_ALLOWED", "your address may not connect")
+            self.stats.count(metrics.OTHER, response.status)
+            return response
         methods = self.routes.get(request.path)
         if methods is None:
             found = static_response(request.path)

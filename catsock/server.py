@@ -40,6 +40,8 @@ from protocol import (
     TokenBucket,
 )
 from protocol import messages as m
+from storage.backup import DatabaseHeld
+from storage.backup import hold as hold_database
 
 from .auth import Authenticator
 from .config import SHARED_TOKEN_ENV, Config
@@ -216,7 +218,21 @@ class Gateway:
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run until ``shutdown`` (or cancellation). Reports ``(host, port)`` bound."""
+        """Run until ``shutdown`` (or cancellation). Reports ``(host, port)`` bound.
+
+        Holds a shared lock on the database file meanwhile, so that ``python -m
+        catsock db restore`` refuses to replace it (storage/backup.py)."""
+        try:
+            held = hold_database(self.config.database)
+            held.__enter__()
+        except DatabaseHeld as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._serve(task_status)
+        finally:
+            held.__exit__(None, None, None)
+
+    async def _serve(self, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(
             await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         )
@@ -333,13 +349,14 @@ class Gateway:
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         sock = _socket_of(stream)
         remote = _peer(sock)
-        if self._closing or not self._allowed(remote):
+        peer = _host(remote)
+        # Behind a trusted proxy the client is known from the request head only:
+        # the allow-list and the per-address limits are applied to it there.
+        proxied = self.guard.is_proxy(peer)
+        if self._closing or not (proxied or self._allowed(remote)):
             self.stats.refused_ip += not self._closing
             await trio.aclose_forcefully(stream)
             return
-        peer = _host(remote)
-        # Behind a trusted proxy the client is known from the request head only.
-        proxied = self.guard.is_proxy(peer)
         slot = UNCOUNTED if proxied else self.guard.connection(peer)
         if slot is None:
             if isinstance(stream, trio.SSLStream):
@@ -386,6 +403,11 @@ class Gateway:
         slot: Slot | None = UNCOUNTED
         if proxied:
             client = self.guard.client(peer, upgrade.headers.get("x-forwarded-for"))
+            if not self.client_allowed(client):
+                self.stats.refused_ip += 1
+                await front_door.refuse(stream, _not_allowed())
+                return
+            remote = client  # what the connection log records
             slot = self.guard.connection(client)
         if slot is None:
             await front_door.refuse(stream, _address_full("connections"))
@@ -442,10 +464,16 @@ class Gateway:
             self.stats.count_peer_reset("websocket")
 
     def _allowed(self, remote: str) -> bool:
+        """Whether the socket peer ``remote`` (``host:port``) passes ``allow.ips``."""
+        return self.client_allowed(_host(remote))
+
+    def client_allowed(self, client: str) -> bool:
+        """Whether the address ``client`` passes ``allow.ips``; behind a trusted
+        proxy, the client it names (the HTTP API asks this for every request)."""
         if not self._networks:
             return True
         try:
-            address = ipaddress.ip_address(remote.rsplit(":", 1)[0].strip("[]"))
+            address = ipaddress.ip_address(client.strip().strip("[]"))
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -491,6 +519,14 @@ class Gateway:
             delay = self.guard.failed(client)
             if delay:
                 await trio.sleep(delay)
+            # A good token claimed as the wrong type says so: its holder could
+            # learn its type by trying the others anyway.
+            valid = await self.auth.identify(token)
+            if valid is not None and valid.client_type != client_type:
+                return (
+                    f"this token is for client type {valid.client_type}, not {client_type}",
+                    ErrorCode.AUTH_FAILED,
+                )
             return ("invalid authentication token", ErrorCode.AUTH_FAILED)
         problem = self.login_problem(principal)
         if problem is not None:
@@ -603,6 +639,11 @@ def _host(remote: str) -> str:
     """The address of ``_peer``'s ``host:port`` (``[v6]:port``), or ``remote`` as is."""
     host, sep, _ = remote.rpartition(":")
     return host.strip("[]") if sep else remote
+
+
+def _not_allowed() -> Response:
+    """Behind a trusted proxy: the client it names is not in ``allow.ips``."""
+    return error_response(403, "ADDRESS_NOT_ALLOWED", "your address may not connect")
 
 
 def _address_full(what: str) -> Response:

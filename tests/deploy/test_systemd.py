@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from catsock.cli import main
 from catsock.config import Config
-from catsock.logsink import SHUTDOWN_FLUSH_SECONDS
+from catsock.groupcommit import SHUTDOWN_FLUSH_SECONDS
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 

@@ -3,6 +3,7 @@
 Plain synchronous code with no trio import: the gateway calls it through trio.to_thread.
 """
 
+from storage.audit import list_audit, write_audit
 from storage.credentials import (
     Credential,
     CredentialError,
@@ -34,6 +35,7 @@ from storage.events import (
 from storage.events import commit as commit_events
 from storage.events import head as log_head
 from storage.health import probe_writable
+from storage.lag import Behind, LedgerSummary, behind, ledger_summary
 from storage.logs import (
     ConnectionClosed,
     ConnectionHeartbeat,
@@ -54,6 +56,7 @@ from storage.refused import EventRefused, RefusedRetried, get_refused, list_refu
 __all__ = [
     "LOG_START",
     "SCHEMA_VERSION",
+    "Behind",
     "ConnectionClosed",
     "ConnectionHeartbeat",
     "ConnectionOpened",
@@ -62,6 +65,7 @@ __all__ = [
     "EventRefused",
     "EventRow",
     "LedgerRow",
+    "LedgerSummary",
     "LogPolicy",
     "LogRow",
     "MessageLogged",
@@ -74,6 +78,7 @@ __all__ = [
     "SchemaVersionError",
     "SeqTaken",
     "StoredEvent",
+    "behind",
     "close_dangling",
     "commit_events",
     "create_token",
@@ -85,6 +90,8 @@ __all__ = [
     "hash_token",
     "iso",
     "ledger_rows",
+    "ledger_summary",
+    "list_audit",
     "list_refused",
     "list_tokens",
     "load_active",
@@ -102,5 +109,6 @@ __all__ = [
     "redact",
     "revoke_token",
     "verify",
+    "write_audit",
     "write_batch",
 ]

@@ -517,6 +517,8 @@
         show($('logout'), true);
         $('identity').textContent = client.connectionId ? client.connectionId : '';
         pollMetrics();
+        // console.js asks the admin endpoints with the same token.
+        document.dispatchEvent(new CustomEvent('catsock:connected', { detail: { token: token } }));
       }
     });
     client.on('auth_failed', function (error) {
@@ -524,6 +526,7 @@
         return;
       }
       sessionStorage.removeItem(TOKEN_KEY);
+      document.dispatchEvent(new CustomEvent('catsock:logout'));
       stopTimers();
       show($('dashboard'), false);
       show($('logout'), false);
@@ -567,6 +570,7 @@
 
   function logout() {
     sessionStorage.removeItem(TOKEN_KEY);
+    document.dispatchEvent(new CustomEvent('catsock:logout'));
     stopTimers();
     if (dash.client) {
       dash.client.close();

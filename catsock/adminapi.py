@@ -26,31 +26,26 @@ import trio
 import storage
 from protocol import ErrorCode, Principal
 
-from .delivery import durable_wants
+from .lag import SORTS
 from .ledger import explain, refusals
 from .transport.frontdoor import Request, Response, error_response, json_response
 
 if TYPE_CHECKING:
     from .httpapi import Endpoint, HttpApi
-    from .server import Gateway
 
-__all__ = ["AdminApi", "LagRow", "recipients_lag"]
+__all__ = ["AdminApi"]
 
 T = TypeVar("T")
 
 #: Rows a list returns unless ``limit`` says otherwise, and the most it may ask.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-#: Events counted behind one recipient; past it the count says "at least".
-LAG_CAP = 100_000
 #: A recipient this many seconds behind is highlighted (``threshold`` overrides).
 DEFAULT_LAG_THRESHOLD = 60.0
 #: The close code and reason prefix of a connection an operator closes.
 CLOSE_CODE = 1008
 #: A close frame's reason is at most 123 bytes; keep room for the prefix.
 MAX_REASON = 80
-
-LagRow = dict[str, Any]
 
 
 class _BadRequest(Exception):
@@ -103,11 +98,11 @@ class AdminApi:
             query = _query(request)
             limit = _int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
             threshold = _float(query, "threshold", DEFAULT_LAG_THRESHOLD, 0.0, 1e9)
-            sort = _choice(query, "sort", "lag_seconds", _SORTS)
+            sort = _choice(query, "sort", "lag_seconds", SORTS)
         except _BadRequest as exc:
             return _bad(str(exc))
-        rows = await recipients_lag(self.gateway)
-        rows.sort(key=_SORTS[sort])
+        rows = [dict(row) for row in await self.http.lag.refresh(0.0)]
+        rows.sort(key=SORTS[sort])
         for row in rows:
             row["lagging"] = row["lag_seconds"] is not None and row["lag_seconds"] > threshold
         return json_response(
@@ -400,62 +395,6 @@ class AdminApi:
         await self._write(add)
 
 
-# -- recipients and their lag ------------------------------------------------------------
-
-
-async def recipients_lag(gateway: Gateway) -> list[LagRow]:
-    """Every durable recipient with its lag (also the /metrics lag gauges'
-    source). Positions are the later of the stored cursor and the one this
-    process moved and has not committed yet."""
-    delivery = gateway.delivery
-    durable = gateway.config.delivery.durable_types
-    now = gateway.wall_clock()
-
-    def read(db: sqlite_utils.Database) -> list[LagRow]:
-        rows = []
-        credentials = {c.name: c for c in storage.list_tokens(db)}
-        for identity, stored in durable_wants(db, durable).items():
-            positions = {
-                channel: max(seq, delivery.cursor(identity, channel) or 0)
-                for channel, seq in stored.items()
-            }
-            behind = storage.behind(db, positions, identity, LAG_CAP)
-            ledger = storage.ledger_summary(db, identity)
-            credential = credentials[identity]
-            rows.append(
-                {
-                    "identity": identity,
-                    "client_type": credential.client_type,
-                    "user_id": credential.user_id,
-                    "cursor": min(positions.values()),
-                    "positions": positions,
-                    "lag_events": behind.events,
-                    "lag_capped": behind.capped,
-                    "lag_seconds": (
-                        None if behind.oldest_at is None else round(now - behind.oldest_at, 3)
-                    ),
-                    "oldest_unacked_at": _iso_or_none(behind.oldest_at),
-                    "last_ack_at": _iso_or_none(ledger.last_ack_at),
-                    "last_written_at": _iso_or_none(ledger.last_written_at),
-                    "redelivered": ledger.redelivered,
-                }
-            )
-        return rows
-
-    rows = await delivery.query(read)
-    for row in rows:
-        row["connections"] = gateway.connections_of(row["identity"])
-        row["online"] = row["connections"] > 0
-    return rows
-
-
-_SORTS: dict[str, Callable[[LagRow], Any]] = {
-    "lag_seconds": lambda r: (-(r["lag_seconds"] or 0.0), r["identity"]),
-    "lag_events": lambda r: (-r["lag_events"], r["identity"]),
-    "identity": lambda r: r["identity"],
-}
-
-
 # -- helpers -------------------------------------------------------------------------------
 
 
@@ -500,10 +439,6 @@ def _list_refused(
 
 def _list_audit(db: sqlite_utils.Database, limit: int) -> list[dict[str, Any]]:
     return storage.list_audit(db, limit=limit)
-
-
-def _iso_or_none(at: float | None) -> str | None:
-    return None if at is None else storage.iso(at)
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -39,6 +39,7 @@ from protocol.codec import json_object
 from . import metrics
 from .adminapi import AdminApi
 from .entries import keys_in_front, with_seq_first
+from .lag import LagWatch
 from .refusals import refusal
 from .static_files import static_response
 from .transport.frontdoor import FrontDoor, Request, Response, error_response, json_response
@@ -54,6 +55,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HEALTH_CACHE_SECONDS = 1.0
 #: How long the write probe may wait for SQLite's write lock.
 HEALTH_PROBE_TIMEOUT = 2.0
+#: A scrape reuses recipients' lag this many seconds old (catsock/lag.py).
+LAG_METRICS_AGE = 5.0
 #: Events one GET /api/events returns unless ``limit`` says otherwise.
 DEFAULT_EVENTS_LIMIT = 100
 
@@ -107,6 +110,8 @@ class HttpApi:
             closing=lambda: self._shutting_down,
             client_of=gateway.guard.client,
         )
+        #: Each durable recipient's lag: the console's and the lag gauges' source.
+        self.lag = LagWatch(gateway)
         self.registry = metrics.new_registry(gateway)
         self.routes: dict[str, dict[str, Endpoint]] = {
             "/health": {"GET": self._get_health},
@@ -210,6 +215,7 @@ class HttpApi:
             return problem
 
     async def _get_metrics(self, request: Request) -> Response:
+        await self.lag.refresh(LAG_METRICS_AGE)
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
 
     # -- the API ---------------------------------------------------------------------

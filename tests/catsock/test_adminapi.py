@@ -271,3 +271,27 @@ async def test_every_list_is_bounded(start_gateway: GatewayFactory, limit: str) 
             reply = await call(gw, admin, "GET", f"/api/admin/{path}?limit={limit}")
             assert reply.status == 400, (path, reply.body)
             assert "limit must be" in reply.json()["error_message"]
+
+
+async def test_metrics_show_the_worst_recipients_lag_and_totals(
+    start_gateway: GatewayFactory,
+) -> None:
+    wall = Wall()
+    gw = await start_gateway(wall_clock=wall)
+    for i in range(12):
+        gw.token(f"afad-{i:02}", "AFAD")
+    with trio.fail_after(30):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion("lag-1")])
+        wall.now += 30.0
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion("lag-2")])
+        reply = await http(gw.port, "GET", "/metrics")
+    text = reply.body.decode()
+    series = [line for line in text.splitlines() if line.startswith("catsock_recipient_lag_")]
+    assert len(series) == 2 * 10  # the 10 worst of 12, not one series each
+    assert 'catsock_recipient_lag_events{recipient="afad-00"} 2.0' in series
+    assert 'catsock_recipient_lag_seconds{recipient="afad-00"} 30.0' in series
+    assert "catsock_recipients_lag_events 24.0" in text
+    assert "catsock_recipients_behind 12.0" in text
+    assert "catsock_recipients_max_lag_seconds 30.0" in text

@@ -157,6 +157,7 @@
       }
       li.replaceChildren();
       var head = el('div', 'event-head');
+      head.appendChild(el('time', 'event-time', new Date().toISOString().slice(11, 19)));
       head.appendChild(el('span', 'event-type', 'lag'));
       head.appendChild(el('span', 'event-summary',
         identity + ' is ' + r.lag_events + ' events (' + Math.round(r.lag_seconds) + ' s) behind' +

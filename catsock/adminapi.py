@@ -24,8 +24,9 @@ import sqlite_utils
 import trio
 
 import storage
-from protocol import ErrorCode, Principal
+from protocol import ErrorCode, Principal, subscriptions_for
 
+from .entries import with_seq_first
 from .lag import SORTS
 from .ledger import explain, refusals
 from .transport.frontdoor import Request, Response, error_response, json_response
@@ -44,6 +45,13 @@ MAX_LIMIT = 1000
 DEFAULT_LAG_THRESHOLD = 60.0
 #: The close code and reason prefix of a connection an operator closes.
 CLOSE_CODE = 1008
+#: The window GET /api/history covers unless ``seconds`` says otherwise, the most
+#: it may cover, the events it returns by default, and how far back in the log it
+#: looks at most.
+HISTORY_SECONDS = 3600.0
+MAX_HISTORY_SECONDS = 86400.0
+HISTORY_LIMIT = 500
+HISTORY_SCAN = 50_000
 #: A close frame's reason is at most 123 bytes; keep room for the prefix.
 MAX_REASON = 80
 
@@ -69,6 +77,8 @@ class AdminApi:
             "/api/admin/tokens": {"GET": self._tokens, "POST": self._create_token},
             "/api/admin/tokens/revoke": {"POST": self._revoke},
             "/api/admin/audit": {"GET": self._audit},
+            # Not admin-only: any DASHBOARD token, its own channels' events.
+            "/api/history": {"GET": self._history},
         }
 
     # -- who may ------------------------------------------------------------------
@@ -214,6 +224,39 @@ class AdminApi:
             return _bad(str(exc))
         rows = await self.gateway.delivery.query(_list_audit, limit)
         return json_response(200, {"audit": rows})
+
+    async def _history(self, request: Request) -> Response:
+        """The newest events of the last ``seconds`` on the caller's channels, oldest
+        first, each with ``seq`` first (as ``GET /api/events`` gives them), and
+        ``at``: when each was logged, by the gateway's clock, like ``now``; a
+        dashboard starts its counters and rate chart from them."""
+        caller = await self.http._principal(request)
+        if isinstance(caller, Response):
+            return caller
+        assert caller is not None  # untyped_shared is off
+        if caller.client_type != "DASHBOARD":
+            return error_response(
+                403, ErrorCode.EVENT_NOT_ALLOWED, "/api/history is for DASHBOARD tokens"
+            )
+        try:
+            query = _query(request)
+            seconds = _float(query, "seconds", HISTORY_SECONDS, 1.0, MAX_HISTORY_SECONDS)
+            limit = _int(query, "limit", HISTORY_LIMIT, 1, MAX_LIMIT)
+        except _BadRequest as exc:
+            return _bad(str(exc))
+        now = self.gateway.wall_clock()
+        channels = subscriptions_for(caller.client_type, caller.user_id)
+        if not self.gateway.delivery.enabled:
+            found: list[storage.Recent] = []
+            more = False
+        else:
+            found, more = await self.gateway.delivery.query(
+                storage.recent_events, channels, now - seconds, limit, HISTORY_SCAN
+            )
+        events = b",".join(with_seq_first(e.seq, e.body).encode() for e in found)
+        at = orjson.dumps([round(e.created_at, 3) for e in found])
+        tail = orjson.dumps({"now": now, "seconds": seconds, "more": more})[1:]
+        return Response(200, b'{"events":[' + events + b'],"at":' + at + b"," + tail + b"\n")
 
     # -- writes (each audited) ----------------------------------------------------------
 

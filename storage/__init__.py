@@ -51,6 +51,7 @@ from storage.logs import (
     write_batch,
 )
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
+from storage.recent import Recent, recent_events
 from storage.refused import EventRefused, RefusedRetried, get_refused, list_refused
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "OutboxError",
     "OutboxStatus",
     "Pruned",
+    "Recent",
     "RefusedRetried",
     "SchemaVersionError",
     "SeqTaken",
@@ -104,6 +106,7 @@ __all__ = [
     "prune_events",
     "read_after",
     "recent_connections",
+    "recent_events",
     "recent_messages",
     "recipients_of",
     "redact",

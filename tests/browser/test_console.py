@@ -216,3 +216,35 @@ async def test_an_affiliate_token_sees_no_console_and_is_denied_its_endpoints(
             await bt.run(_shoot, tab, tmp_path, "console-affiliate.png")
             assert tab.page_errors == []
             assert tab.csp_violations() == []
+
+
+async def test_counters_and_the_rate_chart_start_from_the_log_at_login(
+    browser_thread: BrowserThread, start_gateway: GatewayFactory
+) -> None:
+    """Events published before the page logged in are counted, charted and in the
+    feed (GET /api/history), and an event that then arrives live is counted once."""
+    bt = browser_thread
+    with trio.fail_after(60):
+        gw = await start_gateway()
+        admin = gw.token("admin", "DASHBOARD")
+        async with gw.client("CATS", "cats") as cats:
+            for i in range(2):
+                await cats.send(envelope("conversion", CONVERSION, "CATS", f"before-{i}"))
+            await cats.send({"type": "ping"})
+            assert (await cats.recv())["type"] == "pong"
+            async with _tab(bt, gw) as tab:
+                await bt.run(_login, tab, admin)
+                await bt.run(_wait_connected, tab)
+                await bt.run(_wait, tab, '#feed li[data-message-id="before-1"]')
+                assert await bt.run(_text, tab, "#count-conversion") == "2"
+                assert await bt.run(_text, tab, "#sum-sales") == "10,000"
+                await cats.send(envelope("conversion", CONVERSION, "CATS", "live-0"))
+                await bt.run(_wait, tab, '#feed li[data-message-id="live-0"]')
+                assert await bt.run(_text, tab, "#count-conversion") == "3"
+                assert await bt.run(_text, tab, "#count-total") == "3"
+                charted = await bt.run(
+                    tab.page.evaluate, "window.catsockDashboard.rate.reduce((a, b) => a + b, 0)"
+                )
+                assert charted == 3
+                assert tab.page_errors == []
+                assert tab.csp_violations() == []

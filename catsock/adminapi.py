@@ -14,10 +14,8 @@ set that header without a CORS preflight, which the gateway never grants.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs
 
 import orjson
 import sqlite_utils
@@ -26,6 +24,7 @@ import trio
 import storage
 from protocol import ErrorCode, Principal, subscriptions_for
 
+from . import params
 from .entries import with_seq_first
 from .lag import SORTS
 from .ledger import explain, refusals
@@ -54,10 +53,6 @@ HISTORY_LIMIT = 500
 HISTORY_SCAN = 50_000
 #: A close frame's reason is at most 123 bytes; keep room for the prefix.
 MAX_REASON = 80
-
-
-class _BadRequest(Exception):
-    """A parameter or body is wrong; the message says how."""
 
 
 class AdminApi:
@@ -105,12 +100,12 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         try:
-            query = _query(request)
-            limit = _int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-            threshold = _float(query, "threshold", DEFAULT_LAG_THRESHOLD, 0.0, 1e9)
-            sort = _choice(query, "sort", "lag_seconds", SORTS)
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            query = params.query(request)
+            limit = params.int_(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+            threshold = params.float_(query, "threshold", DEFAULT_LAG_THRESHOLD, 0.0, 1e9)
+            sort = params.choice(query, "sort", "lag_seconds", SORTS)
+        except params.BadRequest as exc:
+            return params.bad(str(exc))
         rows = [dict(row) for row in await self.http.lag.refresh(0.0)]
         rows.sort(key=SORTS[sort])
         for row in rows:
@@ -129,11 +124,11 @@ class AdminApi:
         caller = await self.admin(request)
         if isinstance(caller, Response):
             return caller
-        query = _query(request)
-        message_id = _text(query, "message_id")
-        recipient = _text(query, "recipient")
+        query = params.query(request)
+        message_id = params.text(query, "message_id")
+        recipient = params.text(query, "recipient")
         if not message_id:
-            return _bad("send ?message_id=<the event's message_id>[&recipient=<token name>]")
+            return params.bad("send ?message_id=<the event's message_id>[&recipient=<token name>]")
         durable = self.gateway.config.delivery.durable_types
         stories, refused = await self.gateway.delivery.query(
             _ledger_of, message_id, recipient, durable
@@ -147,12 +142,12 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         try:
-            query = _query(request)
-            limit = _int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            query = params.query(request)
+            limit = params.int_(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        except params.BadRequest as exc:
+            return params.bad(str(exc))
         filters = {
-            name: _text(query, name) for name in ("reason", "identity", "message_id", "since")
+            name: params.text(query, name) for name in ("reason", "identity", "message_id", "since")
         }
         rows = await self.gateway.delivery.query(_list_refused, filters, limit)
         return json_response(200, {"refused": rows})
@@ -162,9 +157,9 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         try:
-            limit = _int(_query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        except params.BadRequest as exc:
+            return params.bad(str(exc))
         rows = []
         for conn in sorted(self.gateway.connections, key=lambda c: c.connected_at):
             p = conn.principal
@@ -195,9 +190,9 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         try:
-            limit = _int(_query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        except params.BadRequest as exc:
+            return params.bad(str(exc))
         tokens = await self.gateway.delivery.query(storage.list_tokens)
         rows = [
             {
@@ -219,9 +214,9 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         try:
-            limit = _int(_query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        except params.BadRequest as exc:
+            return params.bad(str(exc))
         rows = await self.gateway.delivery.query(_list_audit, limit)
         return json_response(200, {"audit": rows})
 
@@ -239,11 +234,11 @@ class AdminApi:
                 403, ErrorCode.EVENT_NOT_ALLOWED, "/api/history is for DASHBOARD tokens"
             )
         try:
-            query = _query(request)
-            seconds = _float(query, "seconds", HISTORY_SECONDS, 1.0, MAX_HISTORY_SECONDS)
-            limit = _int(query, "limit", HISTORY_LIMIT, 1, MAX_LIMIT)
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            query = params.query(request)
+            seconds = params.float_(query, "seconds", HISTORY_SECONDS, 1.0, MAX_HISTORY_SECONDS)
+            limit = params.int_(query, "limit", HISTORY_LIMIT, 1, MAX_LIMIT)
+        except params.BadRequest as exc:
+            return params.bad(str(exc))
         now = self.gateway.wall_clock()
         channels = subscriptions_for(caller.client_type, caller.user_id)
         if not self.gateway.delivery.enabled:
@@ -268,10 +263,10 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         gateway = self.gateway
-        body = await _body(request)
+        body = await params.body(request)
         id_ = body.get("id") if body is not None else None
         if not isinstance(id_, int) or isinstance(id_, bool):
-            return _bad('send {"id": <refused event id>}')
+            return params.bad('send {"id": <refused event id>}')
         row = await gateway.delivery.query(storage.get_refused, id_)
         if row is None:
             response = error_response(
@@ -309,11 +304,11 @@ class AdminApi:
         caller = await self.admin(request)
         if isinstance(caller, Response):
             return caller
-        body = await _body(request)
+        body = await params.body(request)
         id_ = body.get("id") if body is not None else None
         reason = body.get("reason", "") if body is not None else ""
         if not isinstance(id_, str) or not isinstance(reason, str):
-            return _bad('send {"id": <connection id>, "reason": <text>}')
+            return params.bad('send {"id": <connection id>, "reason": <text>}')
         conn = next((c for c in self.gateway.connections if c.id == id_), None)
         if conn is None:
             return error_response(
@@ -329,17 +324,17 @@ class AdminApi:
         caller = await self.admin(request)
         if isinstance(caller, Response):
             return caller
-        body = await _body(request)
+        body = await params.body(request)
         if body is None:
-            return _bad('send {"name": ..., "client_type": ..., "user_id": null}')
+            return params.bad('send {"name": ..., "client_type": ..., "user_id": null}')
         name, client_type = body.get("name"), body.get("client_type")
         user_id, publish_only = body.get("user_id"), body.get("publish_only", False)
         if user_id is not None and not isinstance(user_id, str):
-            return _bad("user_id must be a string or null")
+            return params.bad("user_id must be a string or null")
         if not isinstance(publish_only, bool):
-            return _bad("publish_only must be true or false")
+            return params.bad("publish_only must be true or false")
         if not isinstance(name, str) or not isinstance(client_type, str):
-            return _bad("name and client_type must be strings")
+            return params.bad("name and client_type must be strings")
         try:
             token = await self._write(
                 lambda db: storage.create_token(
@@ -354,7 +349,8 @@ class AdminApi:
         except storage.CredentialError as exc:
             result = str(exc)
             await self._audit_write(caller, request, "create_token", name[:64], "", result)
-            return error_response(409 if "exists" in result else 400, "INVALID_TOKEN", result)
+            status = 409 if "exists" in result else 400
+            return error_response(status, ErrorCode.INVALID_MESSAGE, result)
         await self.gateway.auth.sync()
         detail = f"{client_type} user {user_id}" if user_id else client_type
         await self._audit_write(caller, request, "create_token", name, detail, "created")
@@ -373,10 +369,10 @@ class AdminApi:
         caller = await self.admin(request)
         if isinstance(caller, Response):
             return caller
-        body = await _body(request)
+        body = await params.body(request)
         name = body.get("name") if body is not None else None
         if not isinstance(name, str) or not name:
-            return _bad('send {"name": <token name>}')
+            return params.bad('send {"name": <token name>}')
         now = self.gateway.wall_clock()
         revoked = await self._write(lambda db: storage.revoke_token(db, name, now))
         if not revoked:
@@ -486,59 +482,3 @@ def _list_audit(db: sqlite_utils.Database, limit: int) -> list[dict[str, Any]]:
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _bad(message: str) -> Response:
-    return error_response(400, ErrorCode.INVALID_MESSAGE, message)
-
-
-async def _body(request: Request) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(await request.read_body())
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _query(request: Request) -> dict[str, list[str]]:
-    return parse_qs(request.query, keep_blank_values=True)
-
-
-def _text(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1].strip() or None if values else None
-
-
-def _int(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
-    values = query.get(name)
-    if not values:
-        return default
-    try:
-        value = int(values[-1])
-    except ValueError:
-        raise _BadRequest(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise _BadRequest(f"{name} must be {low}-{high}")
-    return value
-
-
-def _float(
-    query: dict[str, list[str]], name: str, default: float, low: float, high: float
-) -> float:
-    values = query.get(name)
-    if not values:
-        return default
-    try:
-        value = float(values[-1])
-    except ValueError:
-        raise _BadRequest(f"{name} must be a number") from None
-    if not low <= value <= high or math.isnan(value):
-        raise _BadRequest(f"{name} must be between {low:g} and {high:g}")
-    return value
-
-
-def _choice(query: dict[str, list[str]], name: str, default: str, allowed: Any) -> str:
-    value = _text(query, name) or default
-    if value not in allowed:
-        raise _BadRequest(f"{name} must be one of {', '.join(allowed)}")
-    return value

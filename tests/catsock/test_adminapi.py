@@ -245,7 +245,7 @@ async def test_connections_are_listed_and_closed_and_tokens_created_and_revoked(
         reply = await call(
             gw, admin, "POST", "/api/admin/tokens", {"name": "admin", "client_type": "AFAD"}
         )
-        assert (reply.status, reply.json()["error_code"]) == (409, "INVALID_TOKEN")
+        assert (reply.status, reply.json()["error_code"]) == (409, "INVALID_MESSAGE")
         for body in ([], {"name": 5, "client_type": "AFAD"}, {"name": "a", "client_type": "x y"}):
             reply = await call(gw, admin, "POST", "/api/admin/tokens", body)
             assert reply.status == 400, body

@@ -26,7 +26,7 @@ from protocol import ErrorCode, Principal, subscriptions_for
 
 from . import params
 from .entries import with_seq_first
-from .lag import SORTS
+from .lag import SORTS, read_aside
 from .ledger import explain, refusals
 from .transport.frontdoor import Request, Response, error_response, json_response
 
@@ -130,9 +130,7 @@ class AdminApi:
         if not message_id:
             return params.bad("send ?message_id=<the event's message_id>[&recipient=<token name>]")
         durable = self.gateway.config.delivery.durable_types
-        stories, refused = await self.gateway.delivery.query(
-            _ledger_of, message_id, recipient, durable
-        )
+        stories, refused = await self._read(_ledger_of, message_id, recipient, durable)
         return json_response(
             200, {"message_id": message_id, "refusals": refused, "events": stories}
         )
@@ -149,7 +147,7 @@ class AdminApi:
         filters = {
             name: params.text(query, name) for name in ("reason", "identity", "message_id", "since")
         }
-        rows = await self.gateway.delivery.query(_list_refused, filters, limit)
+        rows = await self._read(_list_refused, filters, limit)
         return json_response(200, {"refused": rows})
 
     async def _connections(self, request: Request) -> Response:
@@ -193,7 +191,7 @@ class AdminApi:
             limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         except params.BadRequest as exc:
             return params.bad(str(exc))
-        tokens = await self.gateway.delivery.query(storage.list_tokens)
+        tokens = await self._read(storage.list_tokens)
         rows = [
             {
                 "name": t.name,
@@ -217,7 +215,7 @@ class AdminApi:
             limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         except params.BadRequest as exc:
             return params.bad(str(exc))
-        rows = await self.gateway.delivery.query(_list_audit, limit)
+        rows = await self._read(_list_audit, limit)
         return json_response(200, {"audit": rows})
 
     async def _history(self, request: Request) -> Response:
@@ -245,7 +243,7 @@ class AdminApi:
             found: list[storage.Recent] = []
             more = False
         else:
-            found, more = await self.gateway.delivery.query(
+            found, more = await self._read(
                 storage.recent_events, channels, now - seconds, limit, HISTORY_SCAN
             )
         events = b",".join(with_seq_first(e.seq, e.body).encode() for e in found)
@@ -267,7 +265,7 @@ class AdminApi:
         id_ = body.get("id") if body is not None else None
         if not isinstance(id_, int) or isinstance(id_, bool):
             return params.bad('send {"id": <refused event id>}')
-        row = await gateway.delivery.query(storage.get_refused, id_)
+        row = await self._read(storage.get_refused, id_)
         if row is None:
             response = error_response(
                 404,
@@ -392,6 +390,9 @@ class AdminApi:
             caller, request, "revoke", name, f"{cut} connection(s) closed", "revoked"
         )
         return json_response(200, {"name": name, "revoked": True, "connections_closed": cut})
+
+    async def _read(self, func: Callable[..., T], *args: object) -> T:
+        return await read_aside(self.gateway.config.database, func, *args)
 
     async def _write(self, func: Callable[[sqlite_utils.Database], T]) -> T:
         """``func(db)`` on a short-lived write connection, off the event loop: admin

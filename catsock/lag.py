@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlite_utils
 import trio
@@ -24,7 +24,9 @@ from .delivery import durable_wants
 if TYPE_CHECKING:
     from .server import Gateway
 
-__all__ = ["LAG_CAP", "SORTS", "LagRow", "LagWatch", "worst"]
+__all__ = ["LAG_CAP", "SORTS", "LagRow", "LagWatch", "read_aside", "worst"]
+
+T = TypeVar("T")
 
 #: Events counted behind one recipient; past it the count says "at least".
 LAG_CAP = 100_000
@@ -37,6 +39,22 @@ SORTS: dict[str, Callable[[LagRow], Any]] = {
     "lag_events": lambda r: (-r["lag_events"], r["identity"]),
     "identity": lambda r: r["identity"],
 }
+
+
+async def read_aside(database: str, func: Callable[..., T], *args: object) -> T:
+    """``func(db, *args)`` in a worker thread on a connection of its own, opened
+    and closed around it. The console's reads can be long (a lag count per
+    recipient); on the event log's reader connection (``Delivery.query``) they
+    would hold up replays and logins, which share it under one lock."""
+
+    def run() -> T:
+        db = storage.open_db(database)
+        try:
+            return func(db, *args)
+        finally:
+            db.close()
+
+    return await trio.to_thread.run_sync(run)
 
 
 def worst(rows: list[LagRow], n: int) -> list[LagRow]:
@@ -99,7 +117,7 @@ class LagWatch:
 
         if not delivery.enabled:
             return []
-        rows = await delivery.query(read)
+        rows = await read_aside(gateway.config.database, read)
         for row in rows:
             row["connections"] = gateway.connections_of(row["identity"])
             row["online"] = row["connections"] > 0

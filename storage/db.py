@@ -174,6 +174,21 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         """,
         "CREATE INDEX IF NOT EXISTS idx_refused_message_id ON refused (message_id)",
     ),
+    # 7: the admin audit trail (storage/audit.py): every write made from the console.
+    (
+        """
+        CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            remote TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            result TEXT NOT NULL
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -246,7 +246,16 @@ class AdminApi:
             found, more = await self._read(
                 storage.recent_events, channels, now - seconds, limit, HISTORY_SCAN
             )
-        events = b",".join(with_seq_first(e.seq, e.body).encode() for e in found)
+        # The same projection as over a WebSocket (docs/privacy.md): a user-bound
+        # dashboard never gets the visitor's fields, from history either.
+        projector = self.gateway.projections.for_recipient(
+            caller.client_type, caller.user_id is not None
+        )
+        events = b",".join(
+            with_seq_first(e.seq, e.body if projector is None else projector.body(e.type, e.body))
+            .encode()
+            for e in found
+        )
         at = orjson.dumps([round(e.created_at, 3) for e in found])
         tail = orjson.dumps({"now": now, "seconds": seconds, "more": more})[1:]
         return Response(200, b'{"events":[' + events + b'],"at":' + at + b"," + tail + b"\n")

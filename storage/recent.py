@@ -17,6 +17,7 @@ __all__ = ["Recent", "recent_events"]
 class Recent:
     seq: int
     created_at: float
+    type: str
     body: str
 
 
@@ -34,16 +35,16 @@ def recent_events(
     wanted = set(channels)
     found: list[Recent] = []
     rows = db.conn.execute(
-        "SELECT seq, created_at, channels, body FROM events ORDER BY seq DESC LIMIT ?",
+        "SELECT seq, created_at, type, channels, body FROM events ORDER BY seq DESC LIMIT ?",
         (scan,),
     )
     looked = 0
-    for seq, created_at, channels_text, body in rows:
+    for seq, created_at, type_, channels_text, body in rows:
         looked += 1
         if created_at < since:
             return found[::-1], False
         if wanted.intersection(channels_text.split()):
-            found.append(Recent(seq, created_at, body))
+            found.append(Recent(seq, created_at, type_, body))
             if len(found) >= limit:
                 return found[::-1], True
     return found[::-1], looked >= scan

@@ -30,7 +30,11 @@ PERSONAL = ("ipaddress", "useragent", "referer")
 SECRET = "SECRET-VALUE-7"
 # Keys that can never spell a personal field, whatever their case.
 safe_keys = st.text("abcdefghjkmnoqstvwxyz_0123456789", min_size=1, max_size=8)
-scalars = st.one_of(st.integers(), st.booleans(), st.none(), st.text("abc xyz", max_size=5))
+# Integers within 64 bits: orjson, which every JSON path of the gateway parses with,
+# reads wider ones as floats (CI drew -2**63 - 1), in redaction as in the codec.
+scalars = st.one_of(
+    st.integers(-(2**63), 2**64 - 1), st.booleans(), st.none(), st.text("abc xyz", max_size=5)
+)
 
 
 @st.composite

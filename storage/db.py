@@ -141,6 +141,16 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "DROP INDEX IF EXISTS idx_events_created_at",
         "CREATE UNIQUE INDEX IF NOT EXISTS idx_events_message ON events (message_id, sender)",
     ),
+    # 6: opaque tokens that expire, and the JWT ``jti`` deny-list (storage/credentials.py).
+    (
+        _add_column("credentials", "expires_at", "REAL NULL"),
+        """
+        CREATE TABLE IF NOT EXISTS revoked_jtis (
+            jti TEXT PRIMARY KEY,
+            revoked_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

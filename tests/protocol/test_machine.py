@@ -68,6 +68,8 @@ def summary(action: p.Action) -> tuple[Any, ...]:
             return ("auth_success", cid, ext)
         case p.Close(code=code):
             return ("close", code)
+        case p.Verify(token=token, client_type=client_type, refresh=refresh):
+            return ("refresh" if refresh else "verify", token, client_type)
     return (type(action).__name__.lower(), *attrs.astuple(action, recurse=False))
 
 

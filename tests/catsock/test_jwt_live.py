@@ -207,7 +207,8 @@ async def test_refresh_extends_the_deadline_on_the_same_connection(
             await trio.sleep(30)
             await ping(client)
             (conn,) = gw.gateway.connections
-            assert conn.principal is not None and conn.principal.jti == "b"
+            assert conn.principal is not None
+            assert conn.principal.jti == "b"
             error = await client.recv()
             assert error["payload"]["error_code"] == "TOKEN_EXPIRED"
             assert await client.closed_code() == 4002
@@ -235,7 +236,8 @@ async def test_any_other_refresh_is_refused_and_the_old_deadline_stays(
             assert error["payload"]["error_code"] == "AUTH_FAILED", error
             await ping(client)  # still open, still the first identity
             (conn,) = gw.gateway.connections
-            assert conn.principal is not None and conn.principal.identity == "dash-1"
+            assert conn.principal is not None
+            assert conn.principal.identity == "dash-1"
             assert conn.principal.user_id == "500"
             error = await client.recv()
             assert error["payload"]["error_code"] == "TOKEN_EXPIRED"

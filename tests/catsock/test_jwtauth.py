@@ -243,7 +243,7 @@ def test_hs384_and_hs512_need_a_secret_as_long_as_their_hash() -> None:
     short = verifier(secret=SECRET[:32])
     assert short.algorithms == {"HS256"}
     refused(short.verify(sign(claims(), SECRET[:32] * 2, "HS512")), "not allowed")
-    with pytest.raises(ConfigError, match="HS512 needs a jwt.secret of at least 64"):
+    with pytest.raises(ConfigError, match=r"HS512 needs a jwt\.secret of at least 64"):
         load_config(
             environ={"CATSOCK_JWT__SECRET": SECRET[:40], "CATSOCK_JWT__ALGORITHMS": "HS512"}
         )
@@ -269,7 +269,8 @@ def test_bad_jwt_settings_are_refused(env: dict[str, str], problem: str) -> None
 
 def test_the_secret_comes_from_the_environment_and_is_never_printed() -> None:
     config = load_config(environ={"CATSOCK_JWT__SECRET": SECRET})
-    assert config.jwt.secret == SECRET and config.jwt.enabled
+    assert config.jwt.secret == SECRET
+    assert config.jwt.enabled
     assert SECRET not in to_toml(config)
     assert SECRET not in repr(config)
     assert not load_config(environ={}).jwt.enabled

@@ -183,8 +183,12 @@ class GuardConfig:
     #: own host, where a local proxy connects from (behind it every client would
     #: share one address; name the proxy in ``trusted_proxies`` instead).
     exempt: list[str] = attrs.Factory(lambda: ["127.0.0.1", "::1"])
-    #: Proxies (addresses, CIDRs) whose ``X-Forwarded-For`` names the client.
+    #: Proxies (addresses, CIDRs) whose forwarding header names the client, for the
+    #: allow-list, the per-address limits and the logs.
     trusted_proxies: list[str] = attrs.Factory(list)
+    #: The header those proxies write: ``X-Forwarded-For`` (nginx) or ``Forwarded``
+    #: (RFC 7239). Only that one is read: the other may be the client's own.
+    forwarded_header: str = "X-Forwarded-For"
     #: Connections, WebSocket and plain HTTP, one address may hold at once.
     max_connections_per_address: int = 500
     #: WebSocket connections of one address that have not authenticated yet.
@@ -401,6 +405,11 @@ def _guard_problems(guard: GuardConfig) -> list[str]:
     ):
         if getattr(guard, field) < 1:
             problems.append(f"guard.{field} must be at least 1")
+    if guard.forwarded_header.lower() not in ("x-forwarded-for", "forwarded"):
+        problems.append(
+            "guard.forwarded_header must be X-Forwarded-For or Forwarded, "
+            f"not {guard.forwarded_header!r}"
+        )
     if guard.auth_free_failures < 0:
         problems.append("guard.auth_free_failures must not be negative")
     for field in ("auth_delay", "auth_max_delay", "auth_lockout", "auth_forget_after"):

@@ -100,7 +100,7 @@ class HttpApi:
             # Characters are at most 4 UTF-8 bytes; the codec then applies the real limit.
             max_body=limits.max_message_size * 4,
             closing=lambda: self._shutting_down,
-            client_of=gateway.guard.client,
+            client_of=gateway.client_behind,
         )
         self.registry = metrics.new_registry(gateway)
         self.routes: dict[str, dict[str, Endpoint]] = {

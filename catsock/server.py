@@ -22,7 +22,7 @@ import socket
 import sqlite3
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 import trio
@@ -334,13 +334,14 @@ class Gateway:
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         sock = _socket_of(stream)
         remote = _peer(sock)
-        if self._closing or not self._allowed(remote):
+        peer = _host(remote)
+        # Behind a trusted proxy the client is known from the request head only: the
+        # allow-list and the per-address limits apply to it there (``client_behind``).
+        proxied = self.guard.is_proxy(peer)
+        if self._closing or not (proxied or self._allowed(peer)):
             self.stats.refused_ip += not self._closing
             await trio.aclose_forcefully(stream)
             return
-        peer = _host(remote)
-        # Behind a trusted proxy the client is known from the request head only.
-        proxied = self.guard.is_proxy(peer)
         slot = UNCOUNTED if proxied else self.guard.connection(peer)
         if slot is None:
             if isinstance(stream, trio.SSLStream):
@@ -386,8 +387,9 @@ class Gateway:
         client = peer
         slot: Slot | None = UNCOUNTED
         if proxied:
-            client = self.guard.client(peer, upgrade.headers.get("x-forwarded-for"))
+            client = self.guard.client_from(peer, upgrade.headers)
             slot = self.guard.connection(client)
+            remote = f"{client} via {remote}"  # what the logs show
         if slot is None:
             await front_door.refuse(stream, _address_full("connections"))
             return
@@ -442,11 +444,23 @@ class Gateway:
             # No close frame either way: the peer reset, hung up or stopped reading.
             self.stats.count_peer_reset("websocket")
 
-    def _allowed(self, remote: str) -> bool:
+    def client_behind(self, peer: str, headers: Mapping[str, str]) -> str | None:
+        """The client of a request from ``peer`` (the front door's ``client_of``):
+        behind a trusted proxy, the one its forwarding header names, which must then
+        pass the IP allow-list (None: it may not connect). Any other peer was
+        checked when it connected, and its headers name nobody."""
+        client = self.guard.client_from(peer, headers)
+        if self.guard.is_proxy(peer) and not self._allowed(client):
+            self.stats.refused_ip += 1
+            return None
+        return client
+
+    def _allowed(self, host: str) -> bool:
+        """Whether the address ``host`` (no port) passes the IP allow-list."""
         if not self._networks:
             return True
         try:
-            address = ipaddress.ip_address(remote.rsplit(":", 1)[0].strip("[]"))
+            address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import http
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -218,13 +218,15 @@ class FrontDoor:
         *,
         max_body: int,
         closing: Callable[[], bool] = lambda: False,
-        client_of: Callable[[str, str | None], str] = lambda peer, forwarded: peer,
+        client_of: Callable[[str, Mapping[str, str]], str | None] = lambda peer, headers: peer,
     ) -> None:
         self.handler = handler
         self.config = config
         self.max_body = max_body
         self.closing = closing
-        #: The client behind a peer, given its X-Forwarded-For (``AddressGuard.client``).
+        #: The client behind a peer, given the request's headers (behind a trusted
+        #: proxy, the one its forwarding header names), or None: that client may
+        #: not connect (the IP allow-list), answered 403.
         self.client_of = client_of
         self.stats = FrontDoorStats()
         self.open_http = 0
@@ -337,6 +339,11 @@ class FrontDoor:
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
         method = event.method.decode("ascii")
+        client = self.client_of(peer, headers)
+        if client is None:
+            raise RequestRefused(
+                error_response(403, "ADDRESS_NOT_ALLOWED", "your address may not connect")
+            )
         if _is_websocket_upgrade(headers):
             if not _ws_path(path):
                 raise RequestRefused(
@@ -356,7 +363,6 @@ class FrontDoor:
             raise RequestRefused(
                 error_response(400, "BAD_REQUEST", "Content-Length and Transfer-Encoding together")
             )
-        client = self.client_of(peer, headers.get("x-forwarded-for"))
         # Only the head was fed: h11 ends the message at once when no body is announced,
         # and says NEED_DATA (consuming nothing) when one is.
         no_body = isinstance(conn.next_event(), h11.EndOfMessage)

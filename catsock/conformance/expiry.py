@@ -5,7 +5,9 @@ for another identity is refused without changing the deadline.
 
 Self-contained: each check is one ``async`` function taking the gateway's URL and
 the tokens it needs and returning a ``CheckResult``; nothing is raised for what
-the gateway does. A token's expiry is read from its JWT ``exp`` (unverified: the
+the gateway does. None is named ``check_*``: ``profiles.module_checks`` takes those
+as ``check_<name>(ctx)`` checks, and these need tokens a run is not given as a
+token kind (see ``CHECKS`` for how a profile may call them). A token's expiry is read from its JWT ``exp`` (unverified: the
 gateway verifies) unless ``expires_at`` gives it. ``leeway`` is the gateway's
 clock-skew allowance (``jwt.leeway``); ``slack`` covers the network and timers.
 Short-lived tokens keep a run quick (``mint_hs`` makes them, given the gateway's
@@ -31,9 +33,9 @@ from .results import CheckResult
 
 __all__ = [
     "CHECKS",
-    "check_expiry_closes",
-    "check_refresh_extends",
-    "check_refresh_other_identity_refused",
+    "expiry_closes",
+    "refresh_extends",
+    "refresh_other_identity_refused",
     "mint_hs",
     "token_expiry",
 ]
@@ -190,7 +192,7 @@ async def _sleep_until(moment: float, clock: Clock) -> None:
     await trio.sleep(max(0.0, moment - clock()))
 
 
-async def check_expiry_closes(
+async def expiry_closes(
     url: str,
     token: str,
     client_type: str,
@@ -223,7 +225,7 @@ async def check_expiry_closes(
     return await _run(name, url, ssl_context, body)
 
 
-async def check_refresh_extends(
+async def refresh_extends(
     url: str,
     token: str,
     fresh_token: str,
@@ -266,7 +268,7 @@ async def check_refresh_extends(
     return await _run(name, url, ssl_context, body)
 
 
-async def check_refresh_other_identity_refused(
+async def refresh_other_identity_refused(
     url: str,
     token: str,
     other_token: str,
@@ -303,7 +305,7 @@ async def check_refresh_other_identity_refused(
 
 #: The checks, by the name a runner may list them under.
 CHECKS: Final = {
-    "expiry_closes": check_expiry_closes,
-    "refresh_extends": check_refresh_extends,
-    "refresh_other_identity_refused": check_refresh_other_identity_refused,
+    "expiry_closes": expiry_closes,
+    "refresh_extends": refresh_extends,
+    "refresh_other_identity_refused": refresh_other_identity_refused,
 }

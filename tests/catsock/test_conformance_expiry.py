@@ -35,11 +35,11 @@ async def test_every_expiry_check_passes_against_catsock(
     options = {"leeway": 2.0, "wall_clock": fake_wall}
     with trio.fail_after(600):
         results = [
-            await expiry.check_expiry_closes(gw.url, short(), "DASHBOARD", **options),
-            await expiry.check_refresh_extends(
+            await expiry.expiry_closes(gw.url, short(), "DASHBOARD", **options),
+            await expiry.refresh_extends(
                 gw.url, short(), short(ttl=120), "DASHBOARD", **options
             ),
-            await expiry.check_refresh_other_identity_refused(
+            await expiry.refresh_other_identity_refused(
                 gw.url, short(), short("dash-other", ttl=120), "DASHBOARD", **options
             ),
         ]
@@ -53,10 +53,10 @@ async def test_an_opaque_token_needs_its_expiry_given(
     gw = await gateway(start_gateway)
     token = gw.token("plain", "CATS")
     with trio.fail_after(600):
-        skipped = await expiry.check_expiry_closes(gw.url, token, "CATS", wall_clock=fake_wall)
+        skipped = await expiry.expiry_closes(gw.url, token, "CATS", wall_clock=fake_wall)
         assert skipped.status is Status.SKIP
         # This token never expires: told it does, the check sees no TOKEN_EXPIRED.
-        failed = await expiry.check_expiry_closes(
+        failed = await expiry.expiry_closes(
             gw.url, token, "CATS", expires_at=fake_wall() + 10, wall_clock=fake_wall
         )
     assert failed.status is Status.FAIL
@@ -69,7 +69,7 @@ async def test_a_refresh_check_fails_when_the_gateway_accepts_what_it_should_ref
     gw = await gateway(start_gateway)
     with trio.fail_after(600):
         # "Another identity" that is the same one: catsock accepts the refresh.
-        result = await expiry.check_refresh_other_identity_refused(
+        result = await expiry.refresh_other_identity_refused(
             gw.url, short(), short(ttl=120), "DASHBOARD", wall_clock=fake_wall
         )
     assert result.status is Status.FAIL

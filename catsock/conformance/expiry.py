@@ -5,14 +5,15 @@ for another identity is refused without changing the deadline.
 
 Self-contained: each check is one ``async`` function taking the gateway's URL and
 the tokens it needs and returning a ``CheckResult``; nothing is raised for what
-the gateway does. None is named ``check_*``: ``profiles.module_checks`` takes those
-as ``check_<name>(ctx)`` checks, and these need tokens a run is not given as a
-token kind (see ``CHECKS`` for how a profile may call them). A token's expiry is read from its JWT ``exp`` (unverified: the
-gateway verifies) unless ``expires_at`` gives it. ``leeway`` is the gateway's
-clock-skew allowance (``jwt.leeway``); ``slack`` covers the network and timers.
-Short-lived tokens keep a run quick (``mint_hs`` makes them, given the gateway's
-HMAC secret). ``wall_clock`` is Unix time, and waits are ``trio.sleep``: tests
-drive both with a fake clock.
+the gateway does. None is named ``check_*``: ``profiles.module_checks`` takes
+those as ``check_<name>(ctx)`` checks, and these need tokens a run is not given
+as a token kind (``CHECKS`` lists them for a profile to call). A token's expiry
+is read from its JWT ``exp`` (unverified: the gateway verifies) unless
+``expires_at`` gives it. ``leeway`` is the gateway's clock-skew allowance
+(``jwt.leeway``); ``slack`` covers the network and timers. Short-lived tokens
+keep a run quick (``mint_hs`` makes them, given the gateway's HMAC secret).
+``wall_clock`` is Unix time, and waits are ``trio.sleep``: tests drive both with
+a fake clock.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from .results import CheckResult
 __all__ = [
     "CHECKS",
     "expiry_closes",
+    "mint_hs",
     "refresh_extends",
     "refresh_other_identity_refused",
-    "mint_hs",
     "token_expiry",
 ]
 

@@ -400,18 +400,22 @@ def ledger(
 
     Exits 1 when the event log has no such message.
     """
-    from .ledger import explain
+    from .ledger import explain, refusals
 
     config = _load(config_path, _flags(database=database))
     db = _open(config_path, database)
     stories = explain(
         db, message_id, recipient=recipient, durable_types=config.delivery.durable_types
     )
+    refused = refusals(db, message_id)
+    if refused:
+        click.echo(f"message {message_id}")
+        for line in refused:
+            click.echo(f"  {line}")
     if not stories:
-        seen = storage.recent_messages(db, message_id=message_id, direction="in", limit=1)
         why = (
-            "it reached the gateway but was refused (see `python -m catsock logs`)"
-            if seen
+            "it was refused (above; `python -m catsock refused retry ID` sends it again)"
+            if refused
             else "never accepted, or pruned after delivery.retention_days"
         )
         click.echo(f"no event with message_id {message_id!r} in the log: {why}", err=True)
@@ -443,14 +447,60 @@ class _UsageProblem(click.ClickException):
     "(bound to user 500). Checks needing a missing token are skipped. Repeatable.",
 )
 @click.option(
+    "--profile",
+    "profile_specs",
+    multiple=True,
+    metavar="NAME",
+    help="seed, strict, extensions, limits or faults (opt-in); repeatable or comma-separated. "
+    "Default: seed, strict, extensions and limits.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
-    default=5.0,
-    show_default=True,
-    help="Seconds each check may take.",
+    default=None,
+    help="Seconds each check may take (default: the profile's; seed 3, faults 20, others 5).",
 )
 @click.option(
     "--only", multiple=True, metavar="PREFIX", help="Run the checks whose name starts so."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report (rows go to stderr).")
+@click.option(
+    "--max-message-size",
+    type=click.IntRange(min=64),
+    default=None,
+    help="limits: the target's size limit in bytes (default catsock's, 65536).",
+)
+@click.option(
+    "--auth-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="limits: the target's auth deadline in seconds (default catsock's, 10).",
+)
+@click.option(
+    "--rate-limit",
+    "rate_specs",
+    multiple=True,
+    metavar="TYPE=PER_MINUTE/BURST",
+    help="limits: a client type's rate limit at the target (default catsock's). Repeatable.",
+)
+@click.option("--no-rate-limits", is_flag=True, help="limits: the target has no rate limits.")
+@click.option(
+    "--server-cmd",
+    metavar="COMMAND",
+    help="faults: the command that starts the target (listening at URL); the run starts "
+    "it, kills it mid-stream and starts it again.",
+)
+@click.option(
+    "--kill-signal",
+    default="KILL",
+    show_default=True,
+    metavar="SIGNAL",
+    help="faults: the signal that kills the target.",
+)
+@click.option(
+    "--server-log",
+    type=click.Path(dir_okay=False),
+    help="faults: append the target's output to this file (default: discarded).",
 )
 @click.option("--insecure", is_flag=True, help="wss://: do not verify the certificate.")
 @click.option(
@@ -461,18 +511,35 @@ class _UsageProblem(click.ClickException):
 def conformance(
     url: str,
     token_specs: tuple[str, ...],
-    timeout: float,
+    profile_specs: tuple[str, ...],
+    timeout: float | None,
     only: tuple[str, ...],
+    as_json: bool,
+    max_message_size: int | None,
+    auth_timeout: float | None,
+    rate_specs: tuple[str, ...],
+    no_rate_limits: bool,
+    server_cmd: str | None,
+    kill_signal: str,
+    server_log: str | None,
     insecure: bool,
     cafile: str | None,
 ) -> None:
     """Check the gateway at URL (ws://HOST:PORT/ws) against docs/protocol.md.
 
-    Prints a PASS/FAIL/SKIP table and a summary; exits 1 if any check failed.
+    Prints one row per check as it finishes (PASS/FAIL/SKIP; a failure names the
+    rule and its section of docs/protocol.md), then a verdict per profile.
+    Exits 1 if a check of an asked profile failed, 2 for bad arguments.
     """
+    import json
+    import shlex
     import ssl
+    import time
+    import urllib.parse
+    from pathlib import Path
 
     from . import conformance as conf
+    from .conformance import report
 
     tokens: dict[str, str] = {}
     for spec in token_specs:
@@ -487,6 +554,43 @@ def conformance(
         if kind in tokens:
             raise _UsageProblem(f"--token {kind}: given twice")
         tokens[kind] = value
+    profiles = [p.strip() for spec in profile_specs for p in spec.split(",") if p.strip()]
+    profiles = list(dict.fromkeys(profiles)) or list(conf.DEFAULT_PROFILES)
+    limits = conf.TargetLimits()
+    rates = dict(limits.rate_limits or {})
+    for spec in rate_specs:
+        try:
+            client_type, rate = report.parse_rate_limit(spec)
+        except ValueError as exc:
+            raise _UsageProblem(f"--rate-limit {exc}") from None
+        rates[client_type] = rate
+    if no_rate_limits and rate_specs:
+        raise _UsageProblem("--no-rate-limits and --rate-limit exclude each other")
+    limits = conf.TargetLimits(
+        max_message_size=max_message_size or limits.max_message_size,
+        auth_timeout=auth_timeout or limits.auth_timeout,
+        rate_limits=None if no_rate_limits else rates,
+    )
+    server: conf.ServerControl | None = None
+    if server_cmd is not None:
+        try:
+            sig = signal.Signals[f"SIG{kill_signal.upper().removeprefix('SIG')}"]
+        except KeyError:
+            raise _UsageProblem(f"--kill-signal {kill_signal!r}: not a signal name") from None
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "wss" else 80)
+            command = shlex.split(server_cmd)
+        except ValueError as exc:
+            raise _UsageProblem(f"--server-cmd / URL: {exc}") from None
+        if not command:
+            raise _UsageProblem("--server-cmd is empty")
+        log = Path(server_log) if server_log else None
+        server = conf.ServerControl(
+            command, parts.hostname or "127.0.0.1", port, kill_signal=sig, log=log
+        )
+    elif "faults" in profiles:
+        raise _UsageProblem("--profile faults needs --server-cmd (control of the target)")
     if insecure and cafile:
         raise _UsageProblem("--insecure and --cafile exclude each other")
     context: ssl.SSLContext | None = None
@@ -501,9 +605,40 @@ def conformance(
     elif insecure or cafile:
         raise _UsageProblem("--insecure and --cafile apply to wss:// URLs only")
     try:
+        planned = conf.plan(profiles, only)
+    except ValueError as exc:
+        raise _UsageProblem(str(exc)) from None
+    if not planned:
+        raise _UsageProblem(f"no check name starts with {' or '.join(map(repr, only))}")
+
+    # Rows go to stdout, or to stderr when stdout carries the JSON report.
+    def say(text: str) -> None:
+        click.echo(text, err=as_json)
+
+    width = max(len(item.name) for item in planned)
+    shown: set[str] = set()
+
+    def on_result(result: conf.CheckResult) -> None:
+        if result.profile not in shown:
+            shown.add(result.profile)
+            say(report.profile_header(result.profile, planned, timeout))
+        say(report.row(result, width))
+
+    started = time.monotonic()
+    try:
         results = trio.run(
             partial(
-                conf.run_conformance, url, tokens, timeout=timeout, ssl_context=context, only=only
+                conf.run_conformance,
+                url,
+                tokens,
+                profiles=profiles,
+                timeout=timeout,
+                ssl_context=context,
+                only=only,
+                limits=limits,
+                server=server,
+                on_start=lambda: say(report.run_header(planned, timeout)),
+                on_result=on_result,
             )
         )
     except ValueError as exc:
@@ -512,20 +647,17 @@ def conformance(
         raise _UsageProblem(f"cannot reach the gateway: {exc}") from None
     except KeyboardInterrupt:
         sys.exit(130)
-    if not results:
-        raise _UsageProblem(f"no check name starts with {' or '.join(map(repr, only))}")
-    width = max(len(r.name) for r in results)
-    click.echo(f"{'CHECK':<{width}}  STATUS  SECONDS  DETAIL")
-    for r in results:
-        detail = r.detail if r.status is not conf.Status.PASS else ""
-        click.echo(f"{r.name:<{width}}  {r.status:<6}  {r.seconds:7.3f}  {detail}".rstrip())
-    counts = {s: sum(r.status is s for r in results) for s in conf.Status}
-    click.echo(
-        f"{counts[conf.Status.PASS]} passed, {counts[conf.Status.FAIL]} failed, "
-        f"{counts[conf.Status.SKIP]} skipped"
-    )
-    if counts[conf.Status.FAIL]:
+    seconds = time.monotonic() - started
+    asked = [p for p in conf.PROFILES if p in profiles]
+    for line in report.profile_lines(results, asked):
+        say(line)
+    say(f"{report.count_line(results)} in {report.duration(seconds)}")
+    if as_json:
+        data = report.json_report(url, results, asked, seconds, conf.estimate(planned, timeout))
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    if any(r.status is conf.Status.FAIL for r in results):
         sys.exit(1)
 
 
 from . import cli_client as _cli_client  # noqa: E402,F401  (registers publish and tail)
+from . import cli_refused as _cli_refused  # noqa: E402,F401  (registers refused)

@@ -20,6 +20,8 @@ import click
 import orjson
 import trio
 
+from protocol.codec import json_object
+
 from .cli import main
 from .client import (
     Accepted,
@@ -67,12 +69,9 @@ def _log_to_stderr(level: int) -> None:
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, Any]:
     try:
-        payload = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise click.BadParameter("must be a JSON object, e.g. '{\"adware_id\": 100}'")
-    return payload
+        return json_object(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; e.g. '{{\"adware_id\": 100}}'") from None
 
 
 def _run(func: Callable[[], Any]) -> Any:

@@ -112,8 +112,14 @@ class DeliveryConfig:
     log: bool = True
     #: Client types whose identities are durable recipients.
     durable_types: list[str] = attrs.Factory(lambda: ["CATS", "AFAD"])
+    #: Soft limits: events every durable recipient has had go after this many days
+    #: or past this many rows; what one still needs is kept (docs/delivery.md).
     retention_days: float = 7.0
     retention_rows: int = 1_000_000
+    #: The hard limit that protects the disk: past this many events the oldest go
+    #: whoever still needs them, and each such loss is recorded (ledger, metrics,
+    #: the resume grant).
+    retention_hard_rows: int = 10_000_000
     #: Seconds at least between two commits of the event log: events arriving
     #: meanwhile share the next transaction (0: commit as soon as the last ended).
     commit_interval: float = 0.001
@@ -379,6 +385,11 @@ def _validate(config: Config) -> Config:
         problems.append("delivery.admission_lag must be between 0 and 60 (seconds)")
     if delivery.queue_full_grace < 0 or delivery.retention_days <= 0:
         problems.append("delivery.queue_full_grace must be >= 0, retention_days > 0")
+    if delivery.retention_hard_rows < max(delivery.retention_rows, 1):
+        problems.append(
+            "delivery.retention_hard_rows must be at least delivery.retention_rows (and 1):"
+            f" {delivery.retention_hard_rows} < {delivery.retention_rows}"
+        )
     if config.limits.max_message_size < 256:
         problems.append("limits.max_message_size must be at least 256")
     if config.limits.max_fragments < 1:

@@ -52,6 +52,7 @@ from storage import ConnectionClosed as ClosedRow
 from storage import ConnectionHeartbeat, ConnectionOpened, MessageLogged
 
 from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Run
+from .refusals import refusal
 from .services import ConnectionContext, DeliveryView, Registry, StatsSink
 from .takenin import TakenIn
 from .transport.frames import frame as ws_frame
@@ -111,7 +112,9 @@ class Connection(Session):
         self._catching_up = False  # the catch-up task is running
         self._written = 0  # the highest seq written (or expired) for this connection
         self._acked = 0
-        self._range: tuple[int, int, float] | None = None  # written, not yet in the ledger
+        # Written, not yet in the ledger: first and last seq, and when the first was
+        # written (trio time, for the span; wall time, for the row).
+        self._range: tuple[int, int, float, float] | None = None
         # Shed, not yet in the ledger: first seq, last seq, why, since (see _overflow).
         self._dropping: tuple[int, int, str, float] | None = None
         # A pong answers after everything before it: this connection's earlier
@@ -285,10 +288,11 @@ class Connection(Session):
         except ProtocolError as error:
             self.ctx.stats.count_in("other")
             actions = self.machine.receive_invalid(error)
+            self._note_refused(frame, None, actions)
         else:
             self.ctx.stats.count_in(message.type)
             actions = self.machine.receive(message)
-            self._log_inbound(message, len(frame), actions)
+            self._log_inbound(message, frame, actions)
         await self._execute(actions)
 
     async def _execute(self, actions: list[Action]) -> None:
@@ -385,6 +389,12 @@ class Connection(Session):
             start = min(self._start.values(), default=delivery.head) if self._start else None
             resume["since"] = delivery.head if start is None else start
             resume["head"] = delivery.head
+            gap = await delivery.gap(self._start) if self._start else None
+            if gap is not None:
+                # Retention took these before this client had them: the replay
+                # starts after them, and the grant says so instead of hiding it.
+                resume["since"] = gap[1]
+                resume["gap"] = {"first": gap[0], "last": gap[1]}
 
     def _join(self) -> None:
         # Synchronous with subscribing: positions and the live head agree.
@@ -545,8 +555,10 @@ class Connection(Session):
 
     def _note_range(self) -> None:
         if self._range is not None and self._identity is not None:
-            first, last, _ = self._range
-            self.delivery.note(self._identity, "written", first, last, self.id)
+            first, last, _, at = self._range
+            # The row says when the range began: its events were written from then
+            # on, so "written at" never comes after an ack of one of them.
+            self.delivery.note(self._identity, "written", first, last, self.id, at=at)
         self._range = None
 
     def _acknowledge(self, seq: int) -> None:
@@ -598,10 +610,10 @@ class Connection(Session):
             # range says "everything routed here in it was written", so ranges join.
             now = trio.current_time()
             if self._range is not None and now - self._range[2] < LEDGER_SPAN:
-                self._range = (self._range[0], last, self._range[2])
+                self._range = (self._range[0], last, self._range[2], self._range[3])
             else:
                 self._note_range()
-                self._range = (first, last, now)
+                self._range = (first, last, now, self.ctx.wall_clock())
         events = sum(
             len(item.entries) if isinstance(item, Run) else 1
             for item in batch
@@ -666,9 +678,13 @@ class Connection(Session):
             ClosedRow(self.id, self.ctx.wall_clock(), self.close_code, self.close_reason)
         )
 
-    def _log_inbound(self, message: m.Message, size: int, actions: list[Action]) -> None:
+    def _log_inbound(self, message: m.Message, frame: str | bytes, actions: list[Action]) -> None:
+        size = len(frame)
         if isinstance(message, m.Event):
-            if self.ctx.events_logged and any(isinstance(a, Publish) for a in actions):
+            published = any(isinstance(a, Publish) for a in actions)
+            if not published:
+                self._note_refused(frame, message, actions)
+            elif self.ctx.events_logged:
                 return  # one write per event: the event log's row is its record
             row = MessageLogged(
                 "in",
@@ -687,6 +703,32 @@ class Connection(Session):
                 self._log_heartbeat()
             return
         self.ctx.record_log(row)
+
+    def _note_refused(
+        self, frame: str | bytes, event: m.Event | None, actions: list[Action]
+    ) -> None:
+        """Keep a refused event (catsock/refusals.py): the seed's clients never read
+        the ``error`` that says so."""
+        error = next(
+            (a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Error)),
+            None,
+        )
+        if error is None:
+            return
+        row = refusal(
+            self.principal,
+            error.payload.error_code,
+            error.payload.error_message,
+            frame,
+            event,
+            connection_id=self.id,
+            transport="websocket",
+            at=self.ctx.wall_clock(),
+            max_body=self.ctx.codec.max_size,
+        )
+        if row is not None:
+            self.ctx.record_log(row)
+            self.ctx.stats.count_refused(row.reason)
 
     def _log_heartbeat(self) -> None:
         now = self.ctx.wall_clock()

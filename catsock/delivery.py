@@ -25,12 +25,13 @@ import sqlite_utils
 import trio
 
 import storage
-from protocol import Principal, encode
+from protocol import Principal, encode, subscriptions_for
 from protocol import messages as m
 
 from .admission import Admission
 from .config import DeliveryConfig
 from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Publisher, Run
+from .groupcommit import GroupCommit
 from .pacer import Pacer, Pumpable
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ T = TypeVar("T")
 
 #: Cursor moves and ledger rows alone wait this long to share a transaction.
 IDLE_FLUSH = 0.05
-#: A failed commit (disk full, database locked) is retried after this long.
-RETRY_AFTER_FAILURE = 1.0
 MAX_BATCH = 5000
 MAX_KNOWN_CURSORS = 100_000
 #: Upper bounds (seconds) of the publish-to-write latency histogram.
@@ -66,6 +65,8 @@ class DeliveryStatistics:
     replayed: int
     catchups: int
     unconfirmed: int
+    #: Events pruned past a durable recipient's cursor (delivery.retention_hard_rows).
+    lost_to_retention: int
     commit_errors: int
     latency_buckets: tuple[tuple[float, int], ...]  # cumulative, Prometheus style
     latency_sum: float
@@ -95,8 +96,17 @@ class Delivery:
         self.hub = hub
         self.pacer = Pacer(config.live_interval)
         self.admission = Admission(config.admission_lag, self.pacer.lag)
+        self._commits = GroupCommit(
+            "event log",
+            db if self.enabled else None,
+            lock,
+            due=self._due,
+            write_next=self._commit_next,
+            prune=self._prune,
+            wall_clock=wall_clock,
+            logger=logger,
+        )
         self._db = db
-        self._lock = lock
         self._read_path = read_path
         self._reader: sqlite_utils.Database | None = None
         self._read_lock = trio.Lock()
@@ -111,21 +121,19 @@ class Delivery:
         # a move whose commit is still in flight or not yet visible to the reader.
         self._known: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self._ledger: list[storage.LedgerRow] = []
-        self._wakeup = trio.Event()
-        self._event_waiting = trio.Event()
+        self._last_commit = -math.inf
+        # When cursor moves or ledger rows began to wait with no event to ride on.
+        self._quiet_since = math.inf
         self._committed = trio.Event()
         self._room = trio.Event()
-        self.batches = 0
         self.committed_count = 0
-        self.last_batch_size = 0
-        self.last_commit_seconds = 0.0
         self.duplicates = 0
         self.expired = 0
         self.dropped = 0
         self.replayed = 0
         self.catchups = 0
         self.unconfirmed = 0
-        self.commit_errors = 0
+        self.lost_to_retention = 0
         self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
 
@@ -169,10 +177,10 @@ class Delivery:
         if self.enabled:
             entry.seq = self._next
             self._next += 1
+        if not self._pending:
+            self._commits.poke()
         self._pending.append(entry)
         self.admission.poke()
-        self._wakeup.set()
-        self._event_waiting.set()
         return entry
 
     async def publish(
@@ -219,7 +227,7 @@ class Delivery:
                 self._known.move_to_end(key)
                 if len(self._known) > MAX_KNOWN_CURSORS:
                     self._known.popitem(last=False)
-        self._wakeup.set()
+        self._quiet()
 
     def note(
         self,
@@ -229,15 +237,21 @@ class Delivery:
         last: int,
         connection_id: str | None,
         detail: str | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
-        """Add a ledger row (written, acked, expired, dropped, duplicate)."""
+        """Add a ledger row (written, acked, expired, dropped, duplicate), dated
+        ``at`` (wall time; default now)."""
         if not (self.enabled and self.config.ledger):
             return
+        if not self._ledger:
+            self._quiet()
         self._ledger.append(
-            storage.LedgerRow(identity, kind, first, last, connection_id, self._wall(), detail)
+            storage.LedgerRow(
+                identity, kind, first, last, connection_id,
+                self._wall() if at is None else at, detail,
+            )
         )
-        if len(self._ledger) >= MAX_BATCH:
-            self._wakeup.set()
 
     def expire(self, entry: Entry, identity: str, connection_id: str | None) -> None:
         self.expired += 1
@@ -298,6 +312,18 @@ class Delivery:
             for channel in channels
         }
 
+    async def gap(self, positions: Mapping[str, int]) -> tuple[int, int] | None:
+        """The seqs a replay from ``positions`` can no longer give, because retention
+        pruned them (first, last), or None. Some may not have been routed to the
+        reader; the ones that were are lost to it (docs/delivery.md, "Retention")."""
+        lowest = min(positions.values(), default=None)
+        if lowest is None:
+            return None
+        first = await self._read(storage.first_seq)
+        if first is None or lowest >= first - 1:
+            return None
+        return lowest + 1, first - 1
+
     async def read(
         self, positions: Mapping[str, int], exclude_sender: str | None, limit: int
     ) -> tuple[list[Entry], int]:
@@ -341,6 +367,11 @@ class Delivery:
         while self.head <= seq:
             await self._committed.wait()
 
+    async def query(self, func: Callable[..., T], *args: object) -> T:
+        """``func(db, *args)`` on the log's reader connection, in a worker thread
+        (the HTTP API's lookups: a refused event to retry)."""
+        return await self._read(func, *args)
+
     async def _read(self, func: Callable[..., T], *args: object) -> T:
         async with self._read_lock:
             if self._reader is None:
@@ -366,51 +397,47 @@ class Delivery:
         if self.enabled:
             self.head = await trio.to_thread.run_sync(storage.log_head, self._db)
             self._next = self.head + 1
-        task_status.started()
-        # With the log off there is nothing to prune: waiting until a prune that is
-        # always due would spin (it did: an idle live relay used a whole core).
-        next_prune = trio.current_time() if self.enabled else math.inf
-        last_commit = -math.inf
         try:
-            while True:
-                if self.enabled and trio.current_time() >= next_prune:
-                    await self._prune()
-                    next_prune = trio.current_time() + 60.0
-                if not (self._pending or self._cursors or self._ledger):
-                    self._wakeup = trio.Event()
-                    with trio.move_on_at(next_prune):
-                        await self._wakeup.wait()
-                    continue
-                if not self._pending:
-                    # Only cursor moves and ledger rows: gather more of them, but an
-                    # event ends the wait (a publisher is waiting for its answer).
-                    self._event_waiting = trio.Event()
-                    with trio.move_on_after(IDLE_FLUSH):
-                        await self._event_waiting.wait()
-                # A commit costs about the same for one event as for a hundred (a
-                # thread hop and a WAL write); spacing them lets a trickle of events
-                # share one, which at 1,000 msg/s halved the server's CPU.
-                await trio.sleep_until(last_commit + self.config.commit_interval)
-                last_commit = trio.current_time()
-                if not await self._commit_next():
-                    await trio.sleep(RETRY_AFTER_FAILURE)
+            await self._commits.run(task_status=task_status)
         finally:
-            with trio.move_on_after(5.0, shield=True):
-                await self.flush()
-                # A replay read may still run in a worker thread on the reader's
-                # connection: close it only once that read is over (issue 20, bug 9).
+            # A replay read may still run in a worker thread on the reader's
+            # connection: close it only once that read is over (issue 20, bug 9).
+            with trio.CancelScope(shield=True):
                 async with self._read_lock:
                     if self._reader is not None:
                         self._reader.close()
                         self._reader = None
 
+    @property
+    def prunes(self) -> int:
+        """Retention runs completed (the first one at start-up)."""
+        return self._commits.prunes
+
     async def flush(self) -> None:
         """Commit everything appended or recorded so far."""
-        while self._pending or self._cursors or self._ledger:
-            if not await self._commit_next():
-                return
+        await self._commits.flush()
+
+    def _quiet(self) -> None:
+        if self._quiet_since == math.inf:
+            self._quiet_since = trio.current_time()
+            self._commits.poke()
+
+    def _due(self) -> float:
+        # A commit costs about the same for one event as for a hundred (a thread
+        # hop and a WAL write); spacing them lets a trickle of events share one,
+        # which at 1,000 msg/s halved the server's CPU.
+        spaced = self._last_commit + self.config.commit_interval
+        if self._pending:
+            return spaced
+        if self._cursors or self._ledger:
+            # Only cursor moves and ledger rows: gather more of them, but an event
+            # ends the wait (a publisher is waiting for its answer).
+            return max(spaced, self._quiet_since + IDLE_FLUSH)
+        return math.inf
 
     async def _commit_next(self) -> bool:
+        self._last_commit = trio.current_time()
+        self._quiet_since = math.inf
         if not self.enabled:
             # No log: the batch is only what arrived meanwhile, fanned out together
             # so that each recipient writes once for it, as after a commit.
@@ -418,58 +445,56 @@ class Delivery:
             del self._pending[:MAX_BATCH]
             self._after_commit(batch, {})
             return True
-        async with self._lock:
-            # Shielded: rows taken out of the buffers must reach the database or be
-            # put back, never vanish with a cancellation.
-            with trio.CancelScope(shield=True):
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                cursors, self._cursors = self._cursors, {}
-                ledger, self._ledger = self._ledger, []
-                rows = [
-                    storage.EventRow(
-                        e.seq, e.message_id, e.sender, e.connection_id, e.type, e.channels,
-                        e.priority, e.created_at, e.expires_at, e.body,
-                    )
-                    for e in batch
-                ]
-                started = time.perf_counter()
-                try:
-                    duplicates = await trio.to_thread.run_sync(
-                        storage.commit_events, self._db, rows, cursors, ledger
-                    )
-                except storage.SeqTaken as taken:
-                    # Another process wrote this log: number what is not committed yet
-                    # (nobody has seen those seqs) after its head, and go on.
-                    logger.warning(
-                        "event log: %s; another process writes this database? renumbering"
-                        " %d uncommitted events",
-                        taken,
-                        len(batch) + len(self._pending),
-                    )
-                    self.commit_errors += 1
-                    self._pending[:0] = batch
-                    for entry in self._pending:
-                        taken.head += 1
-                        entry.seq = taken.head
-                    self._next = taken.head + 1
-                    for key, seq in cursors.items():
-                        self._cursors[key] = max(seq, self._cursors.get(key, -1))
-                    self._ledger[:0] = ledger
-                    return True
-                except Exception as exc:
-                    self.commit_errors += 1
-                    logger.warning("event log: commit of %d events failed: %s", len(batch), exc)
-                    self._pending[:0] = batch
-                    for key, seq in cursors.items():
-                        self._cursors[key] = max(seq, self._cursors.get(key, -1))
-                    self._ledger[:0] = ledger
-                    return False
-        self.last_commit_seconds = time.perf_counter() - started
-        self.last_batch_size = len(batch)
-        self.batches += 1
+        async with self._commits.turn():
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            cursors, self._cursors = self._cursors, {}
+            ledger, self._ledger = self._ledger, []
+            rows = [
+                storage.EventRow(
+                    e.seq, e.message_id, e.sender, e.connection_id, e.type, e.channels,
+                    e.priority, e.created_at, e.expires_at, e.body,
+                )
+                for e in batch
+            ]
+            try:
+                duplicates = await self._commits.write(
+                    _commit_events, rows, cursors, ledger,
+                    rows=len(batch), what=f"commit of {len(batch)} events",
+                )
+            except storage.SeqTaken as taken:
+                # Another process wrote this log: number what is not committed yet
+                # (nobody has seen those seqs) after its head, and go on.
+                self._put_back(batch, cursors, ledger)
+                logger.warning(
+                    "event log: another process writes this database? renumbering"
+                    " %d uncommitted events after seq %d",
+                    len(self._pending),
+                    taken.head,
+                )
+                for entry in self._pending:
+                    taken.head += 1
+                    entry.seq = taken.head
+                self._next = taken.head + 1
+                return True
+            except Exception:
+                self._put_back(batch, cursors, ledger)
+                return False
         self._after_commit(batch, duplicates)
         return True
+
+    def _put_back(
+        self,
+        batch: list[Entry],
+        cursors: dict[tuple[str, str], int],
+        ledger: list[storage.LedgerRow],
+    ) -> None:
+        self._pending[:0] = batch
+        for key, seq in cursors.items():
+            self._cursors[key] = max(seq, self._cursors.get(key, -1))
+        self._ledger[:0] = ledger
+        if (self._cursors or self._ledger) and not self._pending:
+            self._quiet()
 
     def _after_commit(self, batch: list[Entry], duplicates: Mapping[int, int]) -> None:
         # Synchronous from here to the end: the head moves and each event fans out
@@ -509,21 +534,26 @@ class Delivery:
             self._room.set()
             self._room = trio.Event()
 
-    async def _prune(self) -> None:
+    def _prune(self, db: sqlite_utils.Database, now: float) -> int:
+        # In a worker thread, under the writer's lock; the counter is only read
+        # on the event loop (metrics), and an int assignment is atomic.
         config = self.config
-        prune = functools.partial(
-            storage.prune_events,
-            self._db,
+        pruned = storage.prune_events(
+            db,
             max_age=config.retention_days * 86400,
             max_rows=config.retention_rows,
+            hard_rows=config.retention_hard_rows,
+            wants=durable_wants(db, config.durable_types),
+            now=now,
         )
-        async with self._lock:
-            try:
-                deleted = await trio.to_thread.run_sync(prune)
-            except Exception as exc:
-                logger.warning("event log: pruning failed: %s", exc)
-                return
-        logger.debug("pruned %d event log rows", deleted)
+        if pruned.lost:
+            self.lost_to_retention += pruned.lost
+            logger.warning(
+                "event log: over delivery.retention_hard_rows, %d events were pruned before"
+                " every durable recipient had them (recorded in the ledger)",
+                pruned.lost,
+            )
+        return pruned.deleted
 
     def statistics(self) -> DeliveryStatistics:
         cumulative, total = [], 0
@@ -533,9 +563,9 @@ class Delivery:
         return DeliveryStatistics(
             head=self.head,
             pending=len(self._pending),
-            batches=self.batches,
-            last_batch_size=self.last_batch_size,
-            last_commit_seconds=self.last_commit_seconds,
+            batches=self._commits.batches,
+            last_batch_size=self._commits.last_batch_size,
+            last_commit_seconds=self._commits.last_commit_seconds,
             committed=self.committed_count,
             duplicates=self.duplicates,
             expired=self.expired,
@@ -543,7 +573,8 @@ class Delivery:
             replayed=self.replayed,
             catchups=self.catchups,
             unconfirmed=self.unconfirmed,
-            commit_errors=self.commit_errors,
+            lost_to_retention=self.lost_to_retention,
+            commit_errors=self._commits.errors,
             latency_buckets=tuple(cumulative),
             latency_sum=self._latency_sum,
             latency_count=total,
@@ -552,4 +583,42 @@ class Delivery:
             overload_episodes=self.admission.episodes,
             overload_seconds=self.admission.held_seconds,
         )
+
+
+
+def durable_wants(
+    db: sqlite_utils.Database, durable_types: Iterable[str]
+) -> dict[str, dict[str, int]]:
+    """Where every durable recipient stands, ``{identity: {channel: seq}}``: the
+    channels its token listens on, each with the seq it has had (its cursor, or
+    where its log starts while it has none). Revoked and publish-only tokens want
+    nothing."""
+    durable = frozenset(durable_types)
+    wants = {}
+    for credential in storage.list_tokens(db):
+        if credential.revoked_at or credential.publish_only:
+            continue
+        if credential.client_type not in durable:
+            continue
+        cursors = storage.load_cursors(db, credential.name)
+        start = cursors.get(storage.LOG_START)
+        positions = {
+            channel: seq
+            for channel in subscriptions_for(credential.client_type, credential.user_id)
+            if (seq := cursors.get(channel, start)) is not None
+        }
+        if positions:
+            wants[credential.name] = positions
+    return wants
+
+
+def _commit_events(
+    db: sqlite_utils.Database,
+    rows: list[storage.EventRow],
+    cursors: dict[tuple[str, str], int],
+    ledger: list[storage.LedgerRow],
+) -> dict[int, int]:
+    # Looked up at each call, not bound at import: tests replace it to inject faults.
+    return storage.commit_events(db, rows, cursors, ledger)
+
 

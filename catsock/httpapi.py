@@ -34,9 +34,11 @@ from protocol import (
     subscriptions_for,
 )
 from protocol import messages as m
+from protocol.codec import json_object
 
 from . import metrics
 from .entries import keys_in_front, with_seq_first
+from .refusals import refusal
 from .static_files import static_response
 from .transport.frontdoor import FrontDoor, Request, Response, error_response, json_response
 
@@ -68,6 +70,8 @@ STATUS_OF: dict[str, int] = {
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.OVERLOADED: 503,
 }
+#: The "connection" of a ledger row written by a long-poll (there is none).
+LONG_POLL = "HTTP long-poll"
 #: Seconds an HTTP publish waits for an overloaded gateway before it is refused.
 OVERLOAD_WAIT = 2.0
 _UNAUTHORIZED = (("www-authenticate", 'Bearer realm="catsock"'),)
@@ -109,6 +113,7 @@ class HttpApi:
             "/ws": {"GET": self._get_ws},
             "/api/publish": {"POST": self._post_publish},
             "/api/events": {"GET": self._get_events},
+            "/api/refused/retry": {"POST": self._post_refused_retry},
         }
 
     @property
@@ -276,6 +281,13 @@ class HttpApi:
                 return principal
         if envelope is not None:
             text = _complete_envelope(text, envelope, principal, gateway.wall_clock())
+        return await self.submit(text, principal, len(body))
+
+    async def submit(self, text: str, principal: Principal, size: int) -> Response:
+        """Validate, route and publish ``text`` as ``principal`` over HTTP: what
+        ``POST /api/publish`` does once it knows who is publishing (and what
+        ``POST /api/refused/retry`` does with a kept event)."""
+        gateway = self.gateway
         # One throw-away state machine per request: validation, sender checks,
         # routing and rate limits (the identity's bucket is shared with its
         # WebSocket connections) are the WebSocket path's own.
@@ -287,6 +299,7 @@ class HttpApi:
         )
         machine.receive(m.Auth(token="", client_type=principal.client_type))
         machine.auth_accepted(principal, gateway.identity_bucket(principal))
+        event = None
         try:
             message = gateway.codec.decode(text)
         except ProtocolError as error:
@@ -295,18 +308,89 @@ class HttpApi:
         else:
             if not isinstance(message, m.Event):
                 return _api_error(ErrorCode.INVALID_MESSAGE, "only events can be published")
+            event = message
             gateway.stats.count_in(message.type)
             actions = machine.receive(message)
         for action in actions:
             if isinstance(action, Publish):
-                return await self._publish(action, principal, len(body))
+                return await self._publish(action, principal, size, text)
             if isinstance(action, Send) and isinstance(action.message, m.Error):
                 payload = action.message.payload
                 gateway.stats.count_error(payload.error_code)
-                return _api_error(payload.error_code, payload.error_message, payload.retry_after)
+                code, detail = payload.error_code, payload.error_message
+                self._keep_refused(principal, code, detail, text, event)
+                return _api_error(code, detail, payload.retry_after)
         return _api_error(ErrorCode.PROCESSING_ERROR, "the event was neither accepted nor refused")
 
-    async def _publish(self, action: Publish, principal: Principal, size: int) -> Response:
+    def _keep_refused(
+        self, principal: Principal, reason: str, detail: str, text: str, event: m.Event | None
+    ) -> None:
+        gateway = self.gateway
+        row = refusal(
+            principal,
+            reason,
+            detail,
+            text,
+            event,
+            connection_id=None,
+            transport="http",
+            at=gateway.wall_clock(),
+            max_body=gateway.codec.max_size,
+        )
+        if row is not None:
+            gateway.log.record(row)
+            gateway.stats.count_refused(row.reason)
+
+    async def _post_refused_retry(self, request: Request) -> Response:
+        """Submit a kept refused event again, as the identity that sent it, through
+        ``submit``: body ``{"id": N}``, an admin token (a DASHBOARD token bound to
+        no user). The answer is the publish's own; the row records the outcome."""
+        gateway = self.gateway
+        caller = await self._principal(request)
+        if isinstance(caller, Response):
+            return caller
+        assert caller is not None  # untyped_shared is off
+        if caller.client_type != "DASHBOARD" or caller.user_id is not None:
+            return error_response(
+                403,
+                ErrorCode.EVENT_NOT_ALLOWED,
+                "retrying refused events needs an admin token (a DASHBOARD token bound"
+                " to no user)",
+            )
+        body = _json_object((await request.read_body()).decode("utf-8", "replace"))
+        id_ = body.get("id") if body is not None else None
+        if not isinstance(id_, int) or isinstance(id_, bool):
+            return _api_error(ErrorCode.INVALID_MESSAGE, 'send {"id": <refused event id>}')
+        row = await gateway.delivery.query(storage.get_refused, id_)
+        if row is None:
+            return error_response(
+                404,
+                ErrorCode.INVALID_MESSAGE,
+                f"no refused event {id_} (never kept, or past log.retention_days or"
+                " log.retention_rows)",
+            )
+        if row["body"] is None:
+            return error_response(
+                409,
+                ErrorCode.INVALID_MESSAGE,
+                f"refused event {id_} has no body to send again (too large, not UTF-8,"
+                " or log.policy kept no payloads)",
+            )
+        sender = Principal(row["identity"], row["client_type"], row["user_id"])
+        response = await self.submit(row["body"], sender, row["size"])
+        answer = orjson.loads(response.body) if response.body else {}
+        if response.status == 202:
+            result = "duplicate" if answer.get("duplicate") else "accepted"
+        else:
+            result = str(answer.get("error_code", response.status))
+        gateway.log.record(
+            storage.RefusedRetried(id_, gateway.wall_clock(), result, answer.get("seq"))
+        )
+        return response
+
+    async def _publish(
+        self, action: Publish, principal: Principal, size: int, text: str
+    ) -> Response:
         gateway = self.gateway
         event = action.event
         gateway.stats.published += 1
@@ -323,11 +407,9 @@ class HttpApi:
                 await delivery.room()
             if delivery.congested:
                 gateway.stats.count_error(ErrorCode.OVERLOADED)
-                return _api_error(
-                    ErrorCode.OVERLOADED,
-                    "the gateway is overloaded; nothing was published, retry later",
-                    1.0,
-                )
+                detail = "the gateway is overloaded; nothing was published, retry later"
+                self._keep_refused(principal, ErrorCode.OVERLOADED, detail, text, event)
+                return _api_error(ErrorCode.OVERLOADED, detail, 1.0)
         entry = await delivery.publish(event, action.channels, principal)
         return json_response(
             202,
@@ -392,7 +474,7 @@ class HttpApi:
                 break
         next_seq = min(positions.values(), default=delivery.head)
         if live:
-            delivery.note(identity, "written", live[0].seq, live[-1].seq, None)
+            delivery.note(identity, "written", live[0].seq, live[-1].seq, LONG_POLL)
         events = b",".join(with_seq_first(e.seq, e.body).encode() for e in live)
         body = b'{"events":[' + events + b'],"next":' + str(next_seq).encode() + b"}\n"
         return Response(200, body)
@@ -416,10 +498,9 @@ def _api_error(code: str, message: str, retry_after: float | None = None) -> Res
 
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+        return json_object(text)
+    except ValueError:
+        return None  # the codec says what is wrong with it, once the sender is known
 
 
 _FILLED = ("version", "timestamp", "message_id", "sender")

@@ -19,7 +19,7 @@ from protocol import subscriptions_for
 
 from .entries import PRIORITY_NAMES
 
-__all__ = ["Story", "explain"]
+__all__ = ["Story", "explain", "refusals"]
 
 
 @attrs.frozen
@@ -99,10 +99,11 @@ def _fate(
     for row in storage.ledger_rows(db, seq, name):
         when = storage.iso(row["at"])
         kind = row["kind"]
+        where = row["connection_id"] or "an unnamed connection"
         if kind == "written":
-            facts.append(f"written to {row['connection_id']} at {when}")
+            facts.append(f"written to {where} at {when}")
         elif kind == "acked":
-            facts.append(f"acked on {row['connection_id']} at {when}")
+            facts.append(f"acked on {where} at {when}")
         elif kind == "expired":
             facts.append(f"expired before it could be written ({when}); not delivered")
         elif kind == "dropped":
@@ -122,5 +123,24 @@ def _fate(
         return [f"no record for {name}: no such token, and nothing written to it"]
     return [
         f"not written to {name}: it is not durable ({credential.client_type}), so it gets "
-        "events only while connected, and no connection of it was written this one"
+        "events only while connected, and this one was written to none of its connections"
     ]
+
+
+def refusals(db: sqlite_utils.Database, message_id: str) -> list[str]:
+    """What the refused-event store says of ``message_id``: each time it was
+    refused, why, and what became of a retry (storage/refused.py)."""
+    lines = []
+    for row in reversed(storage.list_refused(db, message_id=message_id, limit=1000)):
+        via = row["connection_id"] or row["transport"]
+        line = (
+            f"refused {row['at']} from {row['identity']} ({via}): {row['reason']}:"
+            f" {row['detail']} (refused event {row['id']})"
+        )
+        if row["retried_at"] is not None:
+            result = row["retry_result"]
+            if row["retry_seq"] is not None:
+                result += f" as seq {row['retry_seq']}"
+            line += f"; retried {row['retried_at']}: {result}"
+        lines.append(line)
+    return lines

@@ -1,11 +1,12 @@
 """The gateway's single log writer: rows are buffered on the event loop, written in batches.
 
-`record` never blocks; `run` group-commits the buffer to SQLite in a worker thread.
-Its timing is anchored to events, not to when `run` gets around to them: a batch is
-due `flush_interval` after the first of its rows was recorded, and prunes are due
-every `prune_interval` from start-up, however long a write or a prune took in its
-thread. So a test on a fake clock knows when each write is due from what it did.
-The age cut of retention reads the injected `wall_clock`.
+`record` never blocks; `run` group-commits the buffer to SQLite in a worker thread
+(catsock/groupcommit.py, the mechanism the event log uses too). A batch is due
+`flush_interval` after the first of its rows was recorded, at once when `max_batch`
+rows wait; retention prunes are due every `prune_interval` from start-up, however
+long a write or a prune took in its thread. So a test on a fake clock knows when
+each write is due from what it did. The age cut of retention reads the injected
+`wall_clock`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import trio
 
 from storage.logs import LogPolicy, LogRow, MessageLogged, prune, write_batch
 
+from .groupcommit import GroupCommit
+
 __all__ = ["LogSink", "LogSinkStatistics"]
 
 logger = logging.getLogger("catsock.logsink")
-
-# How long a cancelled run() may spend writing what is still buffered before giving up.
-SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 @attrs.frozen
@@ -70,37 +70,34 @@ class LogSink:
             raise ValueError("flush_interval must be >= 0")
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
-        if prune_interval <= 0:
-            raise ValueError("prune_interval must be > 0")
-        self._db = db
         self._policy = LogPolicy(policy)
         self._redact_fields = frozenset(redact_fields)
         self._flush_interval = flush_interval
         self._max_batch = max_batch
         self._max_pending = max_pending
-        self._retention_max_age = retention_max_age
-        self._retention_max_rows = retention_max_rows
-        self._prune_interval = prune_interval
-        self._wall_clock = wall_clock
+        retention = retention_max_age is not None or retention_max_rows is not None
+        # The lock is held across every use of the connection, so writes and prunes
+        # never overlap and batches commit in the order their rows were recorded.
+        # The event log (catsock/delivery.py) shares the connection and this lock.
+        self._commits = GroupCommit(
+            "log sink",
+            db,
+            trio.Lock() if lock is None else lock,
+            due=self._due,
+            write_next=self._write_next,
+            prune=functools.partial(_prune, retention_max_age, retention_max_rows)
+            if retention
+            else None,
+            prune_interval=prune_interval,
+            wall_clock=wall_clock,
+            logger=logger,
+        )
         self._pending: list[LogRow] = []
-        # trio time at which the oldest pending row was recorded (inf: none pending).
+        # trio time at which the oldest pending row was recorded (inf: none pending;
+        # -inf: a backlog past max_batch, to write without waiting).
         self._pending_since = math.inf
-        self._wakeup = trio.Event()
-        # Held across every use of the connection, so writes and prunes never overlap and
-        # batches commit in the order their rows were recorded. The event log
-        # (catsock/delivery.py) shares the connection and this lock.
-        self._db_lock = trio.Lock() if lock is None else lock
-        # Rows ever accepted into the buffer, and rows whose write has finished (committed or
-        # failed): flush() waits for the second to reach the first as it was on entry.
-        self._accepted = 0
-        self._settled = 0
-        self._failing = False
         self.written = 0
         self.dropped = 0
-        self.errors = 0
-        self.batches = 0
-        self.last_batch_size = 0
-        self.last_commit_seconds = 0.0
 
     def record(self, row: LogRow) -> None:
         """Queue `row` for writing. O(1); never blocks."""
@@ -114,141 +111,70 @@ class LogSink:
             return
         if not self._pending:
             self._pending_since = trio.current_time()
+            self._commits.poke()
         self._pending.append(row)
-        self._accepted += 1
-        self._wakeup.set()
+        if len(self._pending) == self._max_batch:
+            self._commits.poke()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write batches until cancelled, then flush what is left (bounded by a timeout)."""
-        retention = self._retention_max_age is not None or self._retention_max_rows is not None
-        # Prune once at start-up: a gateway that was down may have a backlog of expired rows.
-        next_prune = trio.current_time() if retention else math.inf
-        task_status.started()
-        try:
-            while True:
-                if trio.current_time() >= next_prune:
-                    await self._prune()
-                    # Due every interval from the last due time, not from when this prune
-                    # ended: a slow thread does not push the schedule back. After a stall
-                    # longer than the interval, the schedule starts again from now.
-                    next_prune += self._prune_interval
-                    if next_prune <= trio.current_time():
-                        next_prune = trio.current_time() + self._prune_interval
-                    continue
-                if not self._pending:
-                    # A fresh Event per wait: trio Events cannot be cleared, and nothing can
-                    # record() between the emptiness check and this line.
-                    self._wakeup = trio.Event()
-                    with trio.move_on_at(next_prune):
-                        await self._wakeup.wait()
-                    continue
-                if len(self._pending) < self._max_batch:
-                    # Group commit: one transaction for everything that arrives within
-                    # flush_interval of the first row costs far less than one per row.
-                    with trio.move_on_at(next_prune):
-                        await trio.sleep_until(self._pending_since + self._flush_interval)
-                    if trio.current_time() >= next_prune:
-                        continue  # the prune is due first; these rows keep their due time
-                await self._write_next_batch()
-        finally:
-            with trio.move_on_after(SHUTDOWN_FLUSH_SECONDS, shield=True):
-                await self.flush()
+        await self._commits.run(task_status=task_status)
 
     async def flush(self) -> None:
         """Write every row recorded so far, including any batch already being written."""
-        target = self._accepted
-        while self._settled < target:
-            if not await self._write_next_batch():
-                break  # nothing left to take: the rows counted in target are all settled
+        await self._commits.flush()
 
     def statistics(self) -> LogSinkStatistics:
         """Return the counters as they are now."""
+        commits = self._commits
         return LogSinkStatistics(
             pending=len(self._pending),
             written=self.written,
             dropped=self.dropped,
-            errors=self.errors,
-            batches=self.batches,
-            last_batch_size=self.last_batch_size,
-            last_commit_seconds=self.last_commit_seconds,
+            errors=commits.errors,
+            batches=commits.batches,
+            last_batch_size=commits.last_batch_size,
+            last_commit_seconds=commits.last_commit_seconds,
         )
+
+    def _due(self) -> float:
+        if len(self._pending) >= self._max_batch:
+            return -math.inf
+        # Group commit: one transaction for everything that arrives within
+        # flush_interval of the first row costs far less than one per row.
+        return self._pending_since + self._flush_interval
 
     def _take(self) -> list[LogRow]:
-        if len(self._pending) <= self._max_batch:
-            batch, self._pending = self._pending, []
-            self._pending_since = math.inf
-        else:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            # What is left is a backlog: write it without waiting.
-            self._pending_since = -math.inf
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        # What is left is a backlog: written without waiting.
+        self._pending_since = -math.inf if self._pending else math.inf
         return batch
 
-    async def _write_next_batch(self) -> bool:
-        """Write up to max_batch pending rows; False if there were none."""
-        async with self._db_lock:
-            # Shielded from taking the rows until their write returns: a cancellation in
-            # between would lose rows that are no longer in the buffer for the final flush.
-            # The thread itself cannot be interrupted anyway (it holds a transaction).
-            with trio.CancelScope(shield=True):
-                batch = self._take()
-                if not batch:
-                    return False
-                write = functools.partial(
-                    write_batch,
-                    self._db,
+    async def _write_next(self) -> bool:
+        async with self._commits.turn():
+            batch = self._take()
+            if not batch:
+                return True
+            try:
+                await self._commits.write(
+                    functools.partial(
+                        write_batch, policy=self._policy, redact_fields=self._redact_fields
+                    ),
                     batch,
-                    policy=self._policy,
-                    redact_fields=self._redact_fields,
+                    rows=len(batch),
+                    what=f"writing a batch of {len(batch)} log rows (dropped)",
                 )
-                started = time.perf_counter()
-                try:
-                    await trio.to_thread.run_sync(write)
-                except Exception as exc:
-                    # sqlite3.Error (disk full, locked) above all; anything else is a
-                    # bug in a row, and a log must still never take the gateway down.
-                    self.dropped += len(batch)
-                    self._failed(f"writing a batch of {len(batch)} log rows (dropped)", exc)
-                    return True
-                finally:
-                    # Whatever happened, these rows are no longer waiting: flush() must not
-                    # wait for them forever.
-                    self._settled += len(batch)
-                self.last_commit_seconds = time.perf_counter() - started
-                self.last_batch_size = len(batch)
-                self.written += len(batch)
-                self.batches += 1
-                self._recovered()
+            except Exception:
+                # sqlite3.Error (disk full, locked) above all; anything else is a bug
+                # in a row, and a log must still never take the gateway down.
+                self.dropped += len(batch)
+                return True
+            self.written += len(batch)
         return True
 
-    async def _prune(self) -> None:
-        do_prune = functools.partial(
-            prune,
-            self._db,
-            max_age=self._retention_max_age,
-            max_rows=self._retention_max_rows,
-            now=self._wall_clock(),
-        )
-        async with self._db_lock:
-            try:
-                deleted = await trio.to_thread.run_sync(do_prune)
-            except Exception as exc:
-                self._failed("pruning old log rows", exc)
-                return
-        logger.debug("pruned %d log rows", deleted)
-        self._recovered()
 
-    def _failed(self, what: str, exc: Exception) -> None:
-        self.errors += 1
-        # One warning per outage, not per batch: a broken disk would otherwise log twenty
-        # lines a second. The counters in statistics() keep the full tally.
-        if not self._failing:
-            self._failing = True
-            logger.warning("log sink: %s failed: %s", what, exc)
-        else:
-            logger.debug("log sink: %s failed again: %s", what, exc)
-
-    def _recovered(self) -> None:
-        if self._failing:
-            self._failing = False
-            logger.info("log sink: database writes work again (%d errors so far)", self.errors)
+def _prune(
+    max_age: float | None, max_rows: int | None, db: sqlite_utils.Database, now: float
+) -> int:
+    return prune(db, max_age=max_age, max_rows=max_rows, now=now)

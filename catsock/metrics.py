@@ -122,6 +122,15 @@ class GatewayCollector(Collector):
         for code, value in by_code.items():
             errors.add_metric([code], value)
         yield errors
+        refused = CounterMetricFamily(
+            "catsock_refused_events",
+            "Events refused from authenticated publishers and kept in the refused store"
+            " (python -m catsock refused), by reason.",
+            labels=["reason"],
+        )
+        for reason, value in bounded(stats.refused, (code.value for code in ErrorCode)).items():
+            refused.add_metric([reason], value)
+        yield refused
         yield _counter(
             "catsock_rate_limit_rejections",
             "Messages refused with RATE_LIMIT_EXCEEDED.",
@@ -316,6 +325,12 @@ def delivery_metrics(stats: Any) -> Iterator[Metric]:
         "Events written to a client without acks that left before taking them in"
         " (sent again when it returns).",
         stats.unconfirmed,
+    )
+    yield _counter(
+        "catsock_events_lost_to_retention",
+        "Events pruned (delivery.retention_hard_rows) before every durable recipient had"
+        " them; each loss has a dropped ledger row with detail retention.",
+        stats.lost_to_retention,
     )
     yield _histogram(
         "catsock_publish_to_deliver_seconds",

@@ -94,6 +94,9 @@ class GatewayStats:
     #: the front door counts its own ("http").
     peer_resets: dict[str, int] = attrs.Factory(dict)
     errors: dict[str, int] = attrs.Factory(dict)
+    #: Events refused from authenticated publishers and kept (storage/refused.py),
+    #: by reason (an error code).
+    refused: dict[str, int] = attrs.Factory(dict)
     #: By message type: decoded types only (registry and control types), so bounded;
     #: frames that do not decode count as "other".
     messages_in: dict[str, int] = attrs.Factory(dict)
@@ -104,6 +107,9 @@ class GatewayStats:
 
     def count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+
+    def count_refused(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def count_in(self, type_: str) -> None:
         self.messages_in[type_] = self.messages_in.get(type_, 0) + 1

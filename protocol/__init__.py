@@ -5,7 +5,7 @@ Start with ``Codec.decode`` for frames and ``ConnectionMachine`` for what to do
 with them; docs/protocol.md is the specification this package implements.
 """
 
-from .codec import DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, Codec, decode, encode
+from .codec import DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, Codec, decode, encode, json_object
 from .errors import CatsockProtocolError, CloseCode, ErrorCode, LocalProtocolError, ProtocolError
 from .extensions import HeartbeatOffer, negotiate, resume_since
 from .limits import DEFAULT_RATE_LIMITS, FALLBACK_RATE_LIMIT, RateLimit, TokenBucket
@@ -126,6 +126,7 @@ __all__ = [
     "encode",
     "fan_out",
     "iso_timestamp",
+    "json_object",
     "negotiate",
     "resume_since",
     "subscriptions_for",

@@ -42,7 +42,7 @@ from .errors import CloseCode, ErrorCode, ProtocolError
 from .fastcheck import compile_check
 from .registry import CONTROL_TYPES, EventRegistry
 
-__all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE", "Codec", "decode", "encode"]
+__all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE", "Codec", "decode", "encode", "json_object"]
 
 DEFAULT_MAX_SIZE: Final = 64 * 1024
 #: Deep enough for any real payload, shallow enough for every recipient's parser
@@ -95,6 +95,18 @@ def _is_dict_type(t: Any) -> bool:
 
 def _is_list_type(t: Any) -> bool:
     return get_origin(t) is list
+
+
+def json_object(data: str | bytes) -> dict[str, Any]:
+    """Parse one JSON object (the shape of every message, envelope and payload);
+    anything else raises ValueError saying what it is."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"message must be a JSON object, not {_json_type(value)}")
+    return value
 
 
 def _json_type(value: Any) -> str:
@@ -299,13 +311,9 @@ class Codec:
         else:
             text = data
         try:
-            obj = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise ProtocolError(
-                ErrorCode.INVALID_MESSAGE, f"message must be a JSON object, not {_json_type(obj)}"
-            )
+            obj = json_object(text)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
         kind = obj.get("type")
         if not isinstance(kind, str):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message has no string field 'type'")

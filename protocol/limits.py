@@ -28,13 +28,18 @@ class RateLimit:
         return TokenBucket(self.per_minute / 60.0, self.burst, now)
 
 
+#: Seed 000 §5.13 allows ``per_minute`` messages in one 60-second window, all at
+#: once if the client likes (a CATS flushing its fallback queue, §5.3, sends 1,000
+#: together): the burst is the whole minute's allowance, so the defaults refuse
+#: nothing the seed accepts. Per-identity buckets (catsock/server.py) keep several
+#: connections of one token from multiplying it.
 DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {
-    "CATS": RateLimit(1000, 100),
-    "AFAD": RateLimit(1000, 100),
-    "DASHBOARD": RateLimit(100, 20),
+    "CATS": RateLimit(1000, 1000),
+    "AFAD": RateLimit(1000, 1000),
+    "DASHBOARD": RateLimit(100, 100),
 }
 #: The seed's ``$this->limits[$client_type] ?? 100``.
-FALLBACK_RATE_LIMIT = RateLimit(100, 20)
+FALLBACK_RATE_LIMIT = RateLimit(100, 100)
 
 
 class TokenBucket:

@@ -22,9 +22,11 @@ from storage.events import (
     LOG_START,
     EventRow,
     LedgerRow,
+    Pruned,
     SeqTaken,
     StoredEvent,
     events_by_message_id,
+    first_seq,
     ledger_rows,
     load_cursors,
     prune_events,
@@ -49,6 +51,7 @@ from storage.logs import (
     write_batch,
 )
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
+from storage.refused import EventRefused, RefusedRetried, get_refused, list_refused
 
 __all__ = [
     "LOG_START",
@@ -58,6 +61,7 @@ __all__ = [
     "ConnectionOpened",
     "Credential",
     "CredentialError",
+    "EventRefused",
     "EventRow",
     "LedgerRow",
     "LogPolicy",
@@ -67,6 +71,8 @@ __all__ = [
     "OutboxEntry",
     "OutboxError",
     "OutboxStatus",
+    "Pruned",
+    "RefusedRetried",
     "SchemaVersionError",
     "SeqTaken",
     "StoredEvent",
@@ -75,10 +81,13 @@ __all__ = [
     "create_token",
     "data_version",
     "events_by_message_id",
+    "first_seq",
     "generate_token",
+    "get_refused",
     "hash_token",
     "iso",
     "ledger_rows",
+    "list_refused",
     "list_tokens",
     "load_active",
     "load_cursors",

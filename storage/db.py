@@ -5,14 +5,23 @@ Every process (gateway, CLI) goes through `open_db`, so pragmas and migrations l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import sqlite_utils
 
-__all__ = ["SCHEMA_VERSION", "SchemaVersionError", "iso", "migrate", "open_db"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SchemaVersionError",
+    "immediate",
+    "iso",
+    "keep_newest",
+    "migrate",
+    "open_db",
+]
 
 Step = str | Callable[[sqlite3.Connection], None]
 
@@ -141,7 +150,31 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "DROP INDEX IF EXISTS idx_events_created_at",
         "CREATE UNIQUE INDEX IF NOT EXISTS idx_events_message ON events (message_id, sender)",
     ),
-    # 6: opaque tokens that expire, and the JWT ``jti`` deny-list (storage/credentials.py).
+    # 6: the refused-event store (storage/refused.py).
+    (
+        """
+        CREATE TABLE IF NOT EXISTS refused (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            identity TEXT,
+            client_type TEXT,
+            user_id TEXT,
+            connection_id TEXT,
+            transport TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            type TEXT,
+            message_id TEXT,
+            size INTEGER NOT NULL,
+            body TEXT,
+            retried_at TEXT,
+            retry_result TEXT,
+            retry_seq INTEGER
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS idx_refused_message_id ON refused (message_id)",
+    ),
+    # 7: opaque tokens that expire, and the JWT ``jti`` deny-list (storage/credentials.py).
     (
         _add_column("credentials", "expires_at", "REAL NULL"),
         """
@@ -220,3 +253,34 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
         conn.close()
         raise
     return db
+
+
+# -- retention, shared by the message log and the event log ---------------------------
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction that holds the write lock from its start (waiting for it as long
+    as the busy timeout allows). One that began with a read could not take the lock
+    once another connection had written meanwhile (SQLITE_BUSY at once, whatever the
+    busy timeout): retention pruning failed now and then that way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def keep_newest(conn: sqlite3.Connection, table: str, key: str, rows: int) -> int:
+    """Delete all but the ``rows`` rows of ``table`` with the highest ``key`` (which
+    grows with insertion); returns how many went. Fewer rows than that: none."""
+    if rows < 0:
+        raise ValueError("rows must be >= 0")
+    # When there are fewer rows than that, the subquery is NULL and nothing matches.
+    return conn.execute(
+        f"DELETE FROM {table} WHERE {key} <="
+        f" (SELECT {key} FROM {table} ORDER BY {key} DESC LIMIT 1 OFFSET ?)",
+        (rows,),
+    ).rowcount

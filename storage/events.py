@@ -10,23 +10,27 @@ Times are Unix seconds (REAL): compact, and cheap to write on the hot path.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 import sqlite_utils
 
+from storage.db import immediate
+
 __all__ = [
     "LOG_START",
+    "RETENTION",
     "EventRow",
     "LedgerRow",
+    "Pruned",
     "SeqTaken",
     "StoredEvent",
     "commit",
     "events_by_message_id",
+    "first_seq",
     "head",
     "ledger_rows",
     "load_cursors",
@@ -233,58 +237,145 @@ def read_after(
     return found, scanned
 
 
+@attrs.frozen
+class Pruned:
+    """What a prune did: rows deleted, and events it had to take that a durable
+    recipient had not had yet (each such recipient got a ``dropped`` ledger row
+    with detail ``RETENTION``)."""
+
+    deleted: int
+    lost: int
+
+
+#: The ledger detail of events pruned before a durable recipient had them.
+RETENTION = "retention"
+
+
 def prune_events(
     db: sqlite_utils.Database,
     *,
     max_age: float | None,
     max_rows: int | None,
+    hard_rows: int | None = None,
+    wants: Mapping[str, Mapping[str, int]] | None = None,
     now: float | None = None,
-) -> int:
-    """Apply retention to the log and the ledger; returns the rows deleted.
+) -> Pruned:
+    """Apply retention to the log and the ledger.
 
-    The newest event always stays, so the next seq after a restart is never
-    one that a cursor has already passed.
+    ``wants`` says where each durable recipient stands: ``{identity: {channel:
+    seq}}``, every channel it listens on with the seq it has had. ``max_age`` and
+    ``max_rows`` are soft: they prune only up to the first event some recipient
+    there has not had yet, so an identity that is away keeps what it still needs.
+    ``hard_rows`` protects the disk: past it the oldest events go whoever needs
+    them, and each identity that had not had some of them gets a ``dropped``
+    ledger row (detail ``RETENTION``) for the range. The newest event always
+    stays, so the next seq after a restart is never one a cursor has passed.
     """
-    deleted = 0
+    now = time.time() if now is None else now
+    wants = wants or {}
+    deleted = lost = 0
     conn = db.conn
-    # The write lock first: a transaction that began with a read (the cut's seq)
-    # could not take it once another connection had written meanwhile (SQLITE_BUSY
-    # at once, whatever the busy timeout), and pruning failed now and then.
-    with _immediate(conn):
+    with immediate(conn):
+        cuts = []  # the highest seq each rule would delete
         if max_age is not None:
-            cut = (time.time() if now is None else now) - max_age
-            older = _last_seq_before(db, cut)
-            if older is not None:
-                deleted += conn.execute(
-                    "DELETE FROM events WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM events)",
-                    (older,),
-                ).rowcount
-            deleted += conn.execute("DELETE FROM ledger WHERE at < ?", (cut,)).rowcount
+            cuts.append(_last_seq_before(db, now - max_age))
         if max_rows is not None:
+            cuts.append(_nth_newest(conn, max(max_rows, 1) + 1))
+        found = [c for c in cuts if c is not None]
+        cut = max(found) if found else None
+        if cut is not None:
+            needed = _first_needed(conn, wants, cut)
+            if needed is not None:
+                cut = needed - 1
+        if hard_rows is not None:
+            hard = _nth_newest(conn, max(hard_rows, 1) + 1)
+            if hard is not None and (cut is None or hard > cut):
+                lost = _record_losses(conn, wants, hard, now)
+                cut = hard
+        if cut is not None:
             deleted += conn.execute(
-                "DELETE FROM events WHERE seq <"
-                " (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                (max(max_rows, 1) - 1,),
+                "DELETE FROM events WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM events)",
+                (cut,),
             ).rowcount
-            oldest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
-            if oldest is not None:
-                deleted += conn.execute(
-                    "DELETE FROM ledger WHERE last_seq < ?", (oldest,)
-                ).rowcount
-    return deleted
+        # Ledger rows go with their events, and by age, except the record of a
+        # loss, which stays its full age: it is what explains a gap later.
+        if max_age is not None:
+            deleted += conn.execute("DELETE FROM ledger WHERE at < ?", (now - max_age,)).rowcount
+        oldest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+        if oldest is not None:
+            deleted += conn.execute(
+                "DELETE FROM ledger WHERE last_seq < ? AND NOT (kind = 'dropped' AND detail = ?)",
+                (oldest, RETENTION),
+            ).rowcount
+    return Pruned(deleted, lost)
 
 
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A transaction that holds the write lock from its start (waiting for it as
-    long as the busy timeout allows)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+def _nth_newest(conn: sqlite3.Connection, n: int) -> int | None:
+    """The seq of the ``n``-th newest event (None: there are fewer)."""
+    row = conn.execute(
+        "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (n - 1,)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _first_needed(
+    conn: sqlite3.Connection, wants: Mapping[str, Mapping[str, int]], upto: int
+) -> int | None:
+    """The lowest seq up to ``upto`` that a recipient in ``wants`` has not had."""
+    floors: dict[str, int] = {}
+    for positions in wants.values():
+        for channel, seq in positions.items():
+            floors[channel] = min(seq, floors.get(channel, seq))
+    first = None
+    for channel, seq in floors.items():
+        if seq >= upto:
+            continue
+        # Channels are stored space-separated: pad both sides to match whole names.
+        (found,) = conn.execute(
+            "SELECT MIN(seq) FROM events WHERE seq > ? AND seq <= ?"
+            " AND instr(' ' || channels || ' ', ?) > 0",
+            (seq, upto, f" {channel} "),
+        ).fetchone()
+        if found is not None and (first is None or found < first):
+            first = int(found)
+    return first
+
+
+def _record_losses(
+    conn: sqlite3.Connection, wants: Mapping[str, Mapping[str, int]], cut: int, now: float
+) -> int:
+    """Events up to ``cut`` are about to go: a ``dropped`` ledger row for every
+    recipient that had not had some of them (from the first such to ``cut``);
+    returns how many of them some recipient had not had."""
+    newest = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+    if newest is None or not wants:
+        return 0
+    cut = min(cut, newest - 1)
+    lowest = min((seq for p in wants.values() for seq in p.values()), default=cut)
+    first_missed: dict[str, int] = {}
+    missed = 0
+    for seq, channels_text in conn.execute(
+        "SELECT seq, channels FROM events WHERE seq > ? AND seq <= ? ORDER BY seq", (lowest, cut)
+    ):
+        channels = channels_text.split()
+        anyone = False
+        for identity, positions in wants.items():
+            if any(c in positions and seq > positions[c] for c in channels):
+                first_missed.setdefault(identity, seq)
+                anyone = True
+        missed += anyone
+    conn.executemany(
+        "INSERT INTO ledger (identity, kind, first_seq, last_seq, connection_id, at, detail)"
+        " VALUES (?, 'dropped', ?, ?, NULL, ?, ?)",
+        [(identity, first, cut, now, RETENTION) for identity, first in first_missed.items()],
+    )
+    return missed
+
+
+def first_seq(db: sqlite_utils.Database) -> int | None:
+    """The oldest seq still in the log (None: the log is empty)."""
+    row = db.conn.execute("SELECT MIN(seq) FROM events").fetchone()
+    return None if row[0] is None else int(row[0])
 
 
 def _last_seq_before(db: sqlite_utils.Database, cut: float) -> int | None:

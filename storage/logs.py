@@ -14,7 +14,8 @@ import attrs
 import orjson
 import sqlite_utils
 
-from storage.db import iso
+from storage.db import immediate, iso, keep_newest
+from storage.refused import EventRefused, RefusedRetried, write_refused
 
 __all__ = [
     "ConnectionClosed",
@@ -69,7 +70,14 @@ class MessageLogged:
     at: float
 
 
-LogRow = ConnectionOpened | ConnectionHeartbeat | ConnectionClosed | MessageLogged
+LogRow = (
+    ConnectionOpened
+    | ConnectionHeartbeat
+    | ConnectionClosed
+    | MessageLogged
+    | EventRefused
+    | RefusedRetried
+)
 
 
 class LogPolicy(enum.StrEnum):
@@ -140,6 +148,7 @@ def write_batch(
     heartbeats: dict[str, str] = {}
     closed: list[tuple[str, int | None, str | None, str]] = []
     messages: list[tuple[str, str, str | None, str | None, int, str | None, str]] = []
+    refused: list[EventRefused | RefusedRetried] = []
     for row in rows:
         if isinstance(row, MessageLogged):
             if policy is not LogPolicy.OFF:
@@ -152,6 +161,8 @@ def write_batch(
             opened.append((row.id, row.client_type, row.identity, row.remote_addr, iso(row.at)))
         elif isinstance(row, ConnectionHeartbeat):
             heartbeats[row.id] = iso(row.at)
+        elif isinstance(row, EventRefused | RefusedRetried):
+            refused.append(row)
         else:
             closed.append((iso(row.at), row.close_code, row.close_reason, row.id))
     conn = db.conn
@@ -183,6 +194,12 @@ def write_batch(
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 messages,
             )
+        if refused:
+            # Kept whatever the policy (they are how a refused event is found again),
+            # their bodies shaped by it like a message's payload.
+            write_refused(
+                conn, refused, lambda body: _stored_payload(body, policy, redact_fields)
+            )
 
 
 def prune(
@@ -192,31 +209,28 @@ def prune(
     max_rows: int | None,
     now: float | None = None,
 ) -> int:
-    """Apply retention: drop messages older than `max_age` seconds or beyond the newest
-    `max_rows`, and connections closed before the age cut. Returns the rows deleted."""
+    """Apply retention: drop messages and refused events older than `max_age` seconds
+    or beyond the newest `max_rows` (each table on its own), and connections closed
+    before the age cut. Returns the rows deleted."""
     if max_age is not None and max_age < 0:
         raise ValueError("max_age must be >= 0")
     if max_rows is not None and max_rows < 0:
         raise ValueError("max_rows must be >= 0")
     deleted = 0
     conn = db.conn
-    with db.atomic():
+    with immediate(conn):
         if max_age is not None:
             cut = iso((time.time() if now is None else now) - max_age)
             deleted += conn.execute("DELETE FROM messages WHERE created_at < ?", (cut,)).rowcount
+            deleted += conn.execute("DELETE FROM refused WHERE at < ?", (cut,)).rowcount
             # Open connections are kept however old: they are still live.
             deleted += conn.execute(
                 "DELETE FROM connections WHERE disconnected_at IS NOT NULL AND disconnected_at < ?",
                 (cut,),
             ).rowcount
         if max_rows is not None:
-            # Ids grow with insertion, so "newest" is the highest ids; when there are fewer
-            # than max_rows the subquery is NULL and nothing matches.
-            deleted += conn.execute(
-                "DELETE FROM messages WHERE id <="
-                " (SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (max_rows,),
-            ).rowcount
+            deleted += keep_newest(conn, "messages", "id", max_rows)
+            deleted += keep_newest(conn, "refused", "id", max_rows)
     return deleted
 
 

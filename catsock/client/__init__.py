@@ -49,7 +49,6 @@ from .connection import _Refused as _Refused
 from .core import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
 from .core import _ack as _ack
 from .core import _error_fields as _error_fields
-from .core import _json_object as _json_object
 from .core import _Session as _Session
 from .core import _Target as _Target
 from .core import logger as logger

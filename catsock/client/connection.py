@@ -21,7 +21,9 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .core import _error_fields, _json_object, _Session, logger
+from protocol.codec import json_object
+
+from .core import _close_budget, _error_fields, _Session, logger
 from .publishing import _Publishing
 from .receiving import _Receiving
 from .values import AuthError, ConnectError
@@ -107,7 +109,7 @@ class _Connection(_Publishing, _Receiving):
                 finally:
                     self._session = None
                     self._connected = trio.Event()
-                    with trio.move_on_after(self.close_timeout) as scope:
+                    with trio.move_on_after(_close_budget(self.close_timeout)) as scope:
                         scope.shield = True
                         await ws.aclose(1000, "client closing")
                         if self._closing:
@@ -133,7 +135,7 @@ class _Connection(_Publishing, _Receiving):
             "extensions": extensions,
         }
         await ws.send_message(orjson.dumps(auth).decode())
-        reply = _json_object(await ws.get_message())
+        reply = json_object(await ws.get_message())
         kind = reply.get("type")
         if kind == "error":
             code, message = _error_fields(reply)
@@ -209,7 +211,7 @@ class _Connection(_Publishing, _Receiving):
                 data = await session.ws.get_message()
                 session.last_arrival = trio.current_time()
                 try:
-                    message = _json_object(data)
+                    message = json_object(data)
                 except ValueError:
                     logger.warning("ignoring a frame that is not a JSON object")
                     continue

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import attrs
-import orjson
 import trio
 from trio_websocket import WebSocketConnection
 
@@ -163,18 +162,22 @@ class _ClientCore:
         self._stopped = trio.Event()
 
 
+#: Seconds a client cancelled from outside gives its close frame before it goes.
+CANCELLED_CLOSE: Final = 0.1
+
+
+def _close_budget(close_timeout: float) -> float:
+    """How long closing may wait for the gateway's close frame. A caller that is
+    already cancelled (a ``move_on_after`` around ``connect``, Ctrl-C) cancelled
+    trio-websocket's reader with it, so that frame can never be read: send ours and
+    go instead of waiting out ``close_timeout``."""
+    if trio.current_effective_deadline() == -math.inf:
+        return min(close_timeout, CANCELLED_CLOSE)
+    return close_timeout
+
+
 def _ack(seq: int) -> str:
     return f'{{"type":"ack","seq":{seq}}}'
-
-
-def _json_object(data: str | bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError("not JSON") from exc
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
 
 
 def _error_fields(message: dict[str, Any]) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from trio_websocket import ConnectionClosed
 from storage.outbox import Outbox
 
 from .connection import _Connection
-from .core import _ack
+from .core import _ack, _close_budget
 from .values import ClientClosed
 
 
@@ -65,7 +65,7 @@ class Client(_Connection):
         session = self._session
         try:
             if session is not None:
-                with trio.move_on_after(self.close_timeout) as scope:
+                with trio.move_on_after(_close_budget(self.close_timeout)) as scope:
                     scope.shield = True
                     seq = self._processed
                     if session.acks and seq is not None and (

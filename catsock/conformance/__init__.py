@@ -6,6 +6,14 @@ taken from the conformance vectors (``protocol.conformance``), and every reply
 decoded with ``protocol.Codec``. It never imports or inspects a gateway's code,
 so it checks catsock and any other implementation alike.
 
+Checks come in profiles (``profiles``; docs/protocol.md §12.4): ``seed`` (seed
+000 §4 and §7 only), ``strict`` (catsock's choices), ``extensions``, ``limits``
+(as the target is configured, ``TargetLimits``) and the opt-in ``faults``, which
+kills and restarts the target through ``ServerControl``. Each check names its
+rule and its section of docs/protocol.md. A module of extra checks joins a
+profile with one ``module_checks`` line in ``profiles.PROFILES``; its check
+functions take a ``Ctx`` and end themselves with ``Fail`` or ``Skip``.
+
 Tokens come one per kind: ``CATS``, ``AFAD``, ``DASHBOARD`` (an admin dashboard,
 not bound to a user) and optionally ``DASHBOARD@500`` (a dashboard token bound
 to user 500). A check that needs a token it was not given is reported as SKIP.
@@ -24,26 +32,53 @@ more after the token's bucket had time to refill.
 The modules, in the order they build on each other:
 
 - ``results``: ``CheckResult``, ``Status``, and the outcomes a check raises.
-- ``tokens``: the token kinds and the pacing model of their rate limits.
+- ``tokens``: the token kinds, ``TargetLimits`` and the pacing model of the
+  rate limits.
+- ``server``: ``ServerControl``, the target's process for the faults profile.
 - ``frames``: the event frames the checks publish.
 - ``conn``: one client connection and the ``expect_*`` helpers checks use.
 - ``runner``: how one check runs (``_Runner``) and what it is given (``_Ctx``).
-- ``fixed``: the hand-written auth, ping, limits and routing checks.
-- ``decode_vectors`` / ``session_vectors``: the checks driven by the vectors.
-- ``suite``: the list of checks, ``run_conformance`` and ``check_names``.
+- ``seed``: the seed profile's checks.
+- ``fixed``: strict's hand-written auth, ping and routing checks.
+- ``decode_vectors`` / ``session_vectors``: the checks driven by the vectors,
+  and which profile and section each belongs to.
+- ``extensions``, ``limits``, ``faults``: those profiles' hand-written checks.
+- ``profiles``: the registry of profiles and ``module_checks``.
+- ``suite``: ``plan``, ``estimate``, ``run_conformance`` and ``check_names``.
+- ``report``: what the command prints, and its ``--json`` report.
 """
 
 from __future__ import annotations
 
+from .profiles import DEFAULT_PROFILES, PROFILES, Profile, module_checks, needs, section
 from .results import CheckResult, GatewayUnreachable, Status
-from .suite import check_names, run_conformance
-from .tokens import TOKEN_KINDS
+from .results import _Fail as Fail
+from .results import _Skip as Skip
+from .runner import _Ctx as Ctx
+from .server import ServerControl, ServerFailed
+from .suite import Planned, check_names, estimate, plan, run_conformance
+from .tokens import TOKEN_KINDS, TargetLimits
 
 __all__ = [
+    "DEFAULT_PROFILES",
+    "PROFILES",
     "TOKEN_KINDS",
     "CheckResult",
+    "Ctx",
+    "Fail",
     "GatewayUnreachable",
+    "Planned",
+    "Profile",
+    "ServerControl",
+    "ServerFailed",
+    "Skip",
     "Status",
+    "TargetLimits",
     "check_names",
+    "estimate",
+    "module_checks",
+    "needs",
+    "plan",
     "run_conformance",
+    "section",
 ]

@@ -120,6 +120,8 @@ class _Conn:
         self.kind: str | None = None
         self.budget: _Budget | None = None
         self.authed = False
+        #: The extensions auth_success granted (``ctx.login(..., extensions=...)``).
+        self.granted: dict[str, Any] = {}
         self.sent: set[str] = set()
         self.closed = False
         self.close_code: int | None = None
@@ -131,6 +133,7 @@ class _Conn:
         self._lot = trio.lowlevel.ParkingLot()
         self._release = trio.Event()
         self._done = trio.Event()
+        self._abort = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -151,8 +154,9 @@ class _Conn:
                 started = True
                 inner.start_soon(self._read)
                 await self._release.wait()
-                with trio.move_on_after(_CLOSE_GRACE):
-                    await self._ws.aclose()
+                if not self._abort:
+                    with trio.move_on_after(_CLOSE_GRACE):
+                        await self._ws.aclose()
                 inner.cancel_scope.cancel()
         except Exception:
             if not started:
@@ -176,6 +180,11 @@ class _Conn:
         finally:
             self.closed = True
             self._lot.unpark_all()
+
+    async def abort(self) -> None:
+        """Drop the connection without a close handshake, as a crashed client would."""
+        self._abort = True
+        await self.aclose()
 
     async def aclose(self) -> None:
         self._release.set()
@@ -218,6 +227,16 @@ class _Conn:
         if isinstance(msg.message, m.AuthSuccess):
             self.authed = True
         return msg
+
+    def pending(self) -> bool:
+        """True if a message arrived that ``recv`` has not taken yet."""
+        return self._cursor < len(self._items)
+
+    def drain(self) -> list[_Msg]:
+        """Every message that arrived and ``recv`` has not taken, taken now."""
+        items = self._items[self._cursor :]
+        self._cursor = len(self._items)
+        return [_decode(data) for data in items]
 
     def _unexpected(self, msg: _Msg, what: str) -> Exception:
         if msg.error_code() == ErrorCode.RATE_LIMIT_EXCEEDED:

@@ -8,11 +8,15 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
+import attrs
+
 from protocol import DEFAULT_ROUTES, ErrorCode
 from protocol.conformance import DecodeVector
 
 from .frames import _fresh_id, _message_id
+from .results import _Skip
 from .runner import _Check, _Ctx
+from .tokens import DEFAULT_MAX_MESSAGE_SIZE
 
 #: The default routing table by event type: who may publish a vector's event, who gets it.
 _ROUTES: Final = {route.event_type: route for route in DEFAULT_ROUTES}
@@ -31,7 +35,71 @@ _CONTROL_REPLY: Final[Mapping[str, tuple[str, str | None] | None]] = {
 }
 
 
+#: Which profile a decode vector belongs to, by a part of its name (first match);
+#: the rest are ``strict``. size.json is ``limits`` (catsock's default size).
+_PROFILE_BY_NAME: Final = (("ack", "extensions"), ("accepted", "extensions"), ("seq", "extensions"))
+
+#: The section of docs/protocol.md a decode vector pins, by a part of its name
+#: (first match), else by its file.
+_SECTION_BY_NAME: Final = (
+    ("ack", "§10.2"),
+    ("accepted", "§10.2"),
+    ("seq", "§10.2"),
+    ("duplicate", "§4.2"),
+    ("not_json", "§4.2"),
+    ("deep", "§4.2"),
+    ("depth", "§4.2"),
+    ("utf8", "§4"),
+    ("not_object", "§4"),
+    ("type_", "§4"),
+    ("envelope", "§3.2"),
+    ("event_", "§3.2"),
+    ("payload_", "§3.2"),
+    ("id_", "§4.3"),
+)
+_SECTION_BY_FILE: Final = {
+    "compat.json": "§11",
+    "control.json": "§3.1",
+    "events.json": "§3.3",
+    "invalid.json": "§4.3",
+    "size.json": "§4.1",
+}
+
+
+def decode_vector_profile(vector: DecodeVector) -> str:
+    if vector.file == "size.json":
+        return "limits"
+    return next((p for part, p in _PROFILE_BY_NAME if part in vector.name), "strict")
+
+
+def _section(vector: DecodeVector) -> str:
+    by_name = (s for part, s in _SECTION_BY_NAME if part in vector.name)
+    return next(by_name, _SECTION_BY_FILE.get(vector.file, "§12.1"))
+
+
 def _decode_vector_check(vector: DecodeVector, index: int) -> _Check:
+    check = _plain_check(vector, index)
+    section = _section(vector)
+    if decode_vector_profile(vector) == "limits":
+        # The vector pins catsock's default size limit.
+        inner = check.run
+
+        async def run_if_default(ctx: _Ctx) -> None:
+            if ctx.runner.limits.max_message_size != DEFAULT_MAX_MESSAGE_SIZE:
+                raise _Skip(_NOT_DEFAULT)
+            await inner(ctx)
+
+        check = attrs.evolve(check, run=run_if_default)
+    return attrs.evolve(check, rule=vector.description, section=section)
+
+
+#: Why a vector pinning a default limit is skipped for a target with other limits.
+_NOT_DEFAULT: Final = (
+    "the vector assumes catsock's default limits; the limits.* checks cover the target's"
+)
+
+
+def _plain_check(vector: DecodeVector, index: int) -> _Check:
     name = f"vector.{vector.name}"
     if vector.error is not None or vector.type in _CONTROL_REPLY:
         # Refusals and control messages do not depend on the client type: spread

@@ -1,22 +1,102 @@
-"""The fixed checks: auth, ping, limits and routing, each written by hand
-against docs/protocol.md (the vector-driven checks are in ``decode_vectors``
-and ``session_vectors``)."""
+"""The ``strict`` profile's hand-written checks: auth, ping and routing as
+docs/protocol.md has them, catsock's choices included (close codes, no
+``extensions`` for a seed client, the DASHBOARD copy, user channels, the
+publisher's exact text). The vector-driven checks are in ``decode_vectors`` and
+``session_vectors``; the limits are ``limits``'s."""
 
 from __future__ import annotations
 
 import json
 import uuid
 
-from protocol import DEFAULT_RATE_LIMITS, ErrorCode
+from protocol import ErrorCode
 from protocol import messages as m
 
-from .conn import _PING, _describe
+from .conn import _PING
 from .frames import _ADWARE_UPDATE, _BUDGET_UPDATE, _conversion, _event, _message_id
 from .results import _Fail, _Skip
-from .runner import _Ctx, _same_events
+from .runner import _Check, _Ctx, _same_events
 from .tokens import TOKEN_KINDS, _client_type
 
-# -- auth, ping and limits ------------------------------------------------------------------
+
+def strict_checks() -> list[_Check]:
+    return [
+        _Check(
+            "auth.ok",
+            _auth_ok,
+            rule="auth_success with a connection_id and, for a seed client, no 'extensions'",
+            section="§2",
+        ),
+        _Check(
+            "auth.failed",
+            _auth_failed,
+            rule="a bad token gets AUTH_FAILED and close 1008",
+            section="§2",
+        ),
+        _Check(
+            "auth.required",
+            _auth_required,
+            ("CATS",),
+            rule="AUTH_REQUIRED and no pong before auth",
+            section="§2",
+        ),
+        _Check("ping.pong", _ping_pong, ("CATS",), rule="ping gets pong", section="§3.1"),
+        _Check(
+            "routing.conversion",
+            _routing_conversion,
+            ("CATS", "AFAD", "DASHBOARD"),
+            rule="a conversion goes, as the publisher's exact text, to AFAD, DASHBOARD and "
+            "the owner's and tier users' channels, and to no other CATS",
+            section="§8.1",
+        ),
+        _Check(
+            "routing.afad_to_cats",
+            _routing_afad_to_cats,
+            ("AFAD", "CATS"),
+            rule="adware_update and budget_update go from AFAD to CATS only",
+            section="§8.1",
+        ),
+        _Check(
+            "routing.dashboard",
+            _routing_dashboard,
+            ("CATS", "DASHBOARD"),
+            rule="stats_update and user_online go to DASHBOARD only",
+            section="§8.1",
+        ),
+        _Check(
+            "routing.user_bound",
+            _routing_user_bound,
+            ("CATS", "DASHBOARD@500"),
+            rule="a token bound to user 500 gets exactly the events naming user 500",
+            section="§8",
+        ),
+        _Check(
+            "routing.no_echo",
+            _routing_no_echo,
+            ("CATS", "AFAD"),
+            rule="the publisher never receives its own event",
+            section="§8.2",
+        ),
+        _Check(
+            "routing.sender_mismatch",
+            _routing_sender_mismatch,
+            ("AFAD",),
+            rule="an envelope whose sender is not the token's client type gets "
+            "SENDER_MISMATCH naming its message_id, and is not published",
+            section="§8.2",
+        ),
+        _Check(
+            "routing.event_not_allowed",
+            _routing_event_not_allowed,
+            ("CATS",),
+            rule="an event the client type may not publish gets EVENT_NOT_ALLOWED naming its "
+            "message_id, and is not published",
+            section="§8.2",
+        ),
+    ]
+
+
+# -- auth and ping ------------------------------------------------------------------
 
 
 async def _auth_ok(ctx: _Ctx) -> None:
@@ -64,46 +144,6 @@ async def _ping_pong(ctx: _Ctx) -> None:
     stamp = msg.obj.get("timestamp")
     if stamp is not None and not isinstance(stamp, str):
         raise _Fail(f"pong timestamp should be a string, is {stamp!r}")
-
-
-async def _message_too_large(ctx: _Ctx) -> None:
-    conn = await ctx.login("CATS")
-    await conn.send('{"type":"ping","padding":"' + "x" * 70_000 + '"}')
-    await conn.expect_error(ErrorCode.MESSAGE_TOO_LARGE)
-    await conn.expect_closed(1009)
-
-
-async def _rate_limit(ctx: _Ctx) -> None:
-    """A burst of pings well over DASHBOARD's burst: RATE_LIMIT_EXCEEDED with a
-    positive retry_after; the runner then stops, so the abuse close never trips."""
-    burst = DEFAULT_RATE_LIMITS["DASHBOARD"].burst
-    conn = await ctx.login("DASHBOARD")
-    sent = pongs = 0
-    retry: float | None = None
-    while retry is None and sent < 3 * burst:
-        batch = min(5, 3 * burst - sent)
-        for _ in range(batch):
-            await conn.send(_PING, paced=False)
-        sent += batch
-        for _ in range(batch):
-            msg = await conn.recv("pong or RATE_LIMIT_EXCEEDED")
-            if msg.type == "pong":
-                pongs += 1
-            elif msg.error_code() == ErrorCode.RATE_LIMIT_EXCEEDED:
-                assert isinstance(msg.message, m.Error)
-                value = msg.message.payload.retry_after
-                if value is None or not value > 0:
-                    raise _Fail(f"RATE_LIMIT_EXCEEDED needs a positive retry_after, got {value!r}")
-                retry = value
-            else:
-                raise _Fail(f"expected pong or RATE_LIMIT_EXCEEDED, got {_describe(msg)}")
-    if retry is None:
-        raise _Fail(f"{sent} pings at once were all answered (DASHBOARD's burst is {burst})")
-    # Stop sending: after retry_after one more ping must pass on the same connection.
-    await ctx.sleep(retry + 0.01)
-    await conn.send(_PING, paced=False)
-    await conn.expect_type("pong")
-    ctx.notes.append(f"{pongs} pongs, then RATE_LIMIT_EXCEEDED with retry_after {retry}")
 
 
 # -- routing --------------------------------------------------------------------------------

@@ -25,6 +25,12 @@ class CheckResult:
     detail: str
     seconds: float
     skipped: bool = attrs.field(default=False, kw_only=True)
+    #: The profile the check belongs to (``seed``, ``strict``, ...).
+    profile: str = attrs.field(default="", kw_only=True)
+    #: What the check holds the gateway to, in one sentence.
+    rule: str = attrs.field(default="", kw_only=True)
+    #: Where docs/protocol.md states the rule, as ``§4.2``.
+    section: str = attrs.field(default="", kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.passed and self.skipped:
@@ -35,6 +41,23 @@ class CheckResult:
         if self.skipped:
             return Status.SKIP
         return Status.PASS if self.passed else Status.FAIL
+
+    def where(self) -> str:
+        """The rule and its section, as a failure line names them."""
+        if not self.section:
+            return self.rule
+        return f"{self.rule} (docs/protocol.md {self.section})"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "profile": self.profile,
+            "status": str(self.status),
+            "seconds": round(self.seconds, 3),
+            "detail": self.detail,
+            "rule": self.rule,
+            "section": self.section,
+        }
 
 
 class GatewayUnreachable(Exception):

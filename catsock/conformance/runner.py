@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -22,7 +22,8 @@ from protocol import ErrorCode
 
 from .conn import _clip, _Conn, _describe, _explain, _leaves, _Msg, _Target
 from .results import CheckResult, GatewayUnreachable, _Fail, _Retry, _Skip
-from .tokens import TOKEN_KINDS, _Budget, _client_type
+from .server import ServerControl
+from .tokens import TOKEN_KINDS, TargetLimits, _Budget, _client_type
 
 #: Logins refused with CONNECTION_LIMIT (our closed connections not yet gone) are retried.
 _LOGIN_ATTEMPTS: Final = 10
@@ -70,18 +71,28 @@ class _Ctx:
         self.conns.append(conn)
         return conn
 
-    async def login(self, kind: str, role: str = "") -> _Conn:
-        """A connection authenticated with the ``kind`` token (as a seed client)."""
+    async def login(
+        self, kind: str, role: str = "", *, extensions: Mapping[str, Any] | None = None
+    ) -> _Conn:
+        """A connection authenticated with the ``kind`` token: as a seed client, or
+        asking for ``extensions`` (§10); ``conn.granted`` holds what was granted."""
         label = f"{kind} {role}".strip()
-        auth = json.dumps(
-            {"type": "auth", "token": self.runner.tokens[kind], "client_type": _client_type(kind)}
-        )
+        fields: dict[str, Any] = {
+            "type": "auth",
+            "token": self.runner.tokens[kind],
+            "client_type": _client_type(kind),
+        }
+        if extensions is not None:
+            fields["extensions"] = dict(extensions)
+        auth = json.dumps(fields)
         for _ in range(_LOGIN_ATTEMPTS):
             conn = await self.connect(label)
             conn.kind, conn.budget = kind, self.runner.budgets[kind]
             await conn.send(auth)
             msg = await conn.recv("auth_success")
             if msg.type == "auth_success":
+                granted = msg.obj.get("extensions") if isinstance(msg.obj, dict) else None
+                conn.granted = granted if isinstance(granted, dict) else {}
                 return conn
             if msg.error_code() == ErrorCode.CONNECTION_LIMIT:
                 # Our previous connections may not be gone yet on the gateway's side.
@@ -107,17 +118,35 @@ CheckFn = Callable[[_Ctx], Awaitable[None]]
 
 @attrs.frozen
 class _Check:
+    """One check: its name, its function, the token kinds it needs, the rule it
+    holds the gateway to and the section of docs/protocol.md stating it.
+    ``waits`` is the time the check spends on purpose (a vector's ``wait``, a
+    deadline it lets pass) beyond its timeout, for the run's time estimate."""
+
     name: str
     run: CheckFn
     needs: tuple[str, ...] = ()
+    rule: str = ""
+    section: str = ""
+    waits: float = 0.0
 
 
 class _Runner:
-    def __init__(self, target: _Target, tokens: Mapping[str, str], timeout: float) -> None:
+    def __init__(
+        self,
+        target: _Target,
+        tokens: Mapping[str, str],
+        timeout: float,
+        limits: TargetLimits | None = None,
+        server: ServerControl | None = None,
+    ) -> None:
         self.target = target
         self.tokens = dict(tokens)
         self.timeout = timeout
-        self.budgets = {kind: _Budget(_client_type(kind)) for kind in TOKEN_KINDS}
+        self.limits = limits or TargetLimits()
+        #: Control of the target's process (the ``faults`` profile), or None.
+        self.server = server
+        self.budgets = {kind: _Budget(_client_type(kind), self.limits) for kind in TOKEN_KINDS}
 
     async def preflight(self) -> None:
         """Open one WebSocket (no auth) so an unreachable gateway is one clear error."""
@@ -135,7 +164,11 @@ class _Runner:
         except Exception as exc:
             raise GatewayUnreachable(f"{self.target.url}: {_explain(exc)}") from None
 
-    async def run(self, check: _Check) -> CheckResult:
+    async def run(self, check: _Check, profile: str = "") -> CheckResult:
+        result = await self._run(check)
+        return attrs.evolve(result, profile=profile, rule=check.rule, section=check.section)
+
+    async def _run(self, check: _Check) -> CheckResult:
         start = trio.current_time()
         missing = [k for k in check.needs if k not in self.tokens]
         if missing:

@@ -61,11 +61,57 @@ def _session_kind(vector: SessionVector) -> str | None:
     return kind if kind in TOKEN_KINDS else None
 
 
+#: Which profile a session vector belongs to, by a part of its name (first
+#: match); the rest are ``strict``.
+_PROFILE_BY_NAME: Final = (
+    ("rate_limit", "limits"),
+    ("auth_timeout", "limits"),
+    ("connection_limit", "limits"),
+    ("too_large", "limits"),
+    ("heartbeat", "extensions"),
+    ("extensions", "extensions"),
+)
+#: The section of docs/protocol.md a session vector pins, by a part of its name.
+_SECTION_BY_NAME: Final = (
+    ("rate_limit", "§9"),
+    ("too_large", "§4.1"),
+    ("utf8", "§4"),
+    ("heartbeat", "§10.1"),
+    ("extensions", "§10"),
+    ("user_bound", "§8"),
+    ("spoofed", "§8.2"),
+    ("as_afad", "§8.2"),
+    ("not_allowed", "§8.2"),
+    ("may_not", "§8.2"),
+    ("second_auth", "§7"),
+    ("server_only", "§7"),
+    ("after_auth", "§7"),
+    ("auth", "§2"),
+    ("ping", "§2"),
+)
+
+
+def session_vector_profile(vector: SessionVector) -> str:
+    return next((p for part, p in _PROFILE_BY_NAME if part in vector.name), "strict")
+
+
+def _section(vector: SessionVector) -> str:
+    return next((s for part, s in _SECTION_BY_NAME if part in vector.name), "§8.1")
+
+
 def _session_check(vector: SessionVector) -> _Check:
     kind = _session_kind(vector)
     name = f"session.{vector.name}"
+    pins_defaults = session_vector_profile(vector) == "limits"
+    waits = sum(step.wait * step.repeat for step in vector.steps)
+    waits += sum(AUTH_TIMEOUT_ALLOWANCE for step in vector.steps if step.is_timeout)
 
     async def run(ctx: _Ctx) -> None:
+        if pins_defaults and not ctx.runner.limits.is_default():
+            raise _Skip(
+                "the vector assumes catsock's default limits; the limits.* checks cover "
+                "the target's"
+            )
         if kind is None:
             raise _Skip(f"no token kind for a {vector.client_type} bound to {vector.user_id}")
         for step in vector.steps:
@@ -76,7 +122,8 @@ def _session_check(vector: SessionVector) -> _Check:
                 )
         await _replay_session(ctx, vector, kind)
 
-    return _Check(name, run, () if kind is None else (kind,))
+    needs = () if kind is None else (kind,)
+    return _Check(name, run, needs, vector.description, _section(vector), waits)
 
 
 def _substitute(frame: str | bytes, tokens: Mapping[str, str]) -> str | bytes:

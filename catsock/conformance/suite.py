@@ -1,77 +1,139 @@
-"""The suite: which checks a run performs, in which order, and the entry points
-``run_conformance`` and ``check_names``."""
+"""The suite: which checks a run performs (``plan``: the profiles' checks, in
+the registry's order), how long it may take (``estimate``), and the entry
+points ``run_conformance`` and ``check_names``."""
 
 from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Final
 
+import attrs
 import trio
 import trio_websocket
 
-from protocol.conformance import load_decode_vectors, load_session_vectors
-
-from .conn import _open_stream, _parse_url, _Target
-from .decode_vectors import _decode_vector_check
-from .fixed import (
-    _auth_failed,
-    _auth_ok,
-    _auth_required,
-    _message_too_large,
-    _ping_pong,
-    _rate_limit,
-    _routing_afad_to_cats,
-    _routing_conversion,
-    _routing_dashboard,
-    _routing_event_not_allowed,
-    _routing_no_echo,
-    _routing_sender_mismatch,
-    _routing_user_bound,
-)
-from .results import CheckResult
+from .conn import _leaves, _open_stream, _parse_url, _Target
+from .profiles import DEFAULT_PROFILES, PROFILES
+from .results import CheckResult, GatewayUnreachable
 from .runner import _Check, _Runner
-from .session_vectors import _limits_rate, _session_check
-from .tokens import TOKEN_KINDS, _client_type
+from .server import ServerControl, ServerFailed
+from .tokens import TOKEN_KINDS, TargetLimits, _client_type
 
 
 async def run_conformance(
     url: str,
     tokens: Mapping[str, str],
     *,
-    timeout: float = 5.0,  # noqa: ASYNC109 - per check, not for the whole run
+    profiles: Sequence[str] = DEFAULT_PROFILES,
+    timeout: float | None = None,  # noqa: ASYNC109 - per check, not for the whole run
     ssl_context: ssl.SSLContext | None = None,
     only: Sequence[str] = (),
+    limits: TargetLimits | None = None,
+    server: ServerControl | None = None,
+    on_start: Callable[[], None] | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
 ) -> list[CheckResult]:
-    """Run the conformance checks against the gateway at ``url``; one result each.
+    """Run the checks of ``profiles`` against the gateway at ``url``; one result each,
+    in the order of ``plan``. ``on_start`` is called once the gateway answered a
+    handshake, ``on_result`` with each result as it is known.
 
-    ``tokens`` maps token kinds (``TOKEN_KINDS``) to tokens. ``only`` keeps the
-    checks whose name starts with one of its prefixes. ``ssl_context`` is used
-    for ``wss://`` (default: the system's trust store). Raises ``ValueError`` for
-    a bad URL or an unknown token kind, ``GatewayUnreachable`` if no WebSocket
-    handshake succeeds.
+    ``tokens`` maps token kinds (``TOKEN_KINDS``) to tokens. ``timeout`` is the
+    time each check may take (default: its profile's). ``only`` keeps the checks
+    whose name starts with one of its prefixes. ``limits`` are the target's
+    configured limits (default: catsock's). ``server`` starts the target first,
+    and lets the ``faults`` profile kill and restart it; it is stopped at the end.
+    ``ssl_context`` is used for ``wss://`` (default: the system's trust store).
+    Raises ``ValueError`` for a bad URL, profile or token kind,
+    ``GatewayUnreachable`` if no WebSocket handshake succeeds (or ``server``
+    does not start).
     """
     unknown = sorted(set(tokens) - set(TOKEN_KINDS))
     if unknown:
         raise ValueError(f"unknown token kind {unknown[0]!r}; use {', '.join(TOKEN_KINDS)}")
-    if not timeout > 0:
+    if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be positive")
-    runner = _Runner(_parse_url(url, ssl_context), tokens, timeout)
-    await runner.preflight()
-    selected = [c for c in _checks() if not only or c.name.startswith(tuple(only))]
-    async with trio.open_nursery() as keepers:
-        # A durable gateway (catsock) replays what an identity missed while it had
-        # no connection. One connection per system identity, open for the whole run,
-        # keeps every check's connections live instead (docs/delivery.md §2).
-        for kind in _KEPT_ONLINE:
-            if kind in tokens:
-                await keepers.start(_keep_online, runner.target, tokens[kind], kind)
-        results = [await runner.run(check) for check in selected]
-        keepers.cancel_scope.cancel()
+    planned = plan(profiles, only)
+    runner = _Runner(_parse_url(url, ssl_context), tokens, timeout or 5.0, limits, server)
+    try:
+        if server is not None:
+            try:
+                await server.start()
+            except ServerFailed as exc:
+                raise GatewayUnreachable(f"--server-cmd: {exc}") from None
+        await runner.preflight()
+        if on_start is not None:
+            on_start()
+        results: list[CheckResult] = []
+        async with trio.open_nursery() as keepers:
+            # A durable gateway (catsock) replays what an identity missed while it had
+            # no connection. One connection per system identity, open for the whole run,
+            # keeps every check's connections live instead (docs/delivery.md §2).
+            async with trio.open_nursery() as starting:  # both at once
+                for kind in _KEPT_ONLINE:
+                    if kind in tokens:
+                        keep = partial(_keep_online, runner.target, tokens[kind], kind)
+                        starting.start_soon(keepers.start, keep, _KEEPER_PATIENCE)
+            for item in planned:
+                runner.timeout = timeout or PROFILES[item.profile].timeout
+                result = await runner.run(item.check, item.profile)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+            keepers.cancel_scope.cancel()
+    finally:
+        if server is not None:
+            await server.stop()
     return results
 
 
+@attrs.frozen
+class Planned:
+    """One check of a run: its profile, and how long it may take (``timeout``
+    plus ``waits``, the time it spends on purpose)."""
+
+    profile: str
+    check: _Check
+
+    @property
+    def name(self) -> str:
+        return self.check.name
+
+    def longest(self, timeout: float | None) -> float:
+        return (timeout or PROFILES[self.profile].timeout) + self.check.waits
+
+
+def plan(profiles: Sequence[str] = DEFAULT_PROFILES, only: Sequence[str] = ()) -> list[Planned]:
+    """The checks a run of ``profiles`` performs, in order (``ValueError`` for an
+    unknown profile). ``only`` keeps the names starting with one of its prefixes."""
+    bad = [p for p in profiles if p not in PROFILES]
+    if bad:
+        raise ValueError(f"unknown profile {bad[0]!r}; use {', '.join(PROFILES)}")
+    wanted = [name for name in PROFILES if name in profiles]  # the registry's order
+    return [
+        Planned(name, check)
+        for name in wanted
+        for check in PROFILES[name].checks()
+        if not only or check.name.startswith(tuple(only))
+    ]
+
+
+def estimate(planned: Sequence[Planned], timeout: float | None = None) -> float:
+    """The longest a run of ``planned`` can take, in seconds: every check at its
+    timeout (or ``timeout``) plus its own waits. A passing run takes far less."""
+    return sum(item.longest(timeout) for item in planned)
+
+
+#: Seconds the run waits for a kept connection's auth_success before it goes on.
+_KEEPER_PATIENCE: Final = 1.0
+#: How a kept connection may end without ending the run.
+_KEEPER_ENDS: Final = (
+    OSError,
+    trio.BrokenResourceError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+)
 #: Token kinds whose identities the runner keeps online (catsock's durable defaults).
 _KEPT_ONLINE: Final = ("CATS", "AFAD")
 
@@ -80,10 +142,12 @@ async def _keep_online(
     target: _Target,
     token: str,
     kind: str,
+    patience: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Authenticate as ``kind`` and read (and drop) everything until cancelled."""
+    """Authenticate as ``kind`` and read (and drop) everything until cancelled;
+    started once ``auth`` was answered, or ``patience`` seconds passed."""
     stream: trio.abc.Stream | None = None
     started = False
     try:
@@ -94,18 +158,17 @@ async def _keep_online(
             )
             auth = {"type": "auth", "token": token, "client_type": _client_type(kind)}
             await ws.send_message(json.dumps(auth))
-            await ws.get_message()
+            # A gateway that never answers must not hold up the run: its checks fail.
+            with trio.move_on_after(patience):
+                await ws.get_message()
             task_status.started()
             started = True
             while True:
                 await ws.get_message()
-    except (
-        OSError,
-        trio.BrokenResourceError,
-        trio_websocket.HandshakeError,
-        trio_websocket.ConnectionClosed,
-    ):
-        pass  # the checks will report what is wrong with this gateway
+    except Exception as exc:
+        # The checks will report what is wrong with this gateway (or it was killed).
+        if not all(isinstance(leaf, _KEEPER_ENDS) for leaf in _leaves(exc)):
+            raise
     finally:
         if stream is not None:
             await trio.aclose_forcefully(stream)
@@ -113,33 +176,6 @@ async def _keep_online(
         task_status.started()
 
 
-def check_names() -> list[str]:
-    """The names of every check, in the order a run performs them."""
-    return [check.name for check in _checks()]
-
-
-# -- the list of checks ---------------------------------------------------------------------
-
-
-def _checks() -> list[_Check]:
-    checks = [
-        _Check("auth.ok", _auth_ok),
-        _Check("auth.failed", _auth_failed),
-        _Check("auth.required", _auth_required, ("CATS",)),
-        _Check("ping.pong", _ping_pong, ("CATS",)),
-        _Check("routing.conversion", _routing_conversion, ("CATS", "AFAD", "DASHBOARD")),
-        _Check("routing.afad_to_cats", _routing_afad_to_cats, ("AFAD", "CATS")),
-        _Check("routing.dashboard", _routing_dashboard, ("CATS", "DASHBOARD")),
-        _Check("routing.user_bound", _routing_user_bound, ("CATS", "DASHBOARD@500")),
-        _Check("routing.no_echo", _routing_no_echo, ("CATS", "AFAD")),
-        _Check("routing.sender_mismatch", _routing_sender_mismatch, ("AFAD",)),
-        _Check("routing.event_not_allowed", _routing_event_not_allowed, ("CATS",)),
-        _Check("limits.message_too_large", _message_too_large, ("CATS",)),
-    ]
-    checks += [_decode_vector_check(v, i) for i, v in enumerate(load_decode_vectors())]
-    sessions = load_session_vectors()
-    # Vectors that need a full bucket go last, so the others never wait for one to refill.
-    checks += [_session_check(v) for v in sessions if not _limits_rate(v)]
-    checks += [_session_check(v) for v in sessions if _limits_rate(v)]
-    checks.append(_Check("limits.rate", _rate_limit, ("DASHBOARD",)))
-    return checks
+def check_names(profiles: Sequence[str] = DEFAULT_PROFILES) -> list[str]:
+    """The names of every check of ``profiles``, in the order a run performs them."""
+    return [item.name for item in plan(profiles)]

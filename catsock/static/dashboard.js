@@ -90,6 +90,7 @@
     timers: [],
     drawPending: false,
     metricsAvailable: null,
+    gatewaySeen: {},
   };
   // For tests and for poking around in the console; holds no token.
   window.catsockDashboard = dash;
@@ -326,6 +327,75 @@
     return found;
   }
 
+  /**
+   * Gateway-side trouble that no event on this feed shows: events refused from
+   * publishers (the seed's clients never read the error) and events retention took
+   * before a durable recipient had them. Each rise of the counter since the page
+   * loaded becomes one alert, with the command that tells more.
+   */
+  var GATEWAY_ALERTS = [
+    {
+      metric: 'catsock_refused_events_total',
+      what: 'events refused from publishers',
+      more: 'python -m catsock refused',
+    },
+    {
+      metric: 'catsock_events_lost_to_retention_total',
+      what: 'events pruned before a durable recipient had them',
+      more: 'python -m catsock ledger (detail: retention)',
+    },
+  ];
+
+  /** A counter family's total and its values by label value, or null when absent. */
+  function counterFromMetrics(text, name) {
+    var found = null;
+    text.split('\n').forEach(function (line) {
+      var match = /^([a-z_]+)(?:\{[a-z_]+="((?:[^"\\]|\\.)*)"\})?\s+(\S+)$/.exec(line);
+      if (!match || match[1] !== name) {
+        return;
+      }
+      found = found || { total: 0, by: {} };
+      found.total += num(match[3]);
+      if (match[2] !== undefined) {
+        found.by[match[2]] = (found.by[match[2]] || 0) + num(match[3]);
+      }
+    });
+    return found;
+  }
+
+  function gatewayAlerts(text) {
+    GATEWAY_ALERTS.forEach(function (alert) {
+      var counter = counterFromMetrics(text, alert.metric);
+      var seen = dash.gatewaySeen[alert.metric] || 0;
+      if (counter === null || counter.total <= seen) {
+        return;
+      }
+      dash.gatewaySeen[alert.metric] = counter.total;
+      var reasons = Object.keys(counter.by)
+        .filter(function (key) { return counter.by[key] > 0; })
+        .sort()
+        .map(function (key) { return key + ' ' + formatNumber(counter.by[key]); });
+      var li = el('li', 'event alert gateway-alert');
+      li.setAttribute('data-metric', alert.metric);
+      var head = el('div', 'event-head');
+      head.appendChild(el('time', 'event-time', new Date().toISOString().slice(11, 19)));
+      head.appendChild(el('span', 'event-type', 'gateway'));
+      head.appendChild(
+        el(
+          'span',
+          'event-summary',
+          formatNumber(counter.total - seen) + ' ' + alert.what +
+            (reasons.length ? ' (' + reasons.join(', ') + ')' : '') + ': ' + alert.more
+        )
+      );
+      li.appendChild(head);
+      dash.counts.alerts += 1;
+      prepend($('alerts'), li, ALERTS_MAX);
+      show($('alerts-empty'), false);
+      renderCounters();
+    });
+  }
+
   function renderConnections(rows, note, title, column) {
     var body = $('connections-body');
     body.replaceChildren();
@@ -361,6 +431,7 @@
           throw new Error('no connection gauge');
         }
         dash.metricsAvailable = true;
+        gatewayAlerts(text);
         renderConnections(
           rows,
           'open WebSocket connections, from ' + METRICS_URL + ', every ' + METRICS_INTERVAL / 1000 + ' s',

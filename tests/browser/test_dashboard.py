@@ -589,3 +589,32 @@ async def test_catsock_js_client_behaviour(
     ]
     assert report["defaultUrl"] == "wss://example.jp:8443/ws"
     assert report["states"][:2] == ["connecting", "connected"]
+
+
+async def test_refused_events_raise_a_gateway_alert(
+    browser_thread: BrowserThread, start_gateway: GatewayFactory
+) -> None:
+    """Issue 11: a refusal the publisher never reads is shown to the operator: the
+    dashboard turns a rise of catsock_refused_events_total into an alert naming the
+    reason and the command that lists them."""
+    with trio.fail_after(60):
+        gw = await start_gateway(limits={"rate": {"CATS": {"per_minute": 60.0, "burst": 1}}})
+        admin = gw.token("admin-dashboard", "DASHBOARD")
+        async with _tab(browser_thread, gw) as tab:
+            await browser_thread.run(_login, tab, admin)
+            await browser_thread.run(_wait_connected, tab)
+            async with gw.client("CATS", "cats") as cats:
+                for i in range(2):  # burst 1: the second is refused
+                    await cats.send(envelope("conversion", CONVERSION, "CATS", f"rf-{i}"))
+                assert (await cats.recv())["payload"]["error_code"] == "RATE_LIMIT_EXCEEDED"
+            selector = '#alerts li.gateway-alert[data-metric="catsock_refused_events_total"]'
+            # The page polls /metrics every 5 s.
+            await browser_thread.run(_wait_visible, tab, selector)
+            summary = await browser_thread.run(_text, tab, selector + " .event-summary")
+            assert summary == (
+                "1 events refused from publishers (RATE_LIMIT_EXCEEDED 1):"
+                " python -m catsock refused"
+            )
+            assert await browser_thread.run(_text, tab, "#count-alerts") == "1"
+            assert tab.page_errors == []
+            assert tab.csp_violations() == []

@@ -288,7 +288,7 @@ async def test_config_output_round_trips(tmp_path: Path) -> None:
     parsed = tomllib.loads(first.out)
     assert parsed["routes"]["order_shipped"]["to"] == ["AFAD"]
     assert parsed["limits"]["rate"]["PARTNER"] == {"per_minute": 10.0, "burst": 5}
-    assert parsed["limits"]["rate"]["CATS"] == {"per_minute": 1000.0, "burst": 100}
+    assert parsed["limits"]["rate"]["CATS"] == {"per_minute": 1000.0, "burst": 1000}
 
 
 async def test_config_precedence_file_then_env(tmp_path: Path) -> None:
@@ -339,7 +339,7 @@ async def test_env_variables_reach_nested_and_list_settings(tmp_path: Path) -> N
     config = tomllib.loads(result.out)
     assert config["allow"]["ips"] == ["10.0.0.0/8", "127.0.0.1"]
     assert config["limits"]["per_identity"] == {"DASHBOARD": 5}
-    assert config["limits"]["rate"]["CATS"] == {"per_minute": 600.0, "burst": 100}
+    assert config["limits"]["rate"]["CATS"] == {"per_minute": 600.0, "burst": 1000}
     assert config["heartbeat"]["enabled"] is False
     assert config["allow_shared_token"] is True
 

@@ -619,3 +619,25 @@ async def test_client_aclose_does_not_wait_out_its_close_timeout(
                 await client.aclose()
                 elapsed = trio.current_time() - started
             assert elapsed < close_timeout, f"aclose waited out its close_timeout ({elapsed} s)"
+
+
+async def test_a_client_cancelled_from_outside_leaves_at_once(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    """Issue 11: a ``move_on_after`` around ``connect`` (or Ctrl-C on ``tail``)
+    cancels trio-websocket's reader with everything else, so a close handshake can
+    never complete; the client used to wait out ``close_timeout`` for it. Now a
+    cancelled client sends its close frame and goes."""
+    gw = await start_gateway()
+    token = gw.token("cats", "CATS")
+    close_timeout = 5.0
+    with trio.fail_after(600):
+        for _ in range(5):
+            with trio.move_on_after(1.0) as scope:
+                async with connect(
+                    gw.url, token, "CATS", receive=False, close_timeout=close_timeout
+                ):
+                    await trio.sleep_forever()
+            assert scope.cancelled_caught
+            waited = trio.current_time() - scope.deadline
+            assert waited < 1.0, f"the cancelled client waited {waited} s to close"

@@ -90,7 +90,7 @@ async def test_publish_failures_are_one_line(tmp_path: Path, start_gateway: Gate
     assert refused.code == 1
     assert "refused: EVENT_NOT_ALLOWED" in _one_error_line(refused)
     assert bad_json.code == 2
-    assert "Invalid value for '--payload': not JSON" in bad_json.err
+    assert "Invalid value for '--payload': not valid JSON" in bad_json.err
     assert "Traceback" not in bad_json.err
     assert not_object.code == 2
     assert "must be a JSON object" in not_object.err

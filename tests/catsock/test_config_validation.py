@@ -34,8 +34,7 @@ def _limits(**limits: Any) -> dict[str, Any]:
         ),
         (
             _limits(rate={"AFAD": {"per_minute": -60, "burst": 100}}),
-            "limits.rate.AFAD.per_minute must be a positive number of messages a minute, "
-            "not -60.0",
+            "limits.rate.AFAD.per_minute must be a positive number of messages a minute, not -60.0",
         ),
         (
             _limits(rate={"DASHBOARD": {"per_minute": 100, "burst": 0}}),
@@ -128,3 +127,12 @@ def test_what_validation_lets_through_makes_working_buckets(
     assert limits is not None
     own = limits["CATS"].bucket(0.0)
     TokenBucket(own.rate, config.limits.abuse_limit, 0.0)
+
+
+def test_the_hard_retention_bound_may_not_be_below_the_soft_one() -> None:
+    with pytest.raises(ConfigError, match=r"retention_hard_rows must be at least"):
+        load_config(
+            environ={}, overrides={"delivery": {"retention_rows": 100, "retention_hard_rows": 99}}
+        )
+    config = load_config(environ={}, overrides={"delivery": {"retention_hard_rows": 1_000_000}})
+    assert config.delivery.retention_hard_rows == 1_000_000

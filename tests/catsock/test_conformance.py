@@ -5,7 +5,8 @@ clock that jumps when nothing runs, worker threads included (``lazy_clock``: the
 vectors' waits, the auth deadline and the runner's pacing then cost no real
 time), and through ``python -m catsock conformance`` in a
 subprocess, where the clock is real and a quick subset of checks runs. A
-deliberately broken peer proves the runner can fail.
+deliberately broken peer proves the runner can fail; the profiles, the
+independent seed relay and the faults profile are in test_conformance_profiles.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from click.testing import CliRunner
 
 from catsock.cli import main
 from catsock.conformance import (
+    DEFAULT_PROFILES,
     TOKEN_KINDS,
     CheckResult,
     GatewayUnreachable,
@@ -46,18 +48,18 @@ ALWAYS_SKIPPED = {"session.session_auth_rejected_connection_limit"}
 #: A quick subset for real-clock runs: every group, without the slow session
 #: vectors (a 30 s wait, the 10 s auth deadline, rate limits that need refilled buckets).
 QUICK = (
+    "seed.",
     "auth.",
     "ping.",
     "routing.",
-    "limits.message_too_large",
+    "limits.message_size",
     "vector.",
     "session.session_php_client_publishes_conversion",
     "session.session_spoofed_sender",
     "session.session_too_many_messages_before_auth",
     "session.session_heartbeat_clamped",
 )
-#: The checks that are not vectors, in the order a run performs them; "limits.rate"
-#: comes last, after every vector.
+#: The strict profile's checks that are not vectors, in the order a run performs them.
 FIXED = (
     "auth.ok",
     "auth.failed",
@@ -70,10 +72,22 @@ FIXED = (
     "routing.no_echo",
     "routing.sender_mismatch",
     "routing.event_not_allowed",
-    "limits.message_too_large",
+)
+SEED = (
+    "seed.handshake",
+    "seed.auth_success",
+    "seed.auth_failed",
+    "seed.auth_required",
+    "seed.ping_pong",
+    "seed.not_json",
+    "seed.cats_to_afad",
+    "seed.afad_to_cats",
+    "seed.cats_to_dashboard",
 )
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
-SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$")
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped in .*$")
+#: A row of a check: name, status, seconds, detail.
+ROW = re.compile(r"^(\S+) +(PASS|FAIL|SKIP) +[\d.]+(?: +(.*))?$")
 #: Subprocess waits: an interpreter start takes about a second.
 TIMEOUT = 60
 
@@ -125,6 +139,12 @@ class Ran:
         passed, failed, skipped = match.groups()
         return int(passed), int(failed), int(skipped)
 
+    @property
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(name, status, detail) of every check row, in order."""
+        found = [ROW.match(line) for line in self.out.splitlines()]
+        return [(m[1], m[2], m[3] or "") for m in found if m is not None]
+
 
 async def _run_cli(*args: str) -> Ran:
     done = await trio.run_process(
@@ -151,13 +171,14 @@ async def test_catsock_passes_every_check(
     assert [r.name for r in results] == check_names()
     assert _report(results, Status.FAIL) == []
     assert {r.name for r in results if r.status is Status.SKIP} == ALWAYS_SKIPPED
-    # Every decode and session vector on disk is a check of its own, beside the 13
-    # fixed checks: the fixed ones first, then the decode vectors in file order,
-    # then the sessions (rate-limit ones last), then limits.rate.
+    # The default profiles, in the registry's order; the seed checks first, then
+    # strict's fixed checks and its vectors; every vector on disk is a check of its own.
+    assert list(dict.fromkeys(r.profile for r in results)) == list(DEFAULT_PROFILES)
     names = check_names()
-    vectors, sessions = _vector_names("vector"), _vector_names("session")
-    assert names[: len(FIXED) + len(vectors)] == [*FIXED, *vectors]
-    assert sorted(names[len(FIXED) + len(vectors) : -1]) == sorted(sessions)
+    assert names[: len(SEED) + len(FIXED)] == [*SEED, *FIXED]
+    vectors = set(_vector_names("vector")) | set(_vector_names("session"))
+    assert vectors <= set(names)
+    assert len(names) == len(set(names))
     assert names[-1] == "limits.rate"
 
 
@@ -168,7 +189,10 @@ async def test_checks_needing_a_missing_token_are_skipped(
     gw = await start_gateway()
     with trio.fail_after(600):
         results = await run_conformance(
-            gw.url, _tokens(gw, bound=False), only=["routing.", "session.session_user"]
+            gw.url,
+            _tokens(gw, bound=False),
+            profiles=["strict"],
+            only=["routing.", "session.session_user"],
         )
     assert _report(results, Status.FAIL) == []
     skipped = {r.name: r.detail for r in results if r.status is Status.SKIP}
@@ -205,6 +229,8 @@ async def test_runner_refuses_bad_arguments_and_unreachable_gateways(
         await run_conformance("http://127.0.0.1/ws", {})
     with pytest.raises(ValueError, match="unknown token kind"):
         await run_conformance(gw.url, {"ADMIN": "x"})
+    with pytest.raises(ValueError, match="unknown profile 'jwt'"):
+        await run_conformance(gw.url, {}, profiles=["seed", "jwt"])
     with trio.fail_after(10):
         with pytest.raises(GatewayUnreachable, match="HTTP 404"):
             await run_conformance(f"ws://127.0.0.1:{gw.port}/not-ws", {})
@@ -232,13 +258,18 @@ async def test_cli_passes_against_catsock(start_gateway: GatewayFactory) -> None
         ran = await _run_cli(gw.url, *_token_args(tokens), *only)
     assert ran.code == 0, ran
     assert "Traceback" not in ran.err
-    every = (*FIXED, *_vector_names("vector"), *_vector_names("session"))
-    expected = [n for n in every if n.startswith(QUICK)]
-    # The four sessions QUICK names, and the twelve fixed checks but limits.rate.
-    assert len(expected) == 12 + len(_vector_names("vector")) + 4
+    expected = [n for n in check_names() if n.startswith(QUICK)]
+    # The four sessions QUICK names, every decode vector, the seed checks, strict's
+    # fixed checks and limits.message_size.
+    assert len(expected) == 4 + len(_vector_names("vector")) + len(SEED) + len(FIXED) + 1
     assert ran.summary == (len(expected), 0, 0)
-    rows = ran.out.strip().splitlines()[1:-1]
-    assert [row.split()[:2] for row in rows] == [[name, "PASS"] for name in expected]
+    assert ran.rows == [(name, "PASS", "") for name in expected]
+    # A header per profile, with its estimate, and a verdict per profile.
+    out = ran.out.splitlines()
+    assert out[0].startswith(f"{len(expected)} checks in seed, strict, extensions, limits")
+    for profile in ("seed", "strict", "extensions", "limits"):
+        assert any(line.startswith(f"== {profile}: ") for line in out), ran.out
+        assert any(line.startswith(f"{profile}: PASS (") for line in out), ran.out
 
 
 # -- against a broken peer ----------------------------------------------------------------
@@ -280,7 +311,9 @@ async def test_runner_reports_failures_of_a_broken_peer(
 ) -> None:
     url = await _start_broken_peer(nursery)
     with trio.fail_after(600):
-        results = await run_conformance(url, FAKE_TOKENS, only=["ping.", "routing.no_echo"])
+        results = await run_conformance(
+            url, FAKE_TOKENS, profiles=["strict"], only=["ping.", "routing.no_echo"]
+        )
     by_name = {r.name: r for r in results}
     assert by_name["ping.pong"].status is Status.FAIL
     assert "timed out after 5 s waiting for CATS: pong" in by_name["ping.pong"].detail
@@ -305,6 +338,9 @@ async def test_cli_exits_1_when_a_check_fails(nursery: trio.Nursery) -> None:
     assert ran.summary == (0, 2, 0)
     assert re.search(r"^ping\.pong +FAIL +[\d.]+ +timed out", ran.out, re.MULTILINE), ran.out
     assert re.search(r"^routing\.no_echo +FAIL .*echo", ran.out, re.MULTILINE), ran.out
+    # Each failure names its rule and the section of docs/protocol.md.
+    assert "-- rule: the publisher never receives its own event (docs/protocol.md §8.2)" in ran.out
+    assert "strict: FAIL (0 passed, 2 failed, 0 skipped)" in ran.out
 
 
 # -- usage errors -------------------------------------------------------------------------
@@ -321,13 +357,27 @@ async def test_cli_exits_1_when_a_check_fails(nursery: trio.Nursery) -> None:
         (["ws://127.0.0.1:8765/ws", "--insecure"], "apply to wss:// URLs only"),
         (["ws://127.0.0.1:{closed}/ws"], "cannot reach the gateway"),
         (["ws://127.0.0.1:{closed}/ws", "--only", "auth."], "cannot reach the gateway"),
+        (["ws://127.0.0.1:8765/ws", "--profile", "seed,bogus"], "unknown profile 'bogus'"),
+        (["ws://127.0.0.1:8765/ws", "--profile", "faults"], "needs --server-cmd"),
+        (["ws://127.0.0.1:8765/ws", "--rate-limit", "CATS=fast"], "TYPE=PER_MINUTE/BURST"),
+        (["ws://127.0.0.1:8765/ws", "--rate-limit", "CATS=0/5"], "must be positive"),
+        (
+            ["ws://127.0.0.1:8765/ws", "--no-rate-limits", "--rate-limit", "CATS=60/5"],
+            "exclude each other",
+        ),
+        (
+            ["ws://127.0.0.1:8765/ws", "--server-cmd", "x", "--kill-signal", "NOPE"],
+            "not a signal name",
+        ),
+        (
+            ["ws://127.0.0.1:{closed}/ws", "--profile", "faults", "--server-cmd", "false"],
+            "cannot reach the gateway: --server-cmd: the server command exited with 1",
+        ),
     ],
 )
 def test_cli_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     with _closed_port() as closed:
-        result = CliRunner().invoke(
-            main, ["conformance", *(a.format(closed=closed) for a in args)]
-        )
+        result = CliRunner().invoke(main, ["conformance", *(a.format(closed=closed) for a in args)])
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -433,3 +434,163 @@ async def test_drops_in_a_row_share_a_ledger_row_and_each_is_explained(
                     assert bool(shed) == (message_id not in got), (message_id, facts)
             rows = db.execute("SELECT count(*) FROM ledger WHERE kind = 'dropped'").fetchone()[0]
             assert rows <= len(bursts) < gw.gateway.delivery.dropped
+
+
+async def test_a_failing_commit_keeps_its_events_and_warns_once_per_outage(
+    start_gateway: GatewayFactory,
+    lazy_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A disk that fails three commits in a row: the event waits in memory, is
+    retried (catsock/groupcommit.py), and goes out once the disk works; the log
+    says so once when it starts and once when it ends, and the metrics count all
+    three failures."""
+    gw = await start_gateway(limits={"rate_limits_enabled": False})
+    commit = storage.commit_events
+    failures: list[int] = []
+
+    def disk_fails_three_times(*args: Any) -> Any:
+        if len(failures) < 3:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        return commit(*args)
+
+    with trio.fail_after(60):
+        async with gw.client("CATS", extensions=ACKS) as cats, gw.client("AFAD") as afad:
+            await until_pong(afad)
+            monkeypatch.setattr("storage.commit_events", disk_fails_three_times)
+            await cats.send(conversion("kept"))
+            reply = await cats.recv()
+            assert (reply["type"], reply["message_id"], reply["seq"]) == ("accepted", "kept", 1)
+            assert [m["message_id"] for m in await until_pong(afad)] == ["kept"]
+    assert len(failures) == 3
+    assert gw.gateway.delivery.statistics().commit_errors == 3
+    said = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "catsock.delivery" and r.levelno >= 20
+    ]
+    assert said == [
+        ("WARNING", "event log: commit of 1 events failed: disk I/O error"),
+        ("INFO", "event log: database writes work again (3 errors so far)"),
+    ]
+
+
+async def test_ledger_sentences_name_the_transport_and_read_as_english(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Issue 11, ledger truth: a long-poll's row names it (it used to say "written
+    to None"), and a dashboard that missed an event is told so in one plain
+    sentence."""
+    from .test_http import http
+
+    gw = await start_gateway()
+    afad = gw.token("afad", "AFAD")
+    gw.token("admin", "DASHBOARD")
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion("lp-1")])
+        polled = await http(
+            gw.port, "GET", "/api/events?since=0&wait=0",
+            headers={"authorization": f"Bearer {afad}"},
+        )
+        assert polled.status == 200
+        await gw.gateway.delivery.flush()
+    (story,) = explain(storage.open_db(gw.database), "lp-1")
+    (fact,) = story.recipients["afad"]
+    assert fact.startswith("written to HTTP long-poll at ")
+    assert story.recipients["admin"] == [
+        "not written to admin: it is not durable (DASHBOARD), so it gets events only while"
+        " connected, and this one was written to none of its connections"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("hard_rows", "replayed", "gap", "lost"),
+    [
+        pytest.param(1000, range(1, 51), None, 0, id="soft-limits-keep-what-it-needs"),
+        pytest.param(20, range(31, 51), {"first": 1, "last": 30}, 30, id="hard-bound-says-so"),
+    ],
+)
+async def test_retention_never_hides_a_loss(
+    start_gateway: GatewayFactory,
+    hard_rows: int,
+    replayed: range,
+    gap: dict[str, int] | None,
+    lost: int,
+) -> None:
+    """Issue 11: with retention_rows 10 a durable recipient away for 50 events used
+    to get the last 10 and a grant saying since 0. Now the soft limits keep what it
+    has not had; only the hard bound takes it, and then the grant, the ledger and
+    /metrics say what was lost."""
+    settings: dict[str, Any] = {
+        "limits": {"rate_limits_enabled": False},
+        "delivery": {"retention_rows": 10, "retention_hard_rows": hard_rows},
+    }
+    gw = await start_gateway(**settings)
+    gw.token("afad", "AFAD")  # durable, never connected: its log starts now
+    with trio.fail_after(30):
+        async with gw.client("CATS") as cats:
+            await publish_all(cats, [conversion(f"r{i}") for i in range(1, 51)])
+        gw = await restart(start_gateway, gw, **settings)
+        while gw.gateway.delivery.prunes < 1:  # noqa: ASYNC110 - the start-up prune
+            await trio.sleep(0.01)
+        async with gw.client("AFAD", extensions=ACKS_RESUME) as afad:
+            grant = afad.auth_reply["extensions"]["resume"]
+            got = [m["message_id"] for m in await until_pong(afad)]
+    assert got == [f"r{i}" for i in replayed]
+    assert grant["since"] == replayed[0] - 1
+    assert grant.get("gap") == gap
+    metrics = (await http_get_metrics(gw.port))
+    assert f"catsock_events_lost_to_retention_total {float(lost)}" in metrics
+    db = storage.open_db(gw.database)
+    losses = [
+        (r["identity"], r["first_seq"], r["last_seq"], r["detail"])
+        for r in db.query("SELECT * FROM ledger WHERE kind = 'dropped'")
+    ]
+    assert losses == ([] if gap is None else [("afad", 1, 30, "retention")])
+
+
+async def http_get_metrics(port: int) -> str:
+    from .test_http import http
+
+    return (await http(port, "GET", "/metrics")).body.decode()
+
+
+async def test_a_written_row_is_dated_from_its_first_write_never_after_an_ack(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    """Issue 11, ledger truth: a "written" range was dated when it was flushed to
+    the ledger, which for a recipient kept busy can be long after it acked events
+    of the range ("written at" after "acked at"). The AFAD here reads two large
+    events, acks them, and lets the rest of a burst wait in TCP buffers for 2 s,
+    so the gateway's queue does not drain until then."""
+    t0 = 1_800_000_000.0
+    gw = await start_gateway(
+        wall_clock=lambda: t0 + trio.current_time(),
+        limits={"rate_limits_enabled": False, "max_message_size": 256 * 1024},
+    )
+    big = {**CONVERSION, "adware_name": "x" * 100_000}
+    with trio.fail_after(120):
+        async with gw.client("AFAD", extensions=ACKS) as afad:
+            async with gw.client("CATS") as cats:
+                for i in range(100):  # 10 MB: more than loopback buffers hold
+                    await cats.send(envelope("conversion", big, "CATS", f"big-{i}"))
+                assert [(await afad.recv())["seq"] for _ in range(2)] == [1, 2]
+                await trio.sleep(0.5)
+                await afad.send({"type": "ack", "seq": 2})
+                await trio.sleep(2.0)
+                for _ in range(98):
+                    await afad.recv()
+            await gw.gateway.delivery.flush()
+    db = storage.open_db(gw.database)
+    rows = {
+        r["kind"]: r["at"] - t0
+        for r in db.query(
+            "SELECT kind, at FROM ledger WHERE identity = 'afad' AND first_seq <= 2"
+            " AND last_seq >= 2"
+        )
+    }
+    assert rows["acked"] >= 0.5
+    assert rows["written"] <= rows["acked"], rows

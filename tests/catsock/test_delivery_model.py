@@ -532,7 +532,7 @@ async def test_commits_are_at_least_the_commit_interval_apart(
                 assert (await cats.recv())["type"] == "accepted"
             # The first commit may come at once; each later one waits out the interval.
             assert trio.current_time() - started >= 3.0
-            batches = delivery.batches
+            batches = delivery.statistics().batches
             for i in range(20):
                 await cats.send(envelope("conversion", {**CONVERSION, "pay_id": i}, "CATS",
                                          f"burst-{i}"))
@@ -540,4 +540,4 @@ async def test_commits_are_at_least_the_commit_interval_apart(
     assert {a["type"] for a in answers} == {"accepted"}
     # The burst is read while the writer waits: one commit, or two if the reader
     # was still between frames when the interval ended.
-    assert delivery.batches - batches <= 2
+    assert delivery.statistics().batches - batches <= 2

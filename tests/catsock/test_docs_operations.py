@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from catsock.cli import main
 from catsock.config import Config, load_config
-from catsock.logsink import SHUTDOWN_FLUSH_SECONDS
+from catsock.groupcommit import SHUTDOWN_FLUSH_SECONDS
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")

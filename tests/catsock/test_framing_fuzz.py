@@ -272,7 +272,9 @@ class ServerModel:
                 except UnicodeDecodeError:
                     return self._end("invalid UTF-8 in a text message")
                 self.frame_text = bytearray()
-        self.message_size += len(data)
+        # The transport's limit counts payload bytes as they arrive, whether or not
+        # a text frame is whole yet (a header announcing more closes 1009 at once).
+        self.message_size += len(piece)
         self.message_parts.append(data)
         if frame_done:
             self.header = None
@@ -965,6 +967,9 @@ async def _run_case(
 @example(
     case=Case("garbage", b"\x00" + b"a" * 8300 + b"\r\n\r\n", "no-handshake", "ended"), cuts=[]
 ).via("garbage past the 8 KiB request-line limit: 414")
+@example(case=Case("ws", b"\x81\xff", "nothing+truncated", None), cuts=[]).via(
+    "a 64-bit length over the limit, completed by the model: 1009 before the payload"
+)
 @example(
     case=Case("ws", b'\x81\xfd\x81\x8f\x00\x00\x00\x00{"type":"ping"}', "truncated", None),
     cuts=[],

@@ -248,7 +248,8 @@ async def test_write_error_on_a_closed_database_is_counted(db_path: Path) -> Non
     db.close()
     with trio.fail_after(FAIL_AFTER):
         await sink.flush()
-    assert (sink.errors, sink.dropped, sink.statistics().pending) == (1, 1, 0)
+    stats = sink.statistics()
+    assert (stats.errors, stats.dropped, stats.pending) == (1, 1, 0)
 
 
 async def test_retention_prunes_at_start_and_every_interval(
@@ -280,7 +281,7 @@ async def test_retention_prunes_at_start_and_every_interval(
             await sink.flush()  # queued behind that prune
             assert _count(db_path, "messages") == 2
             nursery.cancel_scope.cancel()
-    assert sink.errors == 0
+    assert sink.statistics().errors == 0
 
 
 def test_invalid_settings_are_rejected(db: sqlite_utils.Database) -> None:

@@ -153,4 +153,4 @@ async def test_prunes_keep_their_schedule_when_one_is_slow(
             # At 60, an interval after the first prune was due, not after it ended.
             assert _ids(db_path) == ["young"]
             nursery.cancel_scope.cancel()
-    assert sink.errors == 0
+    assert sink.statistics().errors == 0

@@ -155,6 +155,27 @@ async def test_php_publisher_64bit_length_frame(start_gateway: GatewayFactory) -
             assert await afad.recv_text() == sent
 
 
+async def test_php_queue_flush_of_1000_conversions_all_reach_afad(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Issue 11: the seed's dispatcher flushes its fallback queue (§5.3
+    processQueue) with 1,000 sends at once on one connection and reads nothing
+    back. Seed §5.13 allows that; with the default rate limits (burst 100 then)
+    900 were refused with errors the PHP client never reads, and lost."""
+    gw = await start_gateway()  # the default rate limits
+    token = gw.token("cats-php", "CATS")
+    with trio.fail_after(60):
+        async with gw.client("AFAD") as afad:
+            done = await run_php(
+                "flush", gw.url, token, "conversion", json.dumps(CONVERSION), "1000"
+            )
+            assert done.returncode == 0, done.stderr
+            assert lines(done.stdout)[-1] == "sent 1000"
+            got = [(await afad.recv())["payload"]["pay_id"] for _ in range(1000)]
+    assert got == [str(i) for i in range(1000)]
+    assert gw.gateway.stats.errors.get("RATE_LIMIT_EXCEEDED", 0) == 0
+
+
 # -- (b) AFAD publisher (Python) -> the §5.4 receiver (PHP) ----------------------------------
 
 

@@ -107,9 +107,10 @@ def test_invalid_buckets(rate: float, capacity: float) -> None:
 
 
 def test_rate_limit_defaults_follow_seed_5_13() -> None:
-    assert p.DEFAULT_RATE_LIMITS["CATS"] == p.RateLimit(1000, 100)
-    assert p.DEFAULT_RATE_LIMITS["AFAD"] == p.RateLimit(1000, 100)
-    assert p.DEFAULT_RATE_LIMITS["DASHBOARD"] == p.RateLimit(100, 20)
-    assert p.RateLimit(100, 20) == p.FALLBACK_RATE_LIMIT  # the seed's `?? 100`
+    # The whole minute's allowance at once, as the seed's 60-second window allows.
+    assert p.DEFAULT_RATE_LIMITS["CATS"] == p.RateLimit(1000, 1000)
+    assert p.DEFAULT_RATE_LIMITS["AFAD"] == p.RateLimit(1000, 1000)
+    assert p.DEFAULT_RATE_LIMITS["DASHBOARD"] == p.RateLimit(100, 100)
+    assert p.RateLimit(100, 100) == p.FALLBACK_RATE_LIMIT  # the seed's `?? 100`
     bucket = p.RateLimit(60, 5).bucket(10.0)
     assert (bucket.rate, bucket.capacity, bucket.peek(10.0)) == (1.0, 5, 5)

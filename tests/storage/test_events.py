@@ -19,6 +19,7 @@ from storage.events import (
     LOG_START,
     EventRow,
     LedgerRow,
+    Pruned,
     commit,
     events_by_message_id,
     head,
@@ -130,7 +131,7 @@ def test_reading_page_by_page_yields_each_event_once_in_order(
 def test_prune_keeps_the_newest_event_whatever_the_settings(db: sqlite_utils.Database) -> None:
     commit(db, [row(s, at=T0 + s) for s in range(1, 11)], {}, [])
     commit(db, [], {}, [LedgerRow("afad", "written", 1, 3, "c", T0, None)])
-    assert prune_events(db, max_age=None, max_rows=4) == 6 + 1  # events 1-6, the ledger row
+    assert prune_events(db, max_age=None, max_rows=4) == Pruned(6 + 1, 0)  # 1-6, a ledger row
     assert [e["seq"] for e in db.query("SELECT seq FROM events ORDER BY seq")] == [7, 8, 9, 10]
     prune_events(db, max_age=0, max_rows=None, now=T0 + 100)
     assert head(db) == 10
@@ -169,7 +170,8 @@ def test_a_taken_seq_is_reported_with_the_head_and_stores_nothing(
 
 def test_age_pruning_bisects_seq_and_the_log_has_one_index(db: sqlite_utils.Database) -> None:
     commit(db, [row(s, at=T0 + s) for s in range(1, 101)], {}, [])
-    assert prune_events(db, max_age=10.5, max_rows=None, now=T0 + 60) == 49  # 1..49 < T0+49.5
+    pruned = prune_events(db, max_age=10.5, max_rows=None, now=T0 + 60)
+    assert pruned == Pruned(49, 0)  # 1..49 < T0+49.5
     assert [e["seq"] for e in db.query("SELECT MIN(seq) AS seq FROM events")] == [50]
     # One secondary index: (message_id, sender), for duplicates and ledger lookups.
     indexes = [r["name"] for r in db.query("PRAGMA index_list(events)")]
@@ -207,3 +209,59 @@ def test_prune_holds_the_write_lock_while_another_connection_writes(
     assert [e["seq"] for e in db.query("SELECT seq FROM events ORDER BY seq")] == list(
         range(6, 11)
     )
+
+
+# -- retention keeps what a durable recipient needs; the hard bound records losses -------
+
+
+def _events(db: sqlite_utils.Database, n: int) -> None:
+    commit(db, [row(s, at=T0 + s) for s in range(1, n + 1)], {}, [])
+
+
+def _seqs(db: sqlite_utils.Database) -> list[int]:
+    return [e["seq"] for e in db.query("SELECT seq FROM events ORDER BY seq")]
+
+
+def test_soft_retention_keeps_what_a_durable_recipient_has_not_had(
+    db: sqlite_utils.Database,
+) -> None:
+    _events(db, 10)
+    commit(db, [row(11, channels=("type:CATS",), at=T0 + 11)], {}, [])
+    wants = {"afad": {"type:AFAD": 0}}
+    assert prune_events(db, max_age=0, max_rows=2, wants=wants, now=T0 + 99) == Pruned(0, 0)
+    assert _seqs(db) == list(range(1, 12))
+    # It has had events 1-3: those may go now, the rest stays.
+    wants = {"afad": {"type:AFAD": 3}, "cats": {"type:CATS": 0}}
+    assert prune_events(db, max_age=0, max_rows=2, wants=wants, now=T0 + 99) == Pruned(3, 0)
+    assert _seqs(db) == list(range(4, 12))
+    # A recipient of other channels holds back nothing it does not listen to.
+    wants = {"afad": {"type:AFAD": 10}, "cats": {"type:CATS": 0}}
+    prune_events(db, max_age=None, max_rows=2, wants=wants, now=T0 + 99)
+    assert _seqs(db) == [10, 11]
+
+
+def test_the_hard_bound_prunes_past_a_cursor_and_records_the_loss(
+    db: sqlite_utils.Database,
+) -> None:
+    _events(db, 10)
+    wants = {"afad": {"type:AFAD": 2}, "afad-2": {"type:AFAD": 7}, "x": {"type:X": 0}}
+    pruned = prune_events(db, max_age=None, max_rows=None, hard_rows=4, wants=wants, now=T0 + 50)
+    assert pruned == Pruned(6, 4)  # events 1-6 went; 3-6 had not reached afad
+    assert _seqs(db) == [7, 8, 9, 10]
+    (loss,) = [r for r in ledger_rows(db, 5) if r["kind"] == "dropped"]
+    assert (loss["identity"], loss["first_seq"], loss["last_seq"], loss["detail"]) == (
+        "afad", 3, 6, "retention",
+    )
+    assert loss["at"] == T0 + 50
+    # The record of a loss outlives its events; a second prune records only what
+    # it takes itself, from where the log starts now.
+    _events_after = [row(s, at=T0 + s) for s in range(11, 14)]
+    commit(db, _events_after, {}, [])
+    pruned = prune_events(db, max_age=None, max_rows=None, hard_rows=4, wants=wants, now=T0 + 60)
+    assert pruned == Pruned(3, 3)
+    losses = [
+        (r["identity"], r["first_seq"], r["last_seq"])
+        for r in db.query("SELECT * FROM ledger WHERE kind = 'dropped' ORDER BY id")
+    ]
+    assert losses == [("afad", 3, 6), ("afad", 7, 9), ("afad-2", 8, 9)]
+    assert storage.first_seq(db) == 10

@@ -490,3 +490,40 @@ def test_redaction_matches_keys_in_any_case_at_any_depth(spelling: str, depth: i
     assert stored is not None
     assert secret not in stored
     assert '"keep":1' in stored.replace(" ", "")
+
+
+# --- the refused-event store (storage/refused.py) ------------------------------------------
+
+
+def _refused(n: int, at: float, body: str | None = '{"n":1,"ipaddress":"203.0.113.9"}') -> Any:
+    from storage.refused import EventRefused
+
+    return EventRefused(
+        at=at, identity="cats", client_type="CATS", user_id=None, connection_id="c1",
+        transport="websocket", reason="RATE_LIMIT_EXCEEDED", detail="rate limit exceeded",
+        type="click", message_id=f"m-{n}", size=len(body or ""), body=body,
+    )
+
+
+def test_refused_rows_follow_the_logs_policy_redaction_and_retention(
+    db: sqlite_utils.Database,
+) -> None:
+    from storage.refused import RefusedRetried, list_refused
+
+    fields = frozenset({"IPAddress"})
+    write_batch(db, [_refused(0, NOW - 5000), _refused(1, NOW - 10)], policy=LogPolicy.FULL,
+                redact_fields=fields)
+    write_batch(db, [_refused(2, NOW)], policy=LogPolicy.METADATA, redact_fields=fields)
+    write_batch(db, [RefusedRetried(2, NOW + 1, "accepted", 7)], policy=LogPolicy.OFF,
+                redact_fields=fields)
+    rows = list_refused(db)
+    assert [r["message_id"] for r in rows] == ["m-2", "m-1", "m-0"]
+    assert rows[1]["body"] == '{"n":1,"ipaddress":"[redacted]"}'
+    assert rows[0]["body"] is None  # metadata: the row, not its body
+    assert (rows[1]["retried_at"], rows[1]["retry_result"], rows[1]["retry_seq"]) == (
+        iso(NOW + 1), "accepted", 7,
+    )
+    assert [r["message_id"] for r in list_refused(db, since=iso(NOW - 60))] == ["m-2", "m-1"]
+    assert prune(db, max_age=3600, max_rows=None, now=NOW) == 1
+    assert prune(db, max_age=None, max_rows=1, now=NOW) == 1
+    assert [r["message_id"] for r in list_refused(db)] == ["m-2"]

@@ -457,6 +457,7 @@ function interop_report(array $fields): void
 function interop_main(array $argv): int
 {
     $usage = "usage: php seed_client.php publish URL TOKEN TYPE PAYLOAD_JSON\n"
+        . "       php seed_client.php flush URL TOKEN TYPE PAYLOAD_JSON N\n"
         . "       php seed_client.php listen URL TOKEN CLIENT_TYPE N\n"
         . "       php seed_client.php ping URL TOKEN CLIENT_TYPE [raw|envelope]\n";
     $command = $argv[1] ?? '';
@@ -469,6 +470,21 @@ function interop_main(array $argv): int
             interop_print(json_encode($client->authReply()));
             $client->send($argv[4], $payload);
             interop_print($client->lastSent());
+        } elseif ($command === 'flush' && count($argv) === 7) {
+            // §5.3 processQueue: every queued event sent at once on one connection,
+            // each marked SENT when written; nothing is ever read back.
+            $payload = json_decode($argv[5], true, 512, JSON_THROW_ON_ERROR);
+            $client = new InteropSocketClient(['url' => $argv[2], 'token' => $argv[3]]);
+            $client->connect();
+            interop_print(json_encode($client->authReply()));
+            $sent = 0;
+            for ($i = 0; $i < (int) $argv[6]; $i++) {
+                $payload['pay_id'] = (string) $i;
+                if ($client->send($argv[4], $payload)) {
+                    $sent++;
+                }
+            }
+            interop_print("sent {$sent}");
         } elseif ($command === 'listen' && count($argv) === 6) {
             $wanted = (int) $argv[5];
             $client = new InteropSocketClient([

@@ -1,4 +1,5 @@
-"""The command line: ``python -m catsock serve | config | token | logs | ledger | conformance``.
+"""The command line: ``python -m catsock serve | config | token | logs | ledger | forget |
+conformance``.
 
 Every command takes ``--config FILE`` (or ``$CATSOCK_CONFIG``); settings then
 come from ``CATSOCK_*`` variables and the command's own flags, in that order.
@@ -7,7 +8,9 @@ Bad input ends with a one-line message and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import signal
 import sqlite3
 import sys
@@ -98,8 +101,15 @@ def serve(
             tls__key=tls_key,
         ),
     )
+    given = []  # what a CLI command needs to reach the same database, as given
+    config_file = config_path or os.environ.get("CATSOCK_CONFIG")
+    if config_file:
+        given += ["--config", config_file]
+    db_given = database or os.environ.get("CATSOCK_DATABASE")
+    if db_given:
+        given += ["--db", db_given]
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, given)
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during shutdown
         sys.exit(130)
     except Exception as exc:
@@ -124,7 +134,12 @@ def _startup_failure(exc: BaseException, config: Config) -> str | None:
     return None
 
 
-async def _serve(config: Config) -> None:
+def program() -> str:
+    """How the user runs catsock: the single-file binary, or the module."""
+    return "catsock" if getattr(sys, "frozen", False) else "python -m catsock"
+
+
+async def _serve(config: Config, given: list[str]) -> None:
     from .server import Gateway
 
     gateway = Gateway(config)
@@ -134,10 +149,17 @@ async def _serve(config: Config) -> None:
             scheme = "wss" if config.tls.cert else "ws"
             shown = f"[{host}]" if ":" in host else host
             click.echo(f"catsock: listening on {scheme}://{shown}:{port}/ws", err=True)
+            base = f"{'https' if config.tls.cert else 'http'}://{shown}:{port}"
+            click.echo(
+                f"catsock: dashboard {base}/ , HTTP API {base}/api/publish and "
+                f"{base}/api/events, health {base}/health",
+                err=True,
+            )
             if not gateway.auth.has_tokens():
+                where = "".join(f" {shlex.quote(word)}" for word in given)
                 click.echo(
                     "catsock: no tokens yet; create one (printed once) with:\n"
-                    "  python -m catsock token create --client-type CATS --name cats-1",
+                    f"  {program()} token create{where} --client-type CATS --name cats-1",
                     err=True,
                 )
             async for _ in signals:
@@ -376,16 +398,19 @@ def logs(
             direction=direction,
             message_id=message_id,
             policy=storage.LogPolicy(config.log.policy),
-            redact_fields=frozenset(config.log.redact),
+            redact_fields=config.redact_fields(),
         )
         columns = ["created_at", "direction", "type", "message_id", "connection_id", "size"]
     if as_json:
         for row in rows:
             click.echo(orjson.dumps(row).decode())
         return
-    click.echo("  ".join(c.upper() for c in columns))
-    for row in rows:
-        click.echo("  ".join("-" if row.get(c) is None else str(row[c]) for c in columns))
+    table = [[c.upper() for c in columns]]
+    table += [["-" if row.get(c) is None else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
 
 
 @main.command()
@@ -430,6 +455,57 @@ def ledger(
                 click.echo(f"    {fact}")
 
 
+@main.command()
+@_config_option
+@_database_option
+@click.option(
+    "--field",
+    "field_specs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Forget the visitor whose NAME (a payload key, any case) is VALUE. Repeatable.",
+)
+@click.option("--user-id", help="Forget a user: events routed to it or naming it.")
+def forget(
+    config_path: str | None,
+    database: str | None,
+    field_specs: tuple[str, ...],
+    user_id: str | None,
+) -> None:
+    """Erase one person's data: redact the matching events and log rows (docs/privacy.md).
+
+    Prints how many events, message-log and refused-event rows and connections were redacted.
+    """
+    fields = []
+    for spec in field_specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip() or not value:
+            raise click.ClickException(f"--field {spec!r}: expected NAME=VALUE")
+        fields.append((name.strip(), value))
+    if user_id is not None and not user_id.strip():
+        raise click.ClickException("--user-id must not be empty")
+    if not fields and user_id is None:
+        raise click.ClickException("say whom to forget: --field NAME=VALUE or --user-id N")
+    config = _load(config_path, _flags(database=database))
+    db = _open(config_path, database)
+    try:
+        done = storage.forget(db, config.redact_fields(), fields=fields, user_id=user_id)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"database {config.database!r}: {exc}") from None
+    finally:
+        db.close()
+    click.echo(
+        f"forgot: {done.events} events, {done.messages} message-log and refused-event rows,"
+        f" {done.connections} connection addresses redacted"
+    )
+    if not done.checkpointed:
+        click.echo(
+            "catsock: a reader held the write-ahead log, so old copies may remain in"
+            f" {config.database}-wal until the next checkpoint; run forget again later",
+            err=True,
+        )
+
+
 class _UsageProblem(click.ClickException):
     """One ``Error:`` line and exit status 2 (bad arguments, unreachable gateway)."""
 
@@ -437,7 +513,13 @@ class _UsageProblem(click.ClickException):
 
 
 @main.command()
-@click.argument("url")
+@click.argument("url", required=False)
+@click.option(
+    "--url",
+    "url_option",
+    envvar="CATSOCK_URL",
+    help="The gateway's WebSocket URL, instead of the URL argument (default: $CATSOCK_URL).",
+)
 @click.option(
     "--token",
     "token_specs",
@@ -509,7 +591,8 @@ class _UsageProblem(click.ClickException):
     help="wss://: trust the CA certificates in this PEM file.",
 )
 def conformance(
-    url: str,
+    url: str | None,
+    url_option: str | None,
     token_specs: tuple[str, ...],
     profile_specs: tuple[str, ...],
     timeout: float | None,
@@ -540,6 +623,11 @@ def conformance(
 
     from . import conformance as conf
     from .conformance import report
+
+    if url is None:
+        if url_option is None:
+            raise _UsageProblem("give the gateway's URL: an argument, --url or $CATSOCK_URL")
+        url = url_option
 
     tokens: dict[str, str] = {}
     for spec in token_specs:
@@ -660,4 +748,5 @@ def conformance(
 
 
 from . import cli_client as _cli_client  # noqa: E402,F401  (registers publish and tail)
+from . import cli_ops as _cli_ops  # noqa: E402,F401  (registers deploy and db)
 from . import cli_refused as _cli_refused  # noqa: E402,F401  (registers refused)

@@ -4,7 +4,9 @@
 ``accepted`` and prints ``accepted seq=N message_id=...`` (plus ``duplicate``);
 a refusal is one ``Error:`` line and exit 1. ``tail`` prints every event it
 receives as one JSON line, ``seq`` first, until Ctrl-C or SIGTERM. Both read the
-token from ``--token`` or ``$CATSOCK_TOKEN``; status goes to stderr, data to stdout.
+token from ``--token`` or ``$CATSOCK_TOKEN`` and the URL from ``--url`` or
+``$CATSOCK_URL``; status goes to stderr (each failed connection attempt as a
+line), data to stdout.
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ def _connection_options(default_type: str) -> Callable[[F], F]:
             help="The client token (default: $CATSOCK_TOKEN).",
         )(func)
         func = click.option(
-            "--url", default=DEFAULT_URL, show_default=True, help="The gateway's WebSocket URL."
+            "--url",
+            envvar="CATSOCK_URL",
+            default=DEFAULT_URL,
+            show_default=True,
+            help="The gateway's WebSocket URL (default: $CATSOCK_URL, else this).",
         )(func)
         return func
 
@@ -81,7 +87,10 @@ def _run(func: Callable[[], Any]) -> Any:
     except ValueError as exc:  # a bad URL
         raise click.UsageError(str(exc)) from None
     except AuthError as exc:
-        raise click.ClickException(f"authentication failed: {exc}") from None
+        hint = ""
+        if "for client type" in str(exc):  # the gateway names the token's own type
+            hint = " (pass --client-type with the token's type)"
+        raise click.ClickException(f"authentication failed: {exc}{hint}") from None
     except ConnectError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -126,7 +135,9 @@ def publish(
     Prints "accepted seq=N message_id=ID" (with "duplicate" if the gateway had
     this message_id already) and exits 0; a refused event exits 1.
     """
-    _log_to_stderr(logging.ERROR)  # a failure ends in one line that says it all
+    # Failed connection attempts are worth a line each, as for tail: a gateway that is
+    # down shows as such while publish keeps trying, not only when it gives up.
+    _log_to_stderr(logging.WARNING)
     options = {"outbox_path": outbox, "receive": False}
     result = _run(
         partial(_publish, url, token, client_type, type_, payload, message_id, timeout, options)

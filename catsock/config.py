@@ -23,6 +23,7 @@ import attrs
 import cattrs
 
 from protocol import DEFAULT_RATE_LIMITS, RateLimit, Route
+from protocol.privacy import DEFAULT_PERSONAL_FIELDS, ProjectionRule, Projections, parse_rule_key
 from protocol.registry import valid_type_name
 
 __all__ = ["Config", "ConfigError", "load_config", "to_toml"]
@@ -270,6 +271,35 @@ class RouteConfig:
 
 
 @attrs.frozen
+class ProjectionConfig:
+    """What one recipient class is sent (docs/privacy.md); the table's key is
+    ``RECIPIENTS`` or ``RECIPIENTS/EVENT_TYPE``, RECIPIENTS being ``TYPE``
+    (unbound tokens), ``TYPE@user`` (user-bound tokens), ``*`` or ``*@user``."""
+
+    #: Top-level payload keys delivered; empty: every key not removed otherwise.
+    allow: list[str] = attrs.Factory(list)
+    #: Keys removed at any depth, in any case.
+    deny: list[str] = attrs.Factory(list)
+    #: Also remove ``privacy.personal_fields``.
+    strip_personal: bool = True
+
+
+def _default_projections() -> dict[str, ProjectionConfig]:
+    return {"*@user": ProjectionConfig()}
+
+
+@attrs.frozen
+class PrivacyConfig:
+    """Who sees visitors' personal data, and for how long it is kept (docs/privacy.md)."""
+
+    #: Payload keys that carry a visitor's personal data (any depth, any case).
+    personal_fields: list[str] = attrs.Factory(lambda: list(DEFAULT_PERSONAL_FIELDS))
+    #: Hours the event log keeps personal fields before redacting them.
+    personal_retention_hours: float = 24.0
+    projections: dict[str, ProjectionConfig] = attrs.Factory(_default_projections)
+
+
+@attrs.frozen
 class Config:
     host: str = "127.0.0.1"
     port: int = 8765
@@ -289,6 +319,20 @@ class Config:
     guard: GuardConfig = attrs.Factory(GuardConfig)
     jwt: JwtConfig = attrs.Factory(JwtConfig)
     routes: dict[str, RouteConfig] = attrs.Factory(dict)
+    privacy: PrivacyConfig = attrs.Factory(PrivacyConfig)
+
+    def projections(self) -> Projections:
+        return Projections(
+            {
+                key: ProjectionRule(tuple(p.allow), tuple(p.deny), p.strip_personal)
+                for key, p in self.privacy.projections.items()
+            },
+            self.privacy.personal_fields,
+        )
+
+    def redact_fields(self) -> frozenset[str]:
+        """Keys redacted in the message log: ``log.redact`` and the personal fields."""
+        return frozenset(self.log.redact) | frozenset(self.privacy.personal_fields)
 
     def rate_limits(self) -> dict[str, RateLimit] | None:
         if not self.limits.rate_limits_enabled:
@@ -396,6 +440,7 @@ def _validate(config: Config) -> Config:
         problems.append("limits.max_fragments must be at least 1")
     problems += _guard_problems(config.guard)
     problems += _jwt_problems(config.jwt)
+    problems += _privacy_problems(config.privacy)
     if problems:
         raise ConfigError("; ".join(problems))
     return config
@@ -462,6 +507,22 @@ def _jwt_problems(jwt: JwtConfig) -> list[str]:
         problems.append("jwt.client_type_claim and jwt.user_id_claim must differ")
     if not jwt.enabled and (jwt.algorithms or jwt.issuer or jwt.audience):
         problems.append("jwt: set jwt.secret, jwt.public_key or jwt.jwks to verify tokens")
+    return problems
+
+
+def _privacy_problems(privacy: PrivacyConfig) -> list[str]:
+    problems = []
+    if not 0 < privacy.personal_retention_hours < float("inf"):
+        problems.append("privacy.personal_retention_hours must be a positive number of hours")
+    if any(not field.strip() for field in privacy.personal_fields):
+        problems.append("privacy.personal_fields: a field name must not be empty")
+    for key, projection in privacy.projections.items():
+        try:
+            parse_rule_key(key)
+        except ValueError as exc:
+            problems.append(f"privacy.projections: {exc}")
+        if any(not field.strip() for field in (*projection.allow, *projection.deny)):
+            problems.append(f"privacy.projections.{key}: a field name must not be empty")
     return problems
 
 

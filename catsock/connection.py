@@ -48,6 +48,7 @@ from protocol import (
     iso_timestamp,
 )
 from protocol import messages as m
+from protocol.privacy import Projector
 from storage import ConnectionClosed as ClosedRow
 from storage import ConnectionHeartbeat, ConnectionOpened, MessageLogged
 
@@ -107,6 +108,9 @@ class Connection(Session):
         self._durable = False
         self._acks = False
         self._with_seq = False
+        # What this recipient's class is sent of each event (None: everything as
+        # published, the original bytes; docs/privacy.md).
+        self._projector: Projector | None = None
         self._start: dict[str, int] | None = None
         self._positions: dict[str, int] | None = None  # not None: catching up
         self._catching_up = False  # the catch-up task is running
@@ -207,7 +211,7 @@ class Connection(Session):
 
     def split(self, item: Entry | Run, room: int) -> tuple[Entry | Run, Run | None]:
         if isinstance(item, Run):
-            return item.split(room, self._with_seq)
+            return item.split(room, self._with_seq, self._projector)
         return item, None
 
     def render(self, batch: list[bytes | Entry | Run]) -> tuple[list[bytes | memoryview], object]:
@@ -376,6 +380,9 @@ class Connection(Session):
         self._durable = delivery.is_durable(principal)
         self._acks = "acks" in extensions
         self._with_seq = self._acks or "resume" in extensions
+        self._projector = self.ctx.projections.for_recipient(
+            principal.client_type, principal.user_id is not None
+        )
         if self._durable and not self._acks and self.ctx.legacy_confirm > 0:
             self._taken_in = TakenIn(self.ctx.legacy_confirm)
         resume = extensions.get("resume")
@@ -584,7 +591,7 @@ class Connection(Session):
             if isinstance(item, bytes):
                 frames.append(item)
             elif isinstance(item, Run) and (item.expires_at is None or now <= item.expires_at):
-                frames.append(item.frames(self._with_seq))
+                frames.append(item.frames(self._with_seq, self._projector))
                 for type_, n in item.types.items():
                     stats.count_out(type_, n)
                 first = first or item.first
@@ -597,7 +604,7 @@ class Connection(Session):
                         self.delivery.expire(entry, self._identity, self.id)
                         continue
                     first = first or entry.seq
-                    frames.append(entry.frame(self._with_seq))
+                    frames.append(entry.view(self._projector, self._with_seq))
                     stats.count_out(entry.type)
         return frames, first, last
 

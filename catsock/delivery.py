@@ -90,8 +90,12 @@ class Delivery:
         read_path: str,
         *,
         wall_clock: Callable[[], float] = time.time,
+        personal_fields: Iterable[str] = (),
+        personal_max_age: float | None = None,
     ) -> None:
         self.config = config
+        self._personal_fields = tuple(personal_fields)
+        self._personal_max_age = personal_max_age
         self.enabled = config.log
         self.hub = hub
         self.pacer = Pacer(config.live_interval)
@@ -546,6 +550,9 @@ class Delivery:
             wants=durable_wants(db, config.durable_types),
             now=now,
         )
+        if self._personal_max_age is not None:
+            # Personal fields have a shorter life than the events (docs/privacy.md).
+            storage.strip_personal(db, self._personal_fields, before=now - self._personal_max_age)
         if pruned.lost:
             self.lost_to_retention += pruned.lost
             logger.warning(

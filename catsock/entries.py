@@ -6,6 +6,11 @@ with the log's ``seq`` as first key). A ``Run`` is a slice of one commit's entri
 that go to the same channels: the hub offers it to each recipient as one item,
 and its frames are joined once, so fanning a commit out costs each recipient a
 few operations however many events the commit holds (docs/architecture.md).
+
+A recipient whose class sees fields stripped (protocol/privacy.py, docs/privacy.md)
+asks with its ``Projector``: the projected frame is built once per (event,
+projection) and the joined frames once per (run, projector). Without one (None),
+the original frames serve, as before.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Protocol
 
 import attrs
 import trio
+
+from protocol.privacy import Projection, Projector, project
 
 from .transport.frames import text_frame
 
@@ -75,6 +82,7 @@ class Entry:
     committed: trio.Event | None = None
     _frame: bytes | None = None
     _seq_frame: bytes | None = None
+    _views: dict[tuple[Projection, bool], bytes] | None = None
 
     def frame(self, with_seq: bool) -> bytes:
         """The WebSocket frame, built once per entry whoever receives it."""
@@ -85,6 +93,25 @@ class Entry:
         if self._frame is None:
             self._frame = text_frame(self.body)
         return self._frame
+
+    def view(self, projector: Projector | None, with_seq: bool) -> bytes:
+        """The frame as ``projector``'s class is sent it (None: as published), built
+        once per projection whoever receives it. Nothing to strip: the original."""
+        projection = None if projector is None else projector.projection(self.type)
+        if projection is None:
+            return self.frame(with_seq)
+        key = (projection, with_seq)
+        if self._views is None:
+            self._views = {}
+        elif key in self._views:
+            return self._views[key]
+        body = project(self.body, projection)
+        if body is self.body:
+            frame = self.frame(with_seq)
+        else:
+            frame = text_frame(with_seq_first(self.seq, body) if with_seq else body)
+        self._views[key] = frame
+        return frame
 
     @property
     def effective_seq(self) -> int:
@@ -113,9 +140,11 @@ class Run:
     levels: tuple[int, ...]
     _frames: bytes | memoryview | None = None
     _seq_frames: bytes | memoryview | None = None
-    #: ``split`` results by (room, with_seq): every recipient of a run cuts it at the
-    #: same places, so a thousand dashboards share one cut (and then its tail's).
-    _splits: dict[tuple[int, bool], tuple[Run, Run | None]] | None = None
+    #: Joined projected frames by (projector, with_seq).
+    _views: dict[tuple[Projector, bool], bytes | memoryview] | None = None
+    #: ``split`` results by (room, with_seq, projector): every recipient of a run cuts
+    #: it at the same places, so a thousand dashboards share one cut (and its tail's).
+    _splits: dict[tuple[int, bool, Projector | None], tuple[Run, Run | None]] | None = None
 
     @classmethod
     def of(cls, entries: list[Entry]) -> Run:
@@ -149,8 +178,11 @@ class Run:
     def last(self) -> int:
         return self.entries[-1].seq
 
-    def frames(self, with_seq: bool) -> bytes | memoryview:
-        """Every entry's frame, joined once whoever receives them."""
+    def frames(self, with_seq: bool, projector: Projector | None = None) -> bytes | memoryview:
+        """Every entry's frame, joined once whoever receives them (once per projector
+        for projected recipients)."""
+        if projector is not None:
+            return self._view_frames(projector, with_seq)
         if with_seq:
             if self._seq_frames is None:
                 self._seq_frames = b"".join(e.frame(True) for e in self.entries)
@@ -159,7 +191,19 @@ class Run:
             self._frames = b"".join(e.frame(False) for e in self.entries)
         return self._frames
 
-    def split(self, room: int, with_seq: bool) -> tuple[Run, Run | None]:
+    def _view_frames(self, projector: Projector, with_seq: bool) -> bytes | memoryview:
+        key = (projector, with_seq)
+        if self._views is None:
+            self._views = {}
+        elif key in self._views:
+            return self._views[key]
+        joined = b"".join(e.view(projector, with_seq) for e in self.entries)
+        self._views[key] = joined
+        return joined
+
+    def split(
+        self, room: int, with_seq: bool, projector: Projector | None = None
+    ) -> tuple[Run, Run | None]:
         """The first entries whose frames fit in ``room`` bytes (at least one), and the
         rest; both share this run's joined frames (no copy).
 
@@ -171,22 +215,24 @@ class Run:
 
         The result is kept: the same cut for the next recipient costs nothing (the
         soak's thousand dashboards spent two thirds of the core re-cutting)."""
-        key = (room, with_seq)
+        key = (room, with_seq, projector)
         if self._splits is None:
             self._splits = {}
         elif key in self._splits:
             return self._splits[key]
-        result = self._split(room, with_seq)
+        result = self._split(room, with_seq, projector)
         if len(self._splits) < MAX_SPLITS:  # rooms differ only when a reply came first
             self._splits[key] = result
         return result
 
-    def _split(self, room: int, with_seq: bool) -> tuple[Run, Run | None]:
+    def _split(
+        self, room: int, with_seq: bool, projector: Projector | None
+    ) -> tuple[Run, Run | None]:
         entries = self.entries
         cut = 0
         k = 0
         for entry in entries:
-            size = len(entry.frame(with_seq))
+            size = len(entry.view(projector, with_seq))
             if k and cut + size > room:
                 break
             cut += size
@@ -208,8 +254,11 @@ class Run:
             self.priority,
             tuple(a - b for a, b in zip(self.levels, head.levels, strict=True)),
         )
-        data = memoryview(self.frames(with_seq))
-        if with_seq:
+        data = memoryview(self.frames(with_seq, projector))
+        if projector is not None:
+            head._views = {(projector, with_seq): data[:cut]}
+            tail._views = {(projector, with_seq): data[cut:]}
+        elif with_seq:
             head._seq_frames, tail._seq_frames = data[:cut], data[cut:]
         else:
             head._frames, tail._frames = data[:cut], data[cut:]

@@ -104,7 +104,7 @@ class HttpApi:
             # Characters are at most 4 UTF-8 bytes; the codec then applies the real limit.
             max_body=limits.max_message_size * 4,
             closing=lambda: self._shutting_down,
-            client_of=gateway.client_behind,
+            client_of=gateway.guard.client_from,
         )
         self.registry = metrics.new_registry(gateway)
         self.routes: dict[str, dict[str, Endpoint]] = {
@@ -129,6 +129,12 @@ class HttpApi:
             scope.cancel()
 
     async def handle(self, request: Request) -> Response:
+        if not self.gateway.client_allowed(request.client):
+            # Only behind a trusted proxy: other peers were checked on accept.
+            self.gateway.stats.refused_ip += 1
+            response = error_response(403, "ADDRESS_NOT_ALLOWED", "your address may not connect")
+            self.stats.count(metrics.OTHER, response.status)
+            return response
         methods = self.routes.get(request.path)
         if methods is None:
             found = static_response(request.path)
@@ -475,7 +481,15 @@ class HttpApi:
         next_seq = min(positions.values(), default=delivery.head)
         if live:
             delivery.note(identity, "written", live[0].seq, live[-1].seq, LONG_POLL)
-        events = b",".join(with_seq_first(e.seq, e.body).encode() for e in live)
+        # The same projection as over a WebSocket (docs/privacy.md).
+        projector = self.gateway.projections.for_recipient(
+            principal.client_type, principal.user_id is not None
+        )
+        events = b",".join(
+            with_seq_first(e.seq, e.body if projector is None else projector.body(e.type, e.body))
+            .encode()
+            for e in live
+        )
         body = b'{"events":[' + events + b'],"next":' + str(next_seq).encode() + b"}\n"
         return Response(200, body)
 

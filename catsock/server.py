@@ -22,7 +22,7 @@ import socket
 import sqlite3
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -40,6 +40,8 @@ from protocol import (
     TokenBucket,
 )
 from protocol import messages as m
+from storage.backup import DatabaseHeld
+from storage.backup import hold as hold_database
 
 from .auth import Authenticator, AuthRefusal
 from .config import SHARED_TOKEN_ENV, Config
@@ -167,7 +169,7 @@ class Gateway:
             self._log_db,
             lock=db_lock,
             policy=storage.LogPolicy(config.log.policy),
-            redact_fields=frozenset(config.log.redact),
+            redact_fields=config.redact_fields(),
             retention_max_age=config.log.retention_days * 86400,
             retention_max_rows=config.log.retention_rows,
             wall_clock=wall_clock,
@@ -180,9 +182,12 @@ class Gateway:
             db_lock,
             config.database,
             wall_clock=wall_clock,
+            personal_fields=config.privacy.personal_fields,
+            personal_max_age=config.privacy.personal_retention_hours * 3600,
         )
         self.stats = GatewayStats()
         limits = config.limits
+        self.projections = config.projections()
         self.context = ConnectionContext(
             codec=self.codec,
             machine_config=self.machine_config,
@@ -197,6 +202,7 @@ class Gateway:
             max_fragments=limits.max_fragments,
             events_logged=config.delivery.log,
             legacy_confirm=config.delivery.legacy_confirm,
+            projections=self.projections,
         )
         self.guard = AddressGuard(config.guard)
         self.http = HttpApi(self)
@@ -223,7 +229,21 @@ class Gateway:
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run until ``shutdown`` (or cancellation). Reports ``(host, port)`` bound."""
+        """Run until ``shutdown`` (or cancellation). Reports ``(host, port)`` bound.
+
+        Holds a shared lock on the database file meanwhile, so that ``python -m
+        catsock db restore`` refuses to replace it (storage/backup.py)."""
+        try:
+            held = hold_database(self.config.database)
+            held.__enter__()
+        except DatabaseHeld as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._serve(task_status)
+        finally:
+            held.__exit__(None, None, None)
+
+    async def _serve(self, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(
             await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         )
@@ -341,10 +361,10 @@ class Gateway:
         sock = _socket_of(stream)
         remote = _peer(sock)
         peer = _host(remote)
-        # Behind a trusted proxy the client is known from the request head only: the
-        # allow-list and the per-address limits apply to it there (``client_behind``).
+        # Behind a trusted proxy the client is known from the request head only:
+        # the allow-list and the per-address limits are applied to it there.
         proxied = self.guard.is_proxy(peer)
-        if self._closing or not (proxied or self._allowed(peer)):
+        if self._closing or not (proxied or self._allowed(remote)):
             self.stats.refused_ip += not self._closing
             await trio.aclose_forcefully(stream)
             return
@@ -394,8 +414,12 @@ class Gateway:
         slot: Slot | None = UNCOUNTED
         if proxied:
             client = self.guard.client_from(peer, upgrade.headers)
+            if not self.client_allowed(client):
+                self.stats.refused_ip += 1
+                await front_door.refuse(stream, _not_allowed())
+                return
+            remote = client  # what the connection log records
             slot = self.guard.connection(client)
-            remote = f"{client} via {remote}"  # what the logs show
         if slot is None:
             await front_door.refuse(stream, _address_full("connections"))
             return
@@ -450,23 +474,17 @@ class Gateway:
             # No close frame either way: the peer reset, hung up or stopped reading.
             self.stats.count_peer_reset("websocket")
 
-    def client_behind(self, peer: str, headers: Mapping[str, str]) -> str | None:
-        """The client of a request from ``peer`` (the front door's ``client_of``):
-        behind a trusted proxy, the one its forwarding header names, which must then
-        pass the IP allow-list (None: it may not connect). Any other peer was
-        checked when it connected, and its headers name nobody."""
-        client = self.guard.client_from(peer, headers)
-        if self.guard.is_proxy(peer) and not self._allowed(client):
-            self.stats.refused_ip += 1
-            return None
-        return client
+    def _allowed(self, remote: str) -> bool:
+        """Whether the socket peer ``remote`` (``host:port``) passes ``allow.ips``."""
+        return self.client_allowed(_host(remote))
 
-    def _allowed(self, host: str) -> bool:
-        """Whether the address ``host`` (no port) passes the IP allow-list."""
+    def client_allowed(self, client: str) -> bool:
+        """Whether the address ``client`` passes ``allow.ips``; behind a trusted
+        proxy, the client it names (the HTTP API asks this for every request)."""
         if not self._networks:
             return True
         try:
-            address = ipaddress.ip_address(host.strip("[]"))
+            address = ipaddress.ip_address(client.strip().strip("[]"))
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -541,6 +559,15 @@ class Gateway:
             delay = self.guard.failed(client)
             if delay:
                 await trio.sleep(delay)
+            if not principal.expired:
+                # A good token claimed as the wrong type says so: its holder could
+                # learn its type by trying the others anyway.
+                valid = await self.auth.identify(token)
+                if valid is not None and valid.client_type != client_type:
+                    return (
+                        f"this token is for client type {valid.client_type}, not {client_type}",
+                        ErrorCode.AUTH_FAILED,
+                    )
             return (principal.detail, ErrorCode.AUTH_FAILED)
         return principal
 
@@ -639,6 +666,11 @@ def _host(remote: str) -> str:
     """The address of ``_peer``'s ``host:port`` (``[v6]:port``), or ``remote`` as is."""
     host, sep, _ = remote.rpartition(":")
     return host.strip("[]") if sep else remote
+
+
+def _not_allowed() -> Response:
+    """Behind a trusted proxy: the client it names is not in ``allow.ips``."""
+    return error_response(403, "ADDRESS_NOT_ALLOWED", "your address may not connect")
 
 
 def _address_full(what: str) -> Response:

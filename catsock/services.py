@@ -15,6 +15,7 @@ import attrs
 
 from protocol import Codec, ErrorCode, MachineConfig, Principal, TokenBucket
 from protocol import messages as m
+from protocol.privacy import Projections
 from storage import LogRow
 
 from .entries import Entry
@@ -119,3 +120,5 @@ class ConnectionContext:
     #: Seconds a durable client without acks must have taken an event in before it
     #: counts as delivered (0: as soon as it is written).
     legacy_confirm: float = 1.0
+    #: What each recipient class is sent of each event type (docs/privacy.md).
+    projections: Projections = attrs.Factory(Projections)

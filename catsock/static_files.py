@@ -1,7 +1,8 @@
 """The dashboard's static files, served by the HTTP front door from ``catsock/static/``.
 
 ``static_response(path)`` maps a request target to ``(status, headers, body)``:
-``/`` (and ``/index.html``) is ``static/index.html``, ``/static/<name>`` is
+``/`` (and ``/index.html``) is ``static/index.html``, ``/favicon.ico`` is
+``static/favicon.svg``, ``/static/<name>`` is
 ``static/<name>``. Anything else, a name outside the directory, or a missing
 file gives ``None`` and the caller answers as for any unknown path (404). The
 method is the caller's business (GET and HEAD make sense).
@@ -50,6 +51,8 @@ def static_response(path: str) -> tuple[int, Headers, bytes] | None:
     target = path.split("?", 1)[0].split("#", 1)[0]
     if target in ("/", "/index.html"):
         name = "index.html"
+    elif target == "/favicon.ico":  # asked for by browsers and tools whatever the page says
+        name = "favicon.svg"
     elif target.startswith("/static/"):
         name = target[len("/static/") :]
     else:

@@ -51,6 +51,7 @@ from storage.logs import (
     write_batch,
 )
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
+from storage.privacy import Forgotten, forget, strip_personal
 from storage.refused import EventRefused, RefusedRetried, get_refused, list_refused
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "CredentialError",
     "EventRefused",
     "EventRow",
+    "Forgotten",
     "LedgerRow",
     "LogPolicy",
     "LogRow",
@@ -82,6 +84,7 @@ __all__ = [
     "data_version",
     "events_by_message_id",
     "first_seq",
+    "forget",
     "generate_token",
     "get_refused",
     "hash_token",
@@ -105,6 +108,7 @@ __all__ = [
     "redact",
     "revoke_jti",
     "revoke_token",
+    "strip_personal",
     "verify",
     "write_batch",
 ]

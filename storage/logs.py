@@ -14,6 +14,7 @@ import attrs
 import orjson
 import sqlite_utils
 
+from protocol.privacy import fold, may_contain, strip_keys
 from storage.db import immediate, iso, keep_newest
 from storage.refused import EventRefused, RefusedRetried, write_refused
 
@@ -99,20 +100,10 @@ def redact(payload_json: str, fields: frozenset[str]) -> str:
         root = orjson.loads(payload_json)
     except orjson.JSONDecodeError:
         return UNPARSEABLE
-    # An explicit stack rather than recursion: orjson accepts nesting deeper than Python's
-    # recursion limit, and a hostile payload must not be able to raise RecursionError here.
-    folded = frozenset(field.casefold() for field in fields)
-    stack: list[Any] = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key.casefold() in folded:
-                    node[key] = REDACTED  # replacing a value keeps the key's position
-                elif isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(node, list):
-            stack.extend(item for item in node if isinstance(item, dict | list))
+    # The matcher the gateway's projections use (protocol/privacy.py): parsed keys,
+    # casefolded, at any depth, without recursion (a hostile payload cannot nest its
+    # way to a RecursionError).
+    strip_keys(root, fold(fields), REDACTED)
     try:
         return orjson.dumps(root).decode()
     except orjson.JSONEncodeError:
@@ -122,16 +113,10 @@ def redact(payload_json: str, fields: frozenset[str]) -> str:
 def _stored_payload(payload: str | None, policy: LogPolicy, fields: frozenset[str]) -> str | None:
     if policy is not LogPolicy.FULL or payload is None:
         return None
-    # With nothing to redact the text is stored as received, sparing a parse and
-    # re-encode (and the GIL time it costs the event loop). A key can only match
-    # if its quoted name appears in some case, or if some key is spelled with a \u
-    # escape.
-    if not fields:
+    # With nothing that can match, the text is stored as received, sparing a parse
+    # and re-encode (and the GIL time it costs the event loop).
+    if not may_contain(payload, fold(fields)):
         return payload
-    if "\\u" not in payload:
-        folded = payload.casefold()
-        if not any(f'"{field.casefold()}"' in folded for field in fields):
-            return payload
     return redact(payload, fields)
 
 

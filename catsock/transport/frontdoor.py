@@ -66,6 +66,8 @@ LINGER_BYTES = 256 * 1024
 #: The least one chunk of a chunked body counts toward ``max_body``, however small:
 #: a body of 2-byte chunks is refused after max_body / 1 KiB chunks.
 CHUNK_COST = 1024
+#: Refused origins logged (once each); past this many, no more are.
+MAX_WARNED_ORIGINS = 1000
 
 
 @attrs.frozen
@@ -218,18 +220,18 @@ class FrontDoor:
         *,
         max_body: int,
         closing: Callable[[], bool] = lambda: False,
-        client_of: Callable[[str, Mapping[str, str]], str | None] = lambda peer, headers: peer,
+        client_of: Callable[[str, Mapping[str, str]], str] = lambda peer, headers: peer,
     ) -> None:
         self.handler = handler
         self.config = config
         self.max_body = max_body
         self.closing = closing
         #: The client behind a peer, given the request's headers (behind a trusted
-        #: proxy, the one its forwarding header names), or None: that client may
-        #: not connect (the IP allow-list), answered 403.
+        #: proxy, the one its forwarding header names: ``AddressGuard.client_from``).
         self.client_of = client_of
         self.stats = FrontDoorStats()
         self.open_http = 0
+        self._warned_origins: set[str] = set()
 
     async def serve(self, stream: trio.abc.Stream, peer: str = "") -> Upgrade | None:
         """Serve plain HTTP until the connection ends (then ``None``; the stream is
@@ -308,6 +310,21 @@ class FrontDoor:
             if counted:
                 self.open_http -= 1
 
+    def _warn_origin(self, origin: str, host: str | None) -> None:
+        """One WARNING per refused origin (at most ``MAX_WARNED_ORIGINS`` of them),
+        naming the setting that would allow it: a browser only sees a 403."""
+        origin = origin.strip()[:200]
+        if origin in self._warned_origins or len(self._warned_origins) >= MAX_WARNED_ORIGINS:
+            return
+        self._warned_origins.add(origin)
+        logger.warning(
+            "refused a WebSocket from a page of origin %r: it is not this gateway's own "
+            "(Host %r); to allow it, add it to http.allowed_origins "
+            "(or CATSOCK_HTTP__ALLOWED_ORIGINS). Logged once per origin",
+            origin,
+            host,
+        )
+
     def _peer_gone(self, where: str) -> None:
         self.stats.peer_resets += 1
         logger.debug("HTTP peer reset or left during the %s", where)
@@ -339,11 +356,6 @@ class FrontDoor:
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
         method = event.method.decode("ascii")
-        client = self.client_of(peer, headers)
-        if client is None:
-            raise RequestRefused(
-                error_response(403, "ADDRESS_NOT_ALLOWED", "your address may not connect")
-            )
         if _is_websocket_upgrade(headers):
             if not _ws_path(path):
                 raise RequestRefused(
@@ -353,6 +365,7 @@ class FrontDoor:
                 if not origin_allowed(
                     headers.get("origin"), headers.get("host"), self.config.allowed_origins
                 ):
+                    self._warn_origin(headers.get("origin", ""), headers.get("host"))
                     raise RequestRefused(
                         error_response(403, "ORIGIN_NOT_ALLOWED", "origin not allowed")
                     )
@@ -363,6 +376,7 @@ class FrontDoor:
             raise RequestRefused(
                 error_response(400, "BAD_REQUEST", "Content-Length and Transfer-Encoding together")
             )
+        client = self.client_of(peer, headers)
         # Only the head was fed: h11 ends the message at once when no body is announced,
         # and says NEED_DATA (consuming nothing) when one is.
         no_body = isinstance(conn.next_event(), h11.EndOfMessage)

@@ -120,7 +120,15 @@ async def test_publish_keeps_an_outbox_and_gives_up_after_the_timeout(
             "publish", "conversion", "--payload", payload, "--message-id", "online",
             "--url", gw.url, "--outbox", str(outbox), cwd=tmp_path, env=env,
         )  # fmt: skip
-    line = _one_error_line(down)
+    # Like tail, publish reports each failed attempt while the gateway is down, then
+    # one Error line when it gives up.
+    assert down.code == 1, down
+    assert "Traceback" not in down.err, down.err
+    *attempts, line = down.err.strip().splitlines()
+    assert attempts, down.err
+    for attempt in attempts:
+        assert attempt.startswith(f"catsock: connection to {nowhere} failed: "), attempt
+    assert line.startswith("Error: "), down.err
     assert f"no answer from {nowhere} within 0.5 s" in line
     assert "stays pending in the outbox" in line
     assert up.code == 0, up

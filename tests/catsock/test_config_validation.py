@@ -136,3 +136,41 @@ def test_the_hard_retention_bound_may_not_be_below_the_soft_one() -> None:
         )
     config = load_config(environ={}, overrides={"delivery": {"retention_hard_rows": 1_000_000}})
     assert config.delivery.retention_hard_rows == 1_000_000
+
+
+# -- [privacy] (docs/privacy.md) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("privacy", "message"),
+    [
+        ({"personal_retention_hours": 0}, "privacy.personal_retention_hours must be a positive"),
+        ({"personal_retention_hours": -1.5}, "privacy.personal_retention_hours must be a positive"),
+        ({"personal_retention_hours": math.inf}, "privacy.personal_retention_hours"),
+        ({"personal_fields": ["ipaddress", " "]}, "privacy.personal_fields: a field name"),
+        ({"projections": {"@user": {}}}, "privacy.projections: '@user' is not RECIPIENTS"),
+        ({"projections": {"DASHBOARD/": {}}}, "is not RECIPIENTS or RECIPIENTS/EVENT_TYPE"),
+        ({"projections": {"AFAD": {"deny": [""]}}}, "privacy.projections.AFAD: a field name"),
+        ({"projections": {"AFAD": {"hide": ["x"]}}}, "hide"),
+    ],
+)
+def test_a_privacy_setting_that_cannot_work_is_refused(
+    privacy: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(environ={}, overrides={"privacy": privacy})
+
+
+def test_privacy_settings_come_from_the_environment_too() -> None:
+    config = load_config(
+        environ={
+            "CATSOCK_PRIVACY__PERSONAL_FIELDS": "ipaddress,email",
+            "CATSOCK_PRIVACY__PERSONAL_RETENTION_HOURS": "6",
+            "CATSOCK_PRIVACY__PROJECTIONS__AFAD__DENY": '["cost"]',
+        }
+    )
+    assert config.privacy.personal_fields == ["ipaddress", "email"]
+    assert config.privacy.personal_retention_hours == 6.0
+    assert config.privacy.projections["AFAD"].deny == ["cost"]
+    assert "*@user" in config.privacy.projections  # the default stays
+    assert config.redact_fields() == {"ipaddress", "useragent", "email"}

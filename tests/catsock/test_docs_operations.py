@@ -22,7 +22,6 @@ from click.testing import CliRunner
 
 from catsock.cli import main
 from catsock.config import Config, load_config
-from catsock.groupcommit import SHUTDOWN_FLUSH_SECONDS
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")
@@ -201,6 +200,10 @@ def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> dict[tupl
 COMMANDS = _all_commands(main)
 
 
+# The systemd unit and the nginx site are generated (python -m catsock deploy) and
+# tested as generated: tests/deploy/test_systemd.py and tests/deploy/test_nginx.py.
+
+
 def _documented_command_lines() -> list[tuple[str, ...]]:
     lines = []
     for match in re.finditer(r"python -m catsock(?P<rest>[^\n`]*)", DOC):
@@ -250,36 +253,3 @@ def test_every_documented_flag_exists() -> None:
     flags = set(re.findall(r"`(--[a-z][a-z-]*)", DOC))
     assert {"--config", "--db", "--user-id", "--json"} <= flags
     assert flags <= options, sorted(flags - options)
-
-
-def test_systemd_unit() -> None:
-    (block,) = [text for _, text in _fenced("ini")]
-    lines = block.splitlines()
-    for line in [
-        "ExecStart=/opt/catsock/.venv/bin/python -m catsock serve"
-        " --config /etc/catsock/catsock.toml",
-        "Restart=on-failure",
-        "KillSignal=SIGTERM",
-        "User=catsock",
-        "NoNewPrivileges=true",
-    ]:
-        assert line in lines, line
-    (stop,) = re.findall(r"^TimeoutStopSec=(\d+)$", block, re.MULTILINE)
-    # systemd must not SIGKILL a shutdown still within its bounds: shutdown_timeout,
-    # then the log writer's final flush.
-    assert int(stop) > Config().shutdown_timeout + SHUTDOWN_FLUSH_SECONDS
-
-
-def test_nginx_block() -> None:
-    (block,) = [text for _, text in _fenced("nginx")]
-    lines = [line.strip() for line in block.splitlines()]
-    for line in [
-        "location /ws {",
-        "proxy_http_version 1.1;",
-        "proxy_set_header Upgrade $http_upgrade;",
-        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
-    ]:
-        assert line in lines, line
-    assert any(re.fullmatch(r"proxy_set_header Connection \S+;", line) for line in lines)
-    (timeout,) = re.findall(r"^\s*proxy_read_timeout (\d+)s;$", block, re.MULTILINE)
-    assert int(timeout) >= 3600

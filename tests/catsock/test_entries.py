@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from catsock.entries import Entry, Run, with_seq_first
+from protocol.privacy import Projections
 
 
 def entry(seq: int, body: str, type_: str = "click") -> Entry:
@@ -137,3 +138,50 @@ def test_recipients_cutting_one_run_at_the_same_room_share_the_cut(
     for room in range(1000, 1010):
         head, _ = first.split(room, False)
         assert len(head.frames(False)) <= room
+
+
+# -- projections (docs/privacy.md) ------------------------------------------------------------
+
+CLICK = '{"type":"click","payload":{"owner_id":5,"IPAddress":"203.0.113.9"}}'
+CONVERSION_BODY = '{"type":"conversion","payload":{"owner_id":5}}'
+
+
+def test_a_projected_frame_is_built_once_per_event_and_projection() -> None:
+    projections = Projections()
+    dashboard = projections.for_recipient("DASHBOARD", True)
+    partner = projections.for_recipient("PARTNER", True)  # the same projection
+    assert dashboard is not None
+    assert partner is not None
+    click = entry(1, CLICK)
+    frame = click.view(dashboard, False)
+    assert b"203.0.113.9" not in frame
+    assert click.view(partner, False) is frame  # shared, not rebuilt
+    assert click.view(dashboard, True) is click.view(partner, True)
+    assert json.loads(click.view(dashboard, True)[2:])["seq"] == 1
+    # No projector: the frame of the bytes as published, the same object.
+    assert click.view(None, False) is click.frame(False)
+    # Nothing to strip: the original frame, not a re-encoded copy.
+    conversion = entry(2, CONVERSION_BODY, "conversion")
+    assert conversion.view(dashboard, True) is conversion.frame(True)
+
+
+@given(st.integers(1, 400), st.booleans())
+def test_a_projected_run_is_joined_once_and_splits_at_its_own_frames(
+    room: int, with_seq: bool
+) -> None:
+    dashboard = Projections().for_recipient("DASHBOARD", True)
+    assert dashboard is not None
+    entries = [entry(i + 1, CLICK if i % 2 else CONVERSION_BODY) for i in range(6)]
+    run = Run.of(entries)
+    joined = run.frames(with_seq, dashboard)
+    assert run.frames(with_seq, dashboard) is joined
+    assert bytes(joined) == b"".join(e.view(dashboard, with_seq) for e in entries)
+    assert b"203.0.113.9" not in bytes(joined)
+    assert b"203.0.113.9" in bytes(run.frames(with_seq))  # the original is untouched
+    head, tail = run.split(room, with_seq, dashboard)
+    assert run.split(room, with_seq, dashboard) == (head, tail)  # the cut is kept
+    rest = b"" if tail is None else bytes(tail.frames(with_seq, dashboard))
+    assert bytes(head.frames(with_seq, dashboard)) + rest == bytes(joined)
+    assert bytes(head.frames(with_seq, dashboard)) == b"".join(
+        e.view(dashboard, with_seq) for e in head.entries
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -174,12 +175,19 @@ async def test_first_run_says_how_to_create_a_token(tmp_path: Path) -> None:
     env = cli_env(db)
     with trio.fail_after(TIMEOUT):
         async with serving(tmp_path, env, "--port", "0") as served:
-            index, _ = await served.wait_for_line(LISTENING)
+            index, listening = await served.wait_for_line(LISTENING)
             hint_index, _ = await served.wait_for_line(re.compile(r"token create"))
-            assert index < hint_index <= index + 2, served.stderr
+            assert index < hint_index <= index + 3, served.stderr
             assert await served.stop() == 0
+        # Beside the WebSocket URL: the dashboard's and the HTTP API's.
+        base = f"http://127.0.0.1:{listening[1]}"
+        assert served.lines[index + 1] == (
+            f"catsock: dashboard {base}/ , HTTP API {base}/api/publish and {base}/api/events, "
+            f"health {base}/health"
+        )
         hint = served.lines[hint_index].strip()
-        assert hint.startswith("python -m catsock token create"), hint
+        # It names the database the gateway was started with ($CATSOCK_DATABASE here).
+        assert hint.startswith(f"python -m catsock token create --db {db} "), hint
         # The hint is a command that works as printed.
         argv = hint.split()[3:]
         result = await run_cli(*argv, cwd=tmp_path, env=env)
@@ -190,6 +198,25 @@ async def test_first_run_says_how_to_create_a_token(tmp_path: Path) -> None:
             await served.port()
             assert await served.stop() == 0
         assert not any("token create" in line for line in served.lines), served.stderr
+
+
+async def test_first_run_hint_repeats_the_config_and_db_flags(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('port = 0\ndatabase = "from-config.db"\n', encoding="utf-8")
+    env = cli_env(tmp_path / "unused.db")
+    del env["CATSOCK_DATABASE"]
+    db = tmp_path / "from flag.db"
+    with trio.fail_after(TIMEOUT):
+        async with serving(tmp_path, env, "--config", str(config), "--db", str(db)) as served:
+            _, hint = await served.wait_for_line(re.compile(r"^  python -m catsock (token .*)$"))
+            assert await served.stop() == 0
+        argv = shlex.split(hint[1])
+        assert argv[:6] == ["token", "create", "--config", str(config), "--db", str(db)]
+        # Run where it was printed, it reaches the gateway's database and no other.
+        result = await run_cli(*argv, cwd=tmp_path, env=env)
+        assert result.code == 0, result
+    assert [row["name"] for row in query(db, "SELECT name FROM credentials")] == ["cats-1"]
+    assert not (tmp_path / "from-config.db").exists()
 
 
 async def test_listening_line_gives_a_working_url(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ async def test_spoofed_headers_from_an_untrusted_peer_share_its_limits(
 # -- logs ---------------------------------------------------------------------------------------
 
 
-async def test_the_logs_name_the_forwarded_client_and_the_proxy(
+async def test_the_logs_name_the_forwarded_client(
     start_gateway: GatewayFactory,
 ) -> None:
     gw = await start_gateway(guard={"trusted_proxies": [PROXY]})
@@ -198,6 +198,6 @@ async def test_the_logs_name_the_forwarded_client_and_the_proxy(
     finally:
         db.close()
     via_proxy, direct = sorted(remotes, key=lambda r: not r.startswith("198."))
-    assert via_proxy.startswith(f"198.51.100.7 via {PROXY}:")
+    assert via_proxy == "198.51.100.7"
     assert direct.startswith(f"{STRANGER}:")
     assert "198.51.100.8" not in " ".join(remotes)

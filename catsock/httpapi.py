@@ -37,7 +37,9 @@ from protocol import messages as m
 from protocol.codec import json_object
 
 from . import metrics
+from .adminapi import AdminApi
 from .entries import keys_in_front, with_seq_first
+from .lag import LagWatch
 from .refusals import refusal
 from .static_files import static_response
 from .transport.frontdoor import FrontDoor, Request, Response, error_response, json_response
@@ -53,6 +55,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HEALTH_CACHE_SECONDS = 1.0
 #: How long the write probe may wait for SQLite's write lock.
 HEALTH_PROBE_TIMEOUT = 2.0
+#: A scrape reuses recipients' lag this many seconds old (catsock/lag.py).
+LAG_METRICS_AGE = 5.0
 #: Events one GET /api/events returns unless ``limit`` says otherwise.
 DEFAULT_EVENTS_LIMIT = 100
 
@@ -106,6 +110,8 @@ class HttpApi:
             closing=lambda: self._shutting_down,
             client_of=gateway.guard.client_from,
         )
+        #: Each durable recipient's lag: the console's and the lag gauges' source.
+        self.lag = LagWatch(gateway)
         self.registry = metrics.new_registry(gateway)
         self.routes: dict[str, dict[str, Endpoint]] = {
             "/health": {"GET": self._get_health},
@@ -113,8 +119,9 @@ class HttpApi:
             "/ws": {"GET": self._get_ws},
             "/api/publish": {"POST": self._post_publish},
             "/api/events": {"GET": self._get_events},
-            "/api/refused/retry": {"POST": self._post_refused_retry},
         }
+        # The operator's console (catsock/adminapi.py), admin tokens only.
+        self.routes.update(AdminApi(self).routes)
 
     @property
     def open_polls(self) -> int:
@@ -214,6 +221,7 @@ class HttpApi:
             return problem
 
     async def _get_metrics(self, request: Request) -> Response:
+        await self.lag.refresh(LAG_METRICS_AGE)
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
 
     # -- the API ---------------------------------------------------------------------
@@ -292,7 +300,7 @@ class HttpApi:
     async def submit(self, text: str, principal: Principal, size: int) -> Response:
         """Validate, route and publish ``text`` as ``principal`` over HTTP: what
         ``POST /api/publish`` does once it knows who is publishing (and what
-        ``POST /api/refused/retry`` does with a kept event)."""
+        ``POST /api/admin/refused/retry`` does with a kept event)."""
         gateway = self.gateway
         # One throw-away state machine per request: validation, sender checks,
         # routing and rate limits (the identity's bucket is shared with its
@@ -346,53 +354,6 @@ class HttpApi:
         if row is not None:
             gateway.log.record(row)
             gateway.stats.count_refused(row.reason)
-
-    async def _post_refused_retry(self, request: Request) -> Response:
-        """Submit a kept refused event again, as the identity that sent it, through
-        ``submit``: body ``{"id": N}``, an admin token (a DASHBOARD token bound to
-        no user). The answer is the publish's own; the row records the outcome."""
-        gateway = self.gateway
-        caller = await self._principal(request)
-        if isinstance(caller, Response):
-            return caller
-        assert caller is not None  # untyped_shared is off
-        if caller.client_type != "DASHBOARD" or caller.user_id is not None:
-            return error_response(
-                403,
-                ErrorCode.EVENT_NOT_ALLOWED,
-                "retrying refused events needs an admin token (a DASHBOARD token bound"
-                " to no user)",
-            )
-        body = _json_object((await request.read_body()).decode("utf-8", "replace"))
-        id_ = body.get("id") if body is not None else None
-        if not isinstance(id_, int) or isinstance(id_, bool):
-            return _api_error(ErrorCode.INVALID_MESSAGE, 'send {"id": <refused event id>}')
-        row = await gateway.delivery.query(storage.get_refused, id_)
-        if row is None:
-            return error_response(
-                404,
-                ErrorCode.INVALID_MESSAGE,
-                f"no refused event {id_} (never kept, or past log.retention_days or"
-                " log.retention_rows)",
-            )
-        if row["body"] is None:
-            return error_response(
-                409,
-                ErrorCode.INVALID_MESSAGE,
-                f"refused event {id_} has no body to send again (too large, not UTF-8,"
-                " or log.policy kept no payloads)",
-            )
-        sender = Principal(row["identity"], row["client_type"], row["user_id"])
-        response = await self.submit(row["body"], sender, row["size"])
-        answer = orjson.loads(response.body) if response.body else {}
-        if response.status == 202:
-            result = "duplicate" if answer.get("duplicate") else "accepted"
-        else:
-            result = str(answer.get("error_code", response.status))
-        gateway.log.record(
-            storage.RefusedRetried(id_, gateway.wall_clock(), result, answer.get("seq"))
-        )
-        return response
 
     async def _publish(
         self, action: Publish, principal: Principal, size: int, text: str

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from protocol import CONTROL_TYPES, ErrorCode
 
 from .entries import PRIORITY_NAMES
+from .lag import LAG_CAP, worst
 
 #: Where a peer can reset or leave (``GatewayStats.peer_resets``'s keys).
 PEER_STAGES = ("tls", "http", "handshake", "websocket", "other")
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["CONTENT_TYPE", "GatewayCollector", "new_registry", "render"]
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+#: Recipients with a series of their own in the lag gauges (the furthest behind).
+LAG_WORST = 10
 OTHER = "other"
 UNAUTHENTICATED = "unauthenticated"
 
@@ -157,6 +160,7 @@ class GatewayCollector(Collector):
         yield from self._http()
         yield from self._backlog()
         yield from self._delivery()
+        yield from self._lag()
 
     def _peer_resets(self) -> Iterator[Metric]:
         gateway = self.gateway
@@ -253,6 +257,46 @@ class GatewayCollector(Collector):
         for level, name in PRIORITY_NAMES.items():
             family.add_metric([name], backlog[level])
         yield family
+
+    def _lag(self) -> Iterator[Metric]:
+        """The ``LAG_WORST`` recipients furthest behind, each with its own label, and
+        totals over all: the series stay bounded however many recipients there are."""
+        watch = getattr(getattr(self.gateway, "http", None), "lag", None)
+        if watch is None:
+            return
+        rows = watch.rows
+        events = GaugeMetricFamily(
+            "catsock_recipient_lag_events",
+            f"Events a durable recipient has not acked or been written (at most {LAG_CAP}),"
+            f" for the {LAG_WORST} recipients furthest behind.",
+            labels=["recipient"],
+        )
+        seconds = GaugeMetricFamily(
+            "catsock_recipient_lag_seconds",
+            "Age of the oldest event a durable recipient has not acked or been written,"
+            f" for the {LAG_WORST} recipients furthest behind.",
+            labels=["recipient"],
+        )
+        for row in worst(rows, LAG_WORST):
+            events.add_metric([row["identity"]], row["lag_events"])
+            seconds.add_metric([row["identity"]], row["lag_seconds"] or 0.0)
+        yield events
+        yield seconds
+        yield _gauge(
+            "catsock_recipients_lag_events",
+            "Events durable recipients have not had, summed over all of them.",
+            sum(r["lag_events"] for r in rows),
+        )
+        yield _gauge(
+            "catsock_recipients_behind",
+            "Durable recipients with at least one event they have not had.",
+            sum(1 for r in rows if r["lag_events"]),
+        )
+        yield _gauge(
+            "catsock_recipients_max_lag_seconds",
+            "Age of the oldest event any durable recipient has not had.",
+            max((r["lag_seconds"] or 0.0 for r in rows), default=0.0),
+        )
 
     def _delivery(self) -> Iterator[Metric]:
         delivery = getattr(self.gateway, "delivery", None)

@@ -3,6 +3,7 @@
 Plain synchronous code with no trio import: the gateway calls it through trio.to_thread.
 """
 
+from storage.audit import list_audit, write_audit
 from storage.credentials import (
     Credential,
     CredentialError,
@@ -36,6 +37,7 @@ from storage.events import (
 from storage.events import commit as commit_events
 from storage.events import head as log_head
 from storage.health import probe_writable
+from storage.lag import Behind, LedgerSummary, behind, ledger_summary
 from storage.logs import (
     ConnectionClosed,
     ConnectionHeartbeat,
@@ -52,11 +54,13 @@ from storage.logs import (
 )
 from storage.outbox import Outbox, OutboxEntry, OutboxError, OutboxStatus
 from storage.privacy import Forgotten, forget, strip_personal
+from storage.recent import Recent, recent_events
 from storage.refused import EventRefused, RefusedRetried, get_refused, list_refused
 
 __all__ = [
     "LOG_START",
     "SCHEMA_VERSION",
+    "Behind",
     "ConnectionClosed",
     "ConnectionHeartbeat",
     "ConnectionOpened",
@@ -66,6 +70,7 @@ __all__ = [
     "EventRow",
     "Forgotten",
     "LedgerRow",
+    "LedgerSummary",
     "LogPolicy",
     "LogRow",
     "MessageLogged",
@@ -74,10 +79,12 @@ __all__ = [
     "OutboxError",
     "OutboxStatus",
     "Pruned",
+    "Recent",
     "RefusedRetried",
     "SchemaVersionError",
     "SeqTaken",
     "StoredEvent",
+    "behind",
     "close_dangling",
     "commit_events",
     "create_token",
@@ -90,6 +97,8 @@ __all__ = [
     "hash_token",
     "iso",
     "ledger_rows",
+    "ledger_summary",
+    "list_audit",
     "list_refused",
     "list_tokens",
     "load_active",
@@ -103,6 +112,7 @@ __all__ = [
     "prune_events",
     "read_after",
     "recent_connections",
+    "recent_events",
     "recent_messages",
     "recipients_of",
     "redact",
@@ -110,5 +120,6 @@ __all__ = [
     "revoke_token",
     "strip_personal",
     "verify",
+    "write_audit",
     "write_batch",
 ]

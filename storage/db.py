@@ -174,7 +174,22 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         """,
         "CREATE INDEX IF NOT EXISTS idx_refused_message_id ON refused (message_id)",
     ),
-    # 7: opaque tokens that expire, and the JWT ``jti`` deny-list (storage/credentials.py).
+    # 7: the admin audit trail (storage/audit.py): every write made from the console.
+    (
+        """
+        CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            remote TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            result TEXT NOT NULL
+        )
+        """,
+    ),
+    # 8: opaque tokens that expire, and the JWT ``jti`` deny-list (storage/credentials.py).
     (
         _add_column("credentials", "expires_at", "REAL NULL"),
         """

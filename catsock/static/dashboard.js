@@ -20,6 +20,9 @@
   var CHART_SECONDS = 60;
   var METRICS_URL = '/metrics';
   var METRICS_INTERVAL = 5000;
+  var HISTORY_URL = '/api/history?seconds=3600&limit=500';
+  /** message_ids remembered to count an event once, live or from history. */
+  var SEEN_MAX = 5000;
   /** The gauge of open WebSocket connections, labelled by client type (catsock/metrics.py). */
   var CONNECTION_METRIC = 'catsock_connections';
   var EVENT_TYPES = ['conversion', 'click', 'tier_reward', 'budget_alert', 'fraud_alert', 'stats_update', 'user_online'];
@@ -91,6 +94,8 @@
     drawPending: false,
     metricsAvailable: null,
     gatewaySeen: {},
+    seen: new Set(),
+    historyLoaded: null,
   };
   // For tests and for poking around in the console; holds no token.
   window.catsockDashboard = dash;
@@ -483,6 +488,8 @@
     dash.senders = {};
     dash.rate = new Array(CHART_SECONDS).fill(0);
     dash.peak = 0;
+    dash.seen = new Set();
+    dash.historyLoaded = null;
     $('feed').replaceChildren();
     $('alerts').replaceChildren();
     show($('feed-empty'), true);
@@ -505,6 +512,8 @@
     resetView();
     var client = new CatsockClient({ url: CatsockClient.defaultUrl(), token: token, clientType: 'DASHBOARD' });
     dash.client = client;
+    // Once per login: after a reconnect the window would count events twice.
+    var historyAsked = false;
 
     client.on('state', function (state, detail) {
       if (client !== dash.client) {
@@ -517,6 +526,12 @@
         show($('logout'), true);
         $('identity').textContent = client.connectionId ? client.connectionId : '';
         pollMetrics();
+        if (!historyAsked) {
+          historyAsked = true;
+          loadHistory(token, client);
+        }
+        // console.js asks the admin endpoints with the same token.
+        document.dispatchEvent(new CustomEvent('catsock:connected', { detail: { token: token } }));
       }
     });
     client.on('auth_failed', function (error) {
@@ -524,6 +539,7 @@
         return;
       }
       sessionStorage.removeItem(TOKEN_KEY);
+      document.dispatchEvent(new CustomEvent('catsock:logout'));
       stopTimers();
       show($('dashboard'), false);
       show($('logout'), false);
@@ -543,6 +559,9 @@
     });
     client.on('*', function (message) {
       if (message.type === 'pong' || message.type === 'auth_success' || message.type === 'error') {
+        return;
+      }
+      if (seen(message)) {
         return;
       }
       countMessage();
@@ -565,8 +584,63 @@
     client.connect();
   }
 
+  // -- history on load -----------------------------------------------------------------
+
+  /** The event log's recent window (GET /api/history): the counters, feed and rate
+   *  chart start from it, not from zero at every login. Placed on the chart by the
+   *  gateway's clock (``at`` against ``now``), so a browser's own clock does not matter. */
+  function loadHistory(token, client) {
+    fetch(HISTORY_URL, {
+      cache: 'no-store',
+      credentials: 'omit',
+      headers: { Authorization: 'Bearer ' + token },
+    })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .then(function (history) {
+        if (!history || client !== dash.client) {
+          return;
+        }
+        advanceRate();
+        history.events.forEach(function (event, i) {
+          if (seen(event)) {
+            return;
+          }
+          dash.counts.total += 1;
+          var ago = Math.floor(num(history.now) - num(history.at[i]));
+          if (ago >= 0 && ago < CHART_SECONDS) {
+            dash.rate[CHART_SECONDS - 1 - ago] += 1;
+          }
+          onEvent(event);
+        });
+        dash.historyLoaded = history.events.length;
+        scheduleDraw();
+      })
+      .catch(function () {
+        dash.historyLoaded = 0;
+      });
+  }
+
+  /** Whether this event was counted already (live or from history); remembers it. */
+  function seen(event) {
+    var key = event && event.message_id !== undefined ? str(event.sender) + ' ' + str(event.message_id) : null;
+    if (key === null) {
+      return false;
+    }
+    if (dash.seen.has(key)) {
+      return true;
+    }
+    if (dash.seen.size >= SEEN_MAX) {
+      dash.seen.clear();
+    }
+    dash.seen.add(key);
+    return false;
+  }
+
   function logout() {
     sessionStorage.removeItem(TOKEN_KEY);
+    document.dispatchEvent(new CustomEvent('catsock:logout'));
     stopTimers();
     if (dash.client) {
       dash.client.close();

@@ -124,6 +124,25 @@ async def test_long_poll_applies_the_same_projection(start_gateway: GatewayFacto
     assert reply.body == b'{"events":[{"seq":1,' + text[1:].encode() + b'],"next":1}\n'
 
 
+async def test_dashboard_history_applies_the_same_projection(
+    start_gateway: GatewayFactory,
+) -> None:
+    """GET /api/history (the dashboard's counters on load) is one more way out."""
+    gw = await start_gateway()
+    mine = gw.token("dash-500", "DASHBOARD", user_id="500")
+    admin = gw.token("admin", "DASHBOARD")
+    text = click("k1")
+    with trio.fail_after(20):
+        async with gw.client("CATS") as cats:
+            await cats.send(text)
+            assert await until_pong(cats) == []
+        reply = await http(gw.port, "GET", "/api/history", headers=bearer(mine))
+        (event,) = reply.json()["events"]
+        assert_stripped(json.dumps(event), text)
+        reply = await http(gw.port, "GET", "/api/history", headers=bearer(admin))
+    assert reply.body.startswith(b'{"events":[{"seq":1,' + text[1:].encode() + b'],')
+
+
 async def test_an_operator_allow_list_and_deny_list(start_gateway: GatewayFactory) -> None:
     gw = await start_gateway(
         privacy={

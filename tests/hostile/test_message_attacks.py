@@ -223,7 +223,7 @@ async def test_script_in_a_payload_reaches_the_dashboard_as_data(arena: Arena) -
     assert "unsafe-eval" not in csp
     assert missing.status == 404
     assert missing.headers["content-type"] == "application/json"
-    for name in ("dashboard.js", "catsock.js"):
+    for name in ("dashboard.js", "catsock.js", "console.js"):
         code = resources.files("catsock").joinpath("static", name).read_text()
         assert not re.search(
             r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", code

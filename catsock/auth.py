@@ -8,6 +8,13 @@ before it was loaded (``sync``: one cheap ``data_version`` read off the event
 loop, shared by concurrent callers), so a token created a moment ago works at
 once and a revoked one is refused at once. If the database cannot be read, the
 credentials already in memory are used.
+
+With ``[jwt]`` configured (``jwt``: a ``JwtVerifier``), a token shaped like a JWT
+is checked as one (catsock/jwtauth.py) and its ``jti`` against the deny-list
+loaded with the credentials; any other token is looked up as an opaque token.
+``check`` says why a token was refused (``AuthRefusal``); ``verify`` and
+``identify`` are its two uses, the WebSocket ``auth`` (a client type claimed)
+and the HTTP Bearer (the credential names the type).
 """
 
 from __future__ import annotations
@@ -16,20 +23,36 @@ import hmac
 import logging
 import os
 import sqlite3
-from collections.abc import Set
+import time
+from collections.abc import Callable, Set
 
+import attrs
 import trio
 
 import storage
 from protocol import Principal
 
-__all__ = ["Authenticator"]
+from .jwtauth import MAX_TOKEN_LENGTH, JwtRefusal, JwtVerifier, looks_like_jwt
+
+__all__ = ["AuthRefusal", "Authenticator"]
 
 logger = logging.getLogger("catsock.auth")
 
 #: The seed's shared token was a plain environment value; require some length
 #: so a placeholder like "changeme" cannot open the gateway.
 MIN_SHARED_TOKEN_LENGTH = 16
+
+
+@attrs.frozen
+class AuthRefusal:
+    """Why a token does not authenticate, for the client's ``error_message`` (never
+    the token). ``expired``: the credential was good, its time has passed."""
+
+    detail: str = "invalid authentication token"
+    expired: bool = False
+
+
+_INVALID = AuthRefusal()
 
 
 class Authenticator:
@@ -39,6 +62,8 @@ class Authenticator:
         *,
         shared_token: str | None = None,
         shared_client_types: Set[str] = frozenset(),
+        jwt: JwtVerifier | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if shared_token is not None and len(shared_token) < MIN_SHARED_TOKEN_LENGTH:
             raise ValueError(
@@ -47,7 +72,10 @@ class Authenticator:
         self._db = storage.open_db(db_path)
         self._shared = shared_token
         self._shared_types = shared_client_types
+        self.jwt = jwt
+        self.wall_clock = wall_clock
         self._active: dict[str, storage.Credential] = {}
+        self._revoked_jtis: frozenset[str] = frozenset()
         self._version: int | None = None
         self._lock = trio.Lock()
         # The check that callers arriving now will share: not started yet (its owner
@@ -92,45 +120,81 @@ class Authenticator:
         version = storage.data_version(self._db)
         if version == self._version:
             return False
-        self._active = storage.load_active(self._db)
+        with self._db.atomic():  # one snapshot of both tables
+            active = storage.load_active(self._db)
+            revoked = storage.load_revoked_jtis(self._db)
+        self._active, self._revoked_jtis = active, revoked
         self._version = version
         return True
 
-    async def verify(self, token: str, client_type: str) -> Principal | None:
-        """The principal for a good token whose client type matches, else ``None``."""
+    async def check(
+        self, token: str, client_type: str | None, shared_as: str | None = None
+    ) -> Principal | AuthRefusal:
+        """The principal for a good token, or why it is refused.
+
+        ``client_type``: the type the client claims (WebSocket ``auth``); the
+        credential's must equal it. ``None`` (HTTP): the credential names the type.
+        The seed's shared token names none, so it passes only for the claimed
+        ``client_type``, or over HTTP ``shared_as``, if that is a known type."""
         await self.sync()
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            return _INVALID
+        if self.jwt is not None and looks_like_jwt(token):
+            return self._check_jwt(self.jwt, token, client_type)
         credential = storage.verify(self._active, token)
         if credential is not None:
-            if credential.client_type != client_type:
-                return None
+            if client_type is not None and credential.client_type != client_type:
+                return _INVALID
+            if credential.expired(self.wall_clock()):
+                return AuthRefusal("token expired", expired=True)
             return Principal(
                 credential.name,
                 credential.client_type,
                 credential.user_id,
                 receives=not credential.publish_only,
+                expires_at=credential.expires_at,
             )
-        if client_type in self._shared_types and self.is_shared(token):
+        claimed = client_type if client_type is not None else shared_as
+        if claimed is not None and claimed in self._shared_types and self.is_shared(token):
             # The seed granted whatever type the client claimed; so do we, within
             # the known types, under one identity per type.
-            return Principal(f"shared:{client_type}", client_type)
-        return None
+            return Principal(f"shared:{claimed}", claimed, credential="shared")
+        return _INVALID
+
+    def _check_jwt(
+        self, verifier: JwtVerifier, token: str, client_type: str | None
+    ) -> Principal | AuthRefusal:
+        identity = verifier.verify(token)
+        if isinstance(identity, JwtRefusal):
+            logger.debug("JWT refused: %s", identity.detail)
+            if identity.expired:
+                return AuthRefusal("token expired", expired=True)
+            return _INVALID
+        if client_type is not None and identity.client_type != client_type:
+            logger.debug("JWT refused: it is for %s, not %s", identity.client_type, client_type)
+            return _INVALID
+        if identity.jti is not None and identity.jti in self._revoked_jtis:
+            return AuthRefusal("token revoked")
+        return Principal(
+            identity.sub,
+            identity.client_type,
+            identity.user_id,
+            expires_at=identity.expires_at,
+            credential="jwt",
+            jti=identity.jti,
+        )
+
+    async def verify(self, token: str, client_type: str) -> Principal | None:
+        """The principal for a good token whose client type matches, else ``None``."""
+        principal = await self.check(token, client_type)
+        return principal if isinstance(principal, Principal) else None
 
     async def identify(self, token: str, shared_as: str | None = None) -> Principal | None:
         """The principal for a good token, whatever its client type (HTTP requests name
         none: the credential does). The seed's shared token carries no type, so it
         passes only with ``shared_as``, a known client type the caller claims."""
-        await self.sync()
-        credential = storage.verify(self._active, token)
-        if credential is not None:
-            return Principal(
-                credential.name,
-                credential.client_type,
-                credential.user_id,
-                receives=not credential.publish_only,
-            )
-        if shared_as is not None and shared_as in self._shared_types and self.is_shared(token):
-            return Principal(f"shared:{shared_as}", shared_as)
-        return None
+        principal = await self.check(token, None, shared_as)
+        return principal if isinstance(principal, Principal) else None
 
     def is_shared(self, token: str) -> bool:
         """Whether ``token`` is the seed's shared token (which names no client type)."""
@@ -138,14 +202,19 @@ class Authenticator:
             token.encode(), self._shared.encode()
         )
 
-    def is_active(self, identity: str) -> bool:
-        """Whether ``identity`` still has an unrevoked token (shared ones always do)."""
-        if identity.startswith("shared:"):
+    def is_active(self, principal: Principal) -> bool:
+        """Whether ``principal``'s credential is still unrevoked: an opaque token by
+        its name, a JWT by its ``jti`` (shared tokens always are). Expiry is the
+        connection's own deadline, not checked here."""
+        if principal.credential == "shared":
             return self._shared is not None
+        if principal.credential == "jwt":
+            return principal.jti is None or principal.jti not in self._revoked_jtis
+        identity = principal.identity
         return any(c.name == identity for c in self._active.values())
 
     def has_tokens(self) -> bool:
-        return bool(self._active) or self._shared is not None
+        return bool(self._active) or self._shared is not None or self.jwt is not None
 
     def close(self) -> None:
         self._db.close()

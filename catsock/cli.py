@@ -9,10 +9,12 @@ Bad input ends with a one-line message and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -186,6 +188,27 @@ def _open(config_path: str | None, database: str | None) -> Any:
         raise click.ClickException(f"cannot open database {config.database!r}: {exc}") from None
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A length of time: ``90`` or ``90s``, ``15m``, ``1h``, ``30d``, ``2w``; in seconds."""
+    if value is None:
+        return None
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise click.BadParameter(f"{value!r} is not a duration like 90s, 15m, 1h, 30d or 2w")
+    seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if not 0 < seconds < float("inf"):
+        raise click.BadParameter(f"{value!r} must be longer than nothing")
+    return seconds
+
+
+def _when(unix: float | None) -> str:
+    return "-" if unix is None else storage.iso(unix)
+
+
 @token.command("create")
 @_config_option
 @_database_option
@@ -197,6 +220,12 @@ def _open(config_path: str | None, database: str | None) -> Any:
     is_flag=True,
     help="The token publishes and receives nothing (e.g. PHP request handlers).",
 )
+@click.option(
+    "--expires-in",
+    callback=_duration,
+    help="The token stops working after this long (90s, 15m, 1h, 30d, 2w); "
+    "its connections get TOKEN_EXPIRED then. Default: never.",
+)
 def token_create(
     config_path: str | None,
     database: str | None,
@@ -204,17 +233,26 @@ def token_create(
     name: str,
     user_id: str | None,
     publish_only: bool,
+    expires_in: float | None,
 ) -> None:
     """Create a token and print it once (only its hash is stored)."""
     db = _open(config_path, database)
     try:
         plain = storage.create_token(
-            db, name=name, client_type=client_type, user_id=user_id, publish_only=publish_only
+            db,
+            name=name,
+            client_type=client_type,
+            user_id=user_id,
+            publish_only=publish_only,
+            expires_in=expires_in,
         )
     except storage.CredentialError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(plain)
-    click.echo(f"token for {name} ({client_type}); store it now, it is not shown again", err=True)
+    until = "" if expires_in is None else f", valid until {_when(time.time() + expires_in)}"
+    click.echo(
+        f"token for {name} ({client_type}){until}; store it now, it is not shown again", err=True
+    )
 
 
 @token.command("list")
@@ -223,23 +261,90 @@ def token_create(
 def token_list(config_path: str | None, database: str | None) -> None:
     """List tokens (names and types; never the tokens themselves)."""
     rows = storage.list_tokens(_open(config_path, database))
-    click.echo(f"{'NAME':<24} {'TYPE':<10} {'USER':<10} {'CREATED':<25} {'REVOKED':<25} RECEIVES")
+    click.echo(
+        f"{'NAME':<24} {'TYPE':<10} {'USER':<10} {'CREATED':<25} {'REVOKED':<25} "
+        f"{'RECEIVES':<8} EXPIRES"
+    )
     for c in rows:
         click.echo(
             f"{c.name:<24} {c.client_type:<10} {c.user_id or '-':<10} "
-            f"{c.created_at:<25} {c.revoked_at or '-':<25} {'no' if c.publish_only else 'yes'}"
+            f"{c.created_at:<25} {c.revoked_at or '-':<25} "
+            f"{'no' if c.publish_only else 'yes':<8} {_when(c.expires_at)}"
         )
 
 
 @token.command("revoke")
 @_config_option
 @_database_option
-@click.argument("name")
-def token_revoke(config_path: str | None, database: str | None, name: str) -> None:
-    """Revoke a token; a running gateway cuts its connections within seconds."""
-    if not storage.revoke_token(_open(config_path, database), name):
+@click.argument("name", required=False)
+@click.option("--jti", help="Revoke a JWT by its jti claim (instead of a token by name).")
+def token_revoke(
+    config_path: str | None, database: str | None, name: str | None, jti: str | None
+) -> None:
+    """Revoke a token by name, or a JWT by --jti; a running gateway cuts their
+    connections within seconds and refuses them from then on."""
+    if (name is None) == (jti is None):
+        raise click.UsageError("name a token, or give --jti (not both)")
+    db = _open(config_path, database)
+    if jti is not None:
+        try:
+            added = storage.revoke_jti(db, jti)
+        except storage.CredentialError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"revoked jti {jti}" if added else f"jti {jti} was revoked already", err=True)
+        return
+    assert name is not None
+    if not storage.revoke_token(db, name):
         raise click.ClickException(f"no active token named {name!r}")
     click.echo(f"revoked {name}", err=True)
+
+
+@token.command("jwt")
+@_config_option
+@click.option("--client-type", required=True, help="CATS, AFAD, DASHBOARD or your own type.")
+@click.option("--name", required=True, help="The identity: the token's sub claim.")
+@click.option("--ttl", callback=_duration, default="1h", show_default=True, help="Lifetime.")
+@click.option("--user-id", help="Bind to one user: the token then sees only user:<id>.")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["HS256", "HS384", "HS512"]),
+    default="HS256",
+    show_default=True,
+)
+def token_jwt(
+    config_path: str | None,
+    client_type: str,
+    name: str,
+    ttl: float,
+    user_id: str | None,
+    algorithm: str,
+) -> None:
+    """Mint a JWT signed with jwt.secret (CATSOCK_JWT__SECRET) and print it: for tests
+    and small setups. Nothing is stored; revoke it with ``token revoke --jti``."""
+    from .jwtauth import JwtConfigError, JwtIdentity, JwtVerifier, mint
+
+    config = _load(config_path)
+    try:
+        minted = mint(
+            config.jwt,
+            sub=name,
+            client_type=client_type,
+            ttl=ttl,
+            user_id=user_id,
+            algorithm=algorithm,
+        )
+        # What the gateway with this configuration would make of it.
+        checked = JwtVerifier(config.jwt).verify(minted)
+    except (ValueError, JwtConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not isinstance(checked, JwtIdentity):
+        raise click.ClickException(f"the gateway would refuse this token: {checked.detail}")
+    click.echo(minted)
+    click.echo(
+        f"JWT for {name} ({client_type}), jti {checked.jti}, valid until "
+        f"{_when(checked.expires_at - config.jwt.leeway)}",
+        err=True,
+    )
 
 
 @main.command()

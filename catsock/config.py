@@ -3,8 +3,9 @@
 Every setting lives in one attrs tree (``Config``). Environment variables name a
 setting by its path with ``__`` between levels: ``CATSOCK_PORT=9000``,
 ``CATSOCK_LOG__POLICY=metadata``, ``CATSOCK_ALLOW__IPS=10.0.0.0/8,127.0.0.1``.
-Secrets are never part of it: the optional shared token is read from the
-environment variable the seed used (``SOCKET_AUTH_TOKEN``) and never printed.
+The optional shared token is no setting: it is read from the environment
+variable the seed used (``SOCKET_AUTH_TOKEN``). The one secret that is a setting,
+``jwt.secret`` (best given as ``CATSOCK_JWT__SECRET``), is never printed.
 """
 
 from __future__ import annotations
@@ -189,8 +190,12 @@ class GuardConfig:
     #: own host, where a local proxy connects from (behind it every client would
     #: share one address; name the proxy in ``trusted_proxies`` instead).
     exempt: list[str] = attrs.Factory(lambda: ["127.0.0.1", "::1"])
-    #: Proxies (addresses, CIDRs) whose ``X-Forwarded-For`` names the client.
+    #: Proxies (addresses, CIDRs) whose forwarding header names the client, for the
+    #: allow-list, the per-address limits and the logs.
     trusted_proxies: list[str] = attrs.Factory(list)
+    #: The header those proxies write: ``X-Forwarded-For`` (nginx) or ``Forwarded``
+    #: (RFC 7239). Only that one is read: the other may be the client's own.
+    forwarded_header: str = "X-Forwarded-For"
     #: Connections, WebSocket and plain HTTP, one address may hold at once.
     max_connections_per_address: int = 500
     #: WebSocket connections of one address that have not authenticated yet.
@@ -205,6 +210,54 @@ class GuardConfig:
     auth_lockout: float = 300.0
     #: Seconds after its last failure that an address starts afresh.
     auth_forget_after: float = 900.0
+
+
+#: Every JWS algorithm ``[jwt] algorithms`` may name; ``none`` is never one of them.
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+PUBLIC_KEY_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+#: The shortest ``[jwt] secret`` (UTF-8 bytes) per HMAC algorithm: RFC 7518 §3.2
+#: wants a key at least as long as the hash. Under 32 the secret is refused; an
+#: algorithm whose minimum it misses is not accepted (nor may it be listed).
+HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+MIN_JWT_SECRET_LENGTH = HMAC_KEY_BYTES["HS256"]
+
+
+@attrs.frozen
+class JwtConfig:
+    """Signed identity (catsock/jwtauth.py; operations.md §2.2). Nothing set: off."""
+
+    #: HMAC key for HS256/384/512 (at least 32 characters). Prefer the variable
+    #: ``CATSOCK_JWT__SECRET`` to the file; ``config`` never prints it.
+    secret: str = attrs.field(default="", repr=False)
+    #: PEM file with one public key (RSA: RS*/PS*, EC: ES*, Ed25519/Ed448: EdDSA).
+    public_key: str = ""
+    #: JWKS file; a token's ``kid`` picks its key. Read again when the file changes.
+    jwks: str = ""
+    #: Algorithms accepted; empty: every one the configured keys can verify.
+    algorithms: list[str] = attrs.Factory(list)
+    #: Required ``iss`` (empty: not checked).
+    issuer: str = ""
+    #: Required ``aud`` (empty: a token that has an ``aud`` is refused).
+    audience: str = ""
+    #: Seconds of clock skew allowed for ``exp``, ``nbf`` and ``iat``.
+    leeway: float = 0.0
+    client_type_claim: str = "client_type"
+    user_id_claim: str = "user_id"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret or self.public_key or self.jwks)
 
 
 @attrs.frozen
@@ -264,6 +317,7 @@ class Config:
     allow: AllowConfig = attrs.Factory(AllowConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
     guard: GuardConfig = attrs.Factory(GuardConfig)
+    jwt: JwtConfig = attrs.Factory(JwtConfig)
     routes: dict[str, RouteConfig] = attrs.Factory(dict)
     privacy: PrivacyConfig = attrs.Factory(PrivacyConfig)
 
@@ -385,6 +439,7 @@ def _validate(config: Config) -> Config:
     if config.limits.max_fragments < 1:
         problems.append("limits.max_fragments must be at least 1")
     problems += _guard_problems(config.guard)
+    problems += _jwt_problems(config.jwt)
     problems += _privacy_problems(config.privacy)
     if problems:
         raise ConfigError("; ".join(problems))
@@ -406,11 +461,52 @@ def _guard_problems(guard: GuardConfig) -> list[str]:
     ):
         if getattr(guard, field) < 1:
             problems.append(f"guard.{field} must be at least 1")
+    if guard.forwarded_header.lower() not in ("x-forwarded-for", "forwarded"):
+        problems.append(
+            "guard.forwarded_header must be X-Forwarded-For or Forwarded, "
+            f"not {guard.forwarded_header!r}"
+        )
     if guard.auth_free_failures < 0:
         problems.append("guard.auth_free_failures must not be negative")
     for field in ("auth_delay", "auth_max_delay", "auth_lockout", "auth_forget_after"):
         if not 0 <= getattr(guard, field) < float("inf"):
             problems.append(f"guard.{field} must be a number of seconds, 0 or more")
+    return problems
+
+
+def _jwt_problems(jwt: JwtConfig) -> list[str]:
+    problems = []
+    known = {*HMAC_ALGORITHMS, *PUBLIC_KEY_ALGORITHMS}
+    for alg in jwt.algorithms:
+        if alg.strip().lower() == "none":
+            problems.append("jwt.algorithms: 'none' is never accepted")
+        elif alg not in known:
+            problems.append(f"jwt.algorithms: {alg!r} is not one of {', '.join(sorted(known))}")
+    secret_bytes = len(jwt.secret.encode("utf-8"))
+    if jwt.secret and secret_bytes < MIN_JWT_SECRET_LENGTH:
+        problems.append(f"jwt.secret must be at least {MIN_JWT_SECRET_LENGTH} bytes")
+    hmac_listed = [a for a in jwt.algorithms if a in HMAC_ALGORITHMS]
+    if hmac_listed and not jwt.secret:
+        problems.append(f"jwt.algorithms: {hmac_listed[0]} needs jwt.secret")
+    elif jwt.secret and secret_bytes >= MIN_JWT_SECRET_LENGTH:
+        for alg in hmac_listed:
+            if secret_bytes < HMAC_KEY_BYTES[alg]:
+                problems.append(
+                    f"jwt.algorithms: {alg} needs a jwt.secret of at least "
+                    f"{HMAC_KEY_BYTES[alg]} bytes"
+                )
+    keyed_listed = [a for a in jwt.algorithms if a in PUBLIC_KEY_ALGORITHMS]
+    if keyed_listed and not (jwt.public_key or jwt.jwks):
+        problems.append(f"jwt.algorithms: {keyed_listed[0]} needs jwt.public_key or jwt.jwks")
+    if not 0 <= jwt.leeway <= 3600:
+        problems.append("jwt.leeway must be between 0 and 3600 (seconds)")
+    for field in ("client_type_claim", "user_id_claim"):
+        if not getattr(jwt, field):
+            problems.append(f"jwt.{field} must name a claim")
+    if jwt.client_type_claim == jwt.user_id_claim:
+        problems.append("jwt.client_type_claim and jwt.user_id_claim must differ")
+    if not jwt.enabled and (jwt.algorithms or jwt.issuer or jwt.audience):
+        problems.append("jwt: set jwt.secret, jwt.public_key or jwt.jwks to verify tokens")
     return problems
 
 
@@ -526,9 +622,17 @@ def load_config(
     return _validate(config)
 
 
+#: What ``to_toml`` prints instead of a secret that is set.
+HIDDEN = "(set; not shown)"
+
+
 def to_toml(config: Config) -> str:
-    """The effective config as TOML (what ``python -m catsock config`` prints)."""
-    return _emit(_conv.unstructure(config), [])
+    """The effective config as TOML (what ``python -m catsock config`` prints); a
+    ``jwt.secret`` that is set shows as ``HIDDEN``, never itself."""
+    data = _conv.unstructure(config)
+    if data["jwt"]["secret"]:
+        data["jwt"]["secret"] = HIDDEN
+    return _emit(data, [])
 
 
 def _emit(table: Mapping[str, Any], path: list[str]) -> str:

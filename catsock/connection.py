@@ -9,7 +9,11 @@ when the kernel takes it, or finished by a drain task that calls back. The
 connection's nursery holds the reader (its own task) and, only while needed, a
 drain task and a catch-up task. Deadlines are cancel scopes on the reader's
 wait: the auth deadline until authenticated, then (if negotiated) the
-heartbeat, which pings every interval and closes 4000 after two silent ones.
+heartbeat, which pings every interval and closes 4000 after two silent ones,
+and the credential's expiry (``Principal.expires_at``): at it the connection
+gets ``TOKEN_EXPIRED`` and close 4002, unless an ``auth`` with a fresh token
+for the same identity (a refresh) moved it on. No message pays for it: it is
+one more deadline in ``deadline``, read once per wait.
 
 Delivery (docs/delivery.md): a connection is either *live* (the hub offers it
 each committed event) or *catching up* (a task reads the log from its positions,
@@ -128,6 +132,7 @@ class Connection(Session):
         self._heartbeat = 0.0  # the negotiated interval; 0: no heartbeat
         self._silent_at = math.inf  # heartbeat: close if nothing arrives by then
         self._ping_at = math.inf
+        self._expires_at = math.inf  # the credential's expiry, on trio's clock
         self._last_heartbeat_log = 0.0
 
     @property
@@ -196,7 +201,7 @@ class Connection(Session):
 
     def close(self, code: int, reason: str) -> None:
         """Write what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
-        self._ping_at = self._silent_at = math.inf
+        self._ping_at = self._silent_at = self._expires_at = math.inf
         super().close(code, reason)
 
     # -- the session's hooks (catsock/transport/session.py) ---------------------------
@@ -236,10 +241,19 @@ class Connection(Session):
     def deadline(self) -> float:
         if self.machine.state is State.AWAITING_AUTH:
             return self._auth_deadline
-        return min(self._ping_at, self._silent_at, self._confirm_at)
+        return min(self._ping_at, self._silent_at, self._confirm_at, self._expires_at)
 
     def deadline_passed(self) -> None:
         now = trio.current_time()
+        if now >= self._expires_at:
+            self._expires_at = math.inf
+            for action in self.machine.expired():
+                if isinstance(action, Send):
+                    self._send(action.message)
+                elif isinstance(action, Close):
+                    self.close(action.code, action.reason)
+            self.pump()
+            return
         if now >= self._confirm_at:
             self._confirm(now)
         if self.machine.state is State.AWAITING_AUTH or now >= self._silent_at:
@@ -318,14 +332,41 @@ class Connection(Session):
                 self.close(action.code, action.reason)
 
     async def _verify(self, action: Verify) -> None:
+        if action.refresh:
+            await self._refresh(action)
+            return
         principal = await self.registry.authenticate(self, action.token, action.client_type)
         if isinstance(principal, Principal):
             bucket = self.registry.identity_bucket(principal)
             more = self.machine.auth_accepted(principal, bucket)
+            self._expire_at(principal)
             await self._plan_delivery(principal, more)
         else:
             more = self.machine.auth_rejected(*principal)
         await self._execute(more)
+
+    async def _refresh(self, action: Verify) -> None:
+        """A new ``auth`` on this active connection: a good token for the same
+        identity moves the expiry on; anything else is refused, and the old
+        credential keeps its deadline."""
+        result = await self.registry.reauthenticate(self, action.token, action.client_type)
+        if self.closing:
+            return  # expired, revoked or shut down while the token was checked
+        if isinstance(result, Principal):
+            more = self.machine.refresh_accepted(result)
+            if self.machine.principal is result:
+                self._expire_at(result)
+        else:
+            more = self.machine.refresh_rejected(result[0])
+        await self._execute(more)
+
+    def _expire_at(self, principal: Principal) -> None:
+        """Set the expiry deadline from the credential's Unix time, on trio's clock."""
+        if principal.expires_at is None:
+            self._expires_at = math.inf
+        else:
+            left = principal.expires_at - self.ctx.wall_clock()
+            self._expires_at = trio.current_time() + max(0.0, left)
 
     # -- delivery ------------------------------------------------------------------
 

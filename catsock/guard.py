@@ -22,9 +22,13 @@ refused because of this one.
 
 Addresses: IPv4 as they are, IPv6 by their /64 (one host usually holds a whole
 /64). A peer in ``guard.trusted_proxies`` is a proxy: the client is the
-right-most ``X-Forwarded-For`` entry that is not a trusted proxy itself
-(``client``). Addresses in ``guard.exempt`` (the gateway's own host by
-default) are never limited.
+right-most entry of its forwarding header that is not a trusted proxy itself
+(``client_from``; ``client`` for an ``X-Forwarded-For`` value). The header is
+``guard.forwarded_header``, ``X-Forwarded-For`` or RFC 7239's ``Forwarded``
+(its ``for=`` parameters), and only that one: a proxy that writes one passes the
+other through as the client sent it. From any other peer both are ignored.
+Addresses in ``guard.exempt`` (the gateway's own host by default) are never
+limited.
 
 Refusals, delays and lockouts are counted (``statistics()``) and logged as one
 WARNING per address and kind per ``WARN_EVERY`` seconds, never one per refusal.
@@ -37,7 +41,8 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import attrs
@@ -122,6 +127,7 @@ class AddressGuard:
         self.clock = clock
         self._exempt = _networks(config.exempt)
         self._proxies = _networks(config.trusted_proxies)
+        self._forwarded_rfc7239 = config.forwarded_header.lower() == "forwarded"
         self._connections: dict[str, int] = {}
         self._unauthenticated: dict[str, int] = {}
         self._failures: collections.OrderedDict[str, _Failures] = collections.OrderedDict()
@@ -135,13 +141,28 @@ class AddressGuard:
         address = _address(peer)
         return address is not None and _within(address, self._proxies)
 
+    def client_from(self, peer: str, headers: Mapping[str, str]) -> str:
+        """The client behind ``peer`` given a request's headers (lower-case names):
+        ``peer`` itself unless it is a trusted proxy that sent the configured
+        forwarding header (then that header's right-most untrusted entry)."""
+        if self._forwarded_rfc7239:
+            value = headers.get("forwarded")
+            entries = None if value is None else _forwarded_for(value)
+        else:
+            value = headers.get("x-forwarded-for")
+            entries = None if value is None else value.split(",")
+        return self._walk(peer, entries)
+
     def client(self, peer: str, forwarded_for: str | None) -> str:
         """The client behind ``peer``: ``peer`` itself unless it is a trusted proxy
         that sent ``X-Forwarded-For`` (then its right-most untrusted entry)."""
-        if forwarded_for is None or not self.is_proxy(peer):
+        return self._walk(peer, None if forwarded_for is None else forwarded_for.split(","))
+
+    def _walk(self, peer: str, entries: list[str] | None) -> str:
+        if entries is None or not self.is_proxy(peer):
             return peer
         client = peer
-        for entry in reversed(forwarded_for.split(",")):
+        for entry in reversed(entries):
             address = _address(entry)
             if address is None:
                 break  # a malformed entry: trust nothing to its left
@@ -288,6 +309,27 @@ class AddressGuard:
         now = self.clock()
         locked = sum(1 for record in self._failures.values() if record.locked_until > now)
         return attrs.evolve(self._stats, locked_addresses=locked)
+
+
+_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("[^"]*"|[^;\s]*)', re.IGNORECASE)
+
+
+def _forwarded_for(value: str) -> list[str]:
+    """The ``for=`` nodes of a ``Forwarded`` header (RFC 7239 §4), one per element,
+    as bare addresses: ``for="[2001:db8::1]:4711"`` is ``2001:db8::1``,
+    ``for=192.0.2.60:80`` (quoted) ``192.0.2.60``. An element without one, or with
+    ``unknown`` or an obfuscated name, gives an entry no address parses from, so
+    nothing to its left is believed."""
+    nodes = []
+    for element in value.split(","):
+        match = _FOR.search(element)
+        node = match[1].strip('"') if match else ""
+        if node.startswith("["):
+            node = node[1 : node.find("]")] if "]" in node else ""
+        elif node.count(":") == 1:
+            node = node.split(":", 1)[0]  # IPv4 with a port
+        nodes.append(node)
+    return nodes
 
 
 def _networks(cidrs: list[str]) -> list[Network]:

@@ -108,7 +108,7 @@ class HttpApi:
             # Characters are at most 4 UTF-8 bytes; the codec then applies the real limit.
             max_body=limits.max_message_size * 4,
             closing=lambda: self._shutting_down,
-            client_of=gateway.guard.client,
+            client_of=gateway.guard.client_from,
         )
         #: Each durable recipient's lag: the console's and the lag gauges' source.
         self.lag = LagWatch(gateway)
@@ -247,15 +247,16 @@ class HttpApi:
                 locked,
             )
         shared_as = request.headers.get("x-client-type")
-        principal = await gateway.auth.identify(token, shared_as)
-        if principal is None:
+        principal = await gateway.auth.check(token, None, shared_as)
+        if not isinstance(principal, Principal):
             if untyped_shared and shared_as is None and gateway.auth.is_shared(token):
                 return None
             gateway.stats.auth_failures += 1
             delay = gateway.guard.failed(request.client)
             if delay:
                 await trio.sleep(delay)
-            return _api_error(ErrorCode.AUTH_FAILED, "invalid authentication token")
+            # A JWT or an opaque token past its expiry says so ("token expired").
+            return _api_error(ErrorCode.AUTH_FAILED, principal.detail)
         return self._may_log_in(principal)
 
     def _may_log_in(self, principal: Principal) -> Principal | Response:

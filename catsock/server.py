@@ -43,13 +43,14 @@ from protocol import messages as m
 from storage.backup import DatabaseHeld
 from storage.backup import hold as hold_database
 
-from .auth import Authenticator
+from .auth import Authenticator, AuthRefusal
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
 from .delivery import PRIORITY_NAMES, Delivery
 from .guard import RETRY_AFTER, UNCOUNTED, AddressGuard, Slot
 from .httpapi import HttpApi
 from .hub import Hub
+from .jwtauth import JwtConfigError, JwtVerifier
 from .logsink import LogSink
 from .services import ConnectionContext
 from .transport.frontdoor import Response, Upgrade, error_response
@@ -149,8 +150,18 @@ class Gateway:
         known_types = {"CATS", "AFAD", "DASHBOARD"}
         for route in self.machine_config.routing.values():
             known_types |= route.senders | set(route.to_types)
+        verifier: JwtVerifier | None = None
+        try:
+            if config.jwt.enabled:
+                verifier = JwtVerifier(config.jwt, wall_clock=wall_clock)
+        except JwtConfigError as exc:
+            raise StartupError(str(exc)) from None
         self.auth = Authenticator(
-            config.database, shared_token=shared or None, shared_client_types=known_types
+            config.database,
+            shared_token=shared or None,
+            shared_client_types=known_types,
+            jwt=verifier,
+            wall_clock=wall_clock,
         )
         self._log_db = storage.open_db(config.database)
         db_lock = trio.Lock()
@@ -327,8 +338,8 @@ class Gateway:
     def _cut_revoked(self) -> None:
         for conn in list(self.connections):
             p = conn.principal
-            if p is not None and not self.auth.is_active(p.identity):
-                conn.close(1008, "token revoked")
+            if p is not None and not self.auth.is_active(p):
+                conn.close(CloseCode.POLICY_VIOLATION, "token revoked")
 
     # -- one TCP connection --------------------------------------------------------------
 
@@ -402,7 +413,7 @@ class Gateway:
         client = peer
         slot: Slot | None = UNCOUNTED
         if proxied:
-            client = self.guard.client(peer, upgrade.headers.get("x-forwarded-for"))
+            client = self.guard.client_from(peer, upgrade.headers)
             if not self.client_allowed(client):
                 self.stats.refused_ip += 1
                 await front_door.refuse(stream, _not_allowed())
@@ -505,29 +516,9 @@ class Gateway:
 
         A failure is answered after the address's delay (this sleeps in ``conn``'s
         own task); an address locked out is refused without a check."""
-        client = self._client_of(conn)
-        locked = self.guard.locked_for(client)
-        if locked:
-            return (
-                "too many failed authentications from this address; "
-                f"try again in {math.ceil(locked)} s",
-                ErrorCode.RATE_LIMIT_EXCEEDED,
-            )
-        principal = await self.auth.verify(token, client_type)
-        if principal is None:
-            self.stats.auth_failures += 1
-            delay = self.guard.failed(client)
-            if delay:
-                await trio.sleep(delay)
-            # A good token claimed as the wrong type says so: its holder could
-            # learn its type by trying the others anyway.
-            valid = await self.auth.identify(token)
-            if valid is not None and valid.client_type != client_type:
-                return (
-                    f"this token is for client type {valid.client_type}, not {client_type}",
-                    ErrorCode.AUTH_FAILED,
-                )
-            return ("invalid authentication token", ErrorCode.AUTH_FAILED)
+        principal = await self._check_token(self._client_of(conn), token, client_type)
+        if not isinstance(principal, Principal):
+            return principal
         problem = self.login_problem(principal)
         if problem is not None:
             return (problem, ErrorCode.PROCESSING_ERROR)
@@ -542,6 +533,42 @@ class Gateway:
         entry = self._clients.get(conn)
         if entry is not None:
             entry[1].release()  # no longer an unauthenticated WebSocket of its address
+        return principal
+
+    async def reauthenticate(
+        self, conn: Connection, token: str, client_type: str
+    ) -> Principal | tuple[str, ErrorCode]:
+        """Check the token of ``conn``'s refresh (an ``auth`` on an active connection
+        whose credential expires), under the same failed-auth throttle. Whether it
+        names the same identity is the state machine's to decide."""
+        return await self._check_token(self._client_of(conn), token, client_type)
+
+    async def _check_token(
+        self, client: str, token: str, client_type: str
+    ) -> Principal | tuple[str, ErrorCode]:
+        locked = self.guard.locked_for(client)
+        if locked:
+            return (
+                "too many failed authentications from this address; "
+                f"try again in {math.ceil(locked)} s",
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+            )
+        principal = await self.auth.check(token, client_type)
+        if isinstance(principal, AuthRefusal):
+            self.stats.auth_failures += 1
+            delay = self.guard.failed(client)
+            if delay:
+                await trio.sleep(delay)
+            if not principal.expired:
+                # A good token claimed as the wrong type says so: its holder could
+                # learn its type by trying the others anyway.
+                valid = await self.auth.identify(token)
+                if valid is not None and valid.client_type != client_type:
+                    return (
+                        f"this token is for client type {valid.client_type}, not {client_type}",
+                        ErrorCode.AUTH_FAILED,
+                    )
+            return (principal.detail, ErrorCode.AUTH_FAILED)
         return principal
 
     def _client_of(self, conn: Connection) -> str:

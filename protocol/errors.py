@@ -46,6 +46,9 @@ class ErrorCode(enum.StrEnum):
     SLOW_CONSUMER = "SLOW_CONSUMER"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     OVERLOADED = "OVERLOADED"
+    #: The credential of a live connection reached its expiry (a JWT's ``exp``, an
+    #: opaque token's ``--expires-in``) and no refresh came in time.
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
 
 
 class CloseCode(enum.IntEnum):
@@ -60,6 +63,7 @@ class CloseCode(enum.IntEnum):
     # Private range: reasons RFC 6455 has no code for.
     HEARTBEAT_TIMEOUT = 4000
     SLOW_CONSUMER = 4001
+    TOKEN_EXPIRED = 4002
 
 
 class CatsockProtocolError(Exception):

@@ -13,8 +13,16 @@ credentials, ``Subscribe`` to channels, ``Publish`` an event to channels,
 
 ``Verify`` moves the machine to ``AUTHENTICATING``; the runtime checks the token
 and answers with ``auth_accepted`` or ``auth_rejected`` before it feeds another
-message. ``timeout`` reports an expired deadline (auth or heartbeat); ``closed``
-reports that the transport is gone. A pair missing from the table is a runtime
+message. ``timeout`` reports an expired deadline (auth or heartbeat); ``expired``
+reports that the credential of an active connection reached its expiry
+(``Principal.expires_at``); ``closed`` reports that the transport is gone.
+
+Refresh: an ``auth`` on an ``ACTIVE`` connection whose credential expires is a
+refresh, ``Verify(refresh=True)``; the state stays ``ACTIVE`` and the runtime
+answers with ``refresh_accepted`` (the new principal must be the same identity,
+client type and user) or ``refresh_rejected`` before it feeds another message.
+On a connection whose credential never expires a second ``auth`` is refused
+with ``ALREADY_AUTHENTICATED``, as before. A pair missing from the table is a runtime
 bug and raises ``LocalProtocolError``.
 
 Every state change is in ``TRANSITIONS``; docs/protocol.md's diagram is
@@ -129,6 +137,9 @@ class Send:
 class Verify:
     token: str
     client_type: str
+    #: A refresh of an active connection's credential (answer with
+    #: ``refresh_accepted`` / ``refresh_rejected``).
+    refresh: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -172,6 +183,15 @@ class Principal:
     user_id: str | None = None
     #: False for a publish-only token: it joins no channel.
     receives: bool = True
+    #: Unix time from which the credential is no longer honoured (a JWT's ``exp``
+    #: plus the configured leeway, an opaque token's expiry); None: never. A
+    #: connection whose credential expires may refresh it with a new ``auth``.
+    expires_at: float | None = None
+    #: What kind of credential it is: ``"token"`` (an opaque token, revoked by its
+    #: name), ``"jwt"`` (revoked by ``jti``), ``"shared"`` (the seed's shared token).
+    credential: str = "token"
+    #: A JWT's ``jti``, if it has one.
+    jti: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -335,6 +355,51 @@ class ConnectionMachine:
         self._move(Input.AUTH_REJECTED)
         return [self._error(code, detail), Close(CloseCode.POLICY_VIOLATION, code.value)]
 
+    def refresh_accepted(self, principal: Principal) -> list[Action]:
+        """The token of a pending refresh (``Verify(refresh=True)``) is good.
+        It must name the connection's identity, client type and user; then it
+        replaces the principal (and its expiry) and ``auth_success`` answers with
+        the same ``connection_id``. Any other principal is refused, and the
+        connection keeps its credential and its deadline."""
+        current = self.principal
+        if self.state is not State.ACTIVE or current is None:
+            raise LocalProtocolError(f"no refresh is pending in state {self.state.value}")
+        if (
+            principal.identity != current.identity
+            or principal.client_type != current.client_type
+            or principal.user_id != current.user_id
+            or principal.receives != current.receives
+        ):
+            return self.refresh_rejected(
+                "refresh refused: the token names another identity, client type or user"
+            )
+        self.principal = principal
+        return [
+            Send(
+                m.AuthSuccess(
+                    connection_id=self.connection_id,
+                    timestamp=self._now(),
+                    extensions=self.extensions,
+                )
+            )
+        ]
+
+    def refresh_rejected(self, detail: str = "refresh refused") -> list[Action]:
+        """The token of a pending refresh is not good: ``AUTH_FAILED``; the
+        connection stays open with its current credential until that expires."""
+        if self.state is not State.ACTIVE:
+            raise LocalProtocolError(f"no refresh is pending in state {self.state.value}")
+        return [self._error(ErrorCode.AUTH_FAILED, detail)]
+
+    def expired(self) -> list[Action]:
+        """The active connection's credential reached ``Principal.expires_at`` with
+        no refresh: ``TOKEN_EXPIRED``, then close 4002."""
+        self._move(Input.TIMEOUT)
+        return [
+            self._error(ErrorCode.TOKEN_EXPIRED, "the token expired; authenticate again"),
+            Close(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED.value),
+        ]
+
     def timeout(self) -> list[Action]:
         """A deadline passed: auth not completed in time, or heartbeat silence."""
         waiting = self.state in (State.AWAITING_AUTH, State.AUTHENTICATING)
@@ -426,6 +491,8 @@ class ConnectionMachine:
     def _auth(self, message: m.Auth) -> list[Action]:
         if self.state is State.ACTIVE:
             self._move(Input.AUTH)
+            if self.principal is not None and self.principal.expires_at is not None:
+                return [Verify(message.token, message.client_type, refresh=True)]
             return [self._error(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated")]
         self._move(Input.AUTH)
         self._requested = message.extensions

@@ -1,6 +1,8 @@
-"""Client credentials: named bearer tokens, stored only as hashes.
+"""Client credentials: named bearer tokens, stored only as hashes, and the JWT deny-list.
 
-The CLI creates and revokes tokens; the gateway loads the active set and verifies clients.
+The CLI creates and revokes tokens (an opaque token may carry an expiry) and
+revokes JWTs by ``jti``; the gateway loads the active set and the deny-list and
+verifies clients.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = [
     "hash_token",
     "list_tokens",
     "load_active",
+    "load_revoked_jtis",
+    "revoke_jti",
     "revoke_token",
     "verify",
 ]
@@ -34,7 +38,11 @@ __all__ = [
 TOKEN_PREFIX = "cs_"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CLIENT_TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
-_COLUMNS = "name, client_type, user_id, token_hash, created_at, revoked_at, publish_only"
+_COLUMNS = (
+    "name, client_type, user_id, token_hash, created_at, revoked_at, publish_only, expires_at"
+)
+#: Longest ``jti`` the deny-list takes (the gateway refuses longer ones anyway).
+MAX_JTI_LENGTH = 256
 
 
 @attrs.frozen
@@ -49,6 +57,12 @@ class Credential:
     revoked_at: str | None
     #: Publishes only: joins no channel, so nothing is delivered or replayed to it.
     publish_only: bool = False
+    #: Unix time from which the token no longer authenticates (None: never); a
+    #: connection it opened is closed then unless the client refreshes.
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 class CredentialError(Exception):
@@ -69,9 +83,9 @@ def hash_token(token: str) -> str:
 
 
 def _row_to_credential(
-    row: tuple[str, str, str | None, str, str, str | None, int],
+    row: tuple[str, str, str | None, str, str, str | None, int, float | None],
 ) -> Credential:
-    return Credential(*row[:6], publish_only=bool(row[6]))
+    return Credential(*row[:6], publish_only=bool(row[6]), expires_at=row[7])
 
 
 def create_token(
@@ -81,9 +95,11 @@ def create_token(
     client_type: str,
     user_id: str | None = None,
     publish_only: bool = False,
+    expires_in: float | None = None,
     now: float | None = None,
 ) -> str:
-    """Create a credential and return its plain token; this is the only time it exists."""
+    """Create a credential and return its plain token; this is the only time it exists.
+    ``expires_in`` (seconds, positive): the token stops working that long after now."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise CredentialError(f"invalid credential name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
     if not isinstance(client_type, str) or not _CLIENT_TYPE_RE.fullmatch(client_type):
@@ -91,13 +107,25 @@ def create_token(
             f"invalid client type {client_type!r}: use A-Z, 0-9 and _, starting with a letter,"
             " at most 32 characters"
         )
+    if expires_in is not None and not (0 < expires_in < float("inf")):
+        raise CredentialError(f"invalid expiry {expires_in!r}: use a positive number of seconds")
     token = generate_token()
-    created_at = iso(time.time() if now is None else now)
+    at = time.time() if now is None else now
+    created_at = iso(at)
+    expires_at = None if expires_in is None else at + expires_in
     try:
         with db.atomic():
             db.conn.execute(
-                f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                (name, client_type, user_id, hash_token(token), created_at, int(publish_only)),
+                f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+                (
+                    name,
+                    client_type,
+                    user_id,
+                    hash_token(token),
+                    created_at,
+                    int(publish_only),
+                    expires_at,
+                ),
             )
             # A durable identity is kept every event from now on, even before it
             # first connects (storage/events.py, LOG_START).
@@ -127,6 +155,24 @@ def revoke_token(db: sqlite_utils.Database, name: str, now: float | None = None)
             (revoked_at, name),
         )
     return cursor.rowcount == 1
+
+
+def revoke_jti(db: sqlite_utils.Database, jti: str, now: float | None = None) -> bool:
+    """Put a JWT's ``jti`` on the deny-list; False if it is there already."""
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
+        raise CredentialError(f"invalid jti: use 1-{MAX_JTI_LENGTH} characters")
+    revoked_at = iso(time.time() if now is None else now)
+    with db.atomic():
+        cursor = db.conn.execute(
+            "INSERT OR IGNORE INTO revoked_jtis (jti, revoked_at) VALUES (?, ?)",
+            (jti, revoked_at),
+        )
+    return cursor.rowcount == 1
+
+
+def load_revoked_jtis(db: sqlite_utils.Database) -> frozenset[str]:
+    """Every ``jti`` on the deny-list."""
+    return frozenset(row[0] for row in db.conn.execute("SELECT jti FROM revoked_jtis"))
 
 
 def load_active(db: sqlite_utils.Database) -> dict[str, Credential]:

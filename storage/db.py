@@ -189,6 +189,16 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         )
         """,
     ),
+    # 8: opaque tokens that expire, and the JWT ``jti`` deny-list (storage/credentials.py).
+    (
+        _add_column("credentials", "expires_at", "REAL NULL"),
+        """
+        CREATE TABLE IF NOT EXISTS revoked_jtis (
+            jti TEXT PRIMARY KEY,
+            revoked_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import http
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -220,13 +220,14 @@ class FrontDoor:
         *,
         max_body: int,
         closing: Callable[[], bool] = lambda: False,
-        client_of: Callable[[str, str | None], str] = lambda peer, forwarded: peer,
+        client_of: Callable[[str, Mapping[str, str]], str] = lambda peer, headers: peer,
     ) -> None:
         self.handler = handler
         self.config = config
         self.max_body = max_body
         self.closing = closing
-        #: The client behind a peer, given its X-Forwarded-For (``AddressGuard.client``).
+        #: The client behind a peer, given the request's headers (behind a trusted
+        #: proxy, the one its forwarding header names: ``AddressGuard.client_from``).
         self.client_of = client_of
         self.stats = FrontDoorStats()
         self.open_http = 0
@@ -375,7 +376,7 @@ class FrontDoor:
             raise RequestRefused(
                 error_response(400, "BAD_REQUEST", "Content-Length and Transfer-Encoding together")
             )
-        client = self.client_of(peer, headers.get("x-forwarded-for"))
+        client = self.client_of(peer, headers)
         # Only the head was fed: h11 ends the message at once when no body is announced,
         # and says NEED_DATA (consuming nothing) when one is.
         no_body = isinstance(conn.next_event(), h11.EndOfMessage)

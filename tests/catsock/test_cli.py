@@ -117,12 +117,20 @@ async def test_user_bound_token_and_list(tmp_path: Path, start_gateway: GatewayF
         listed = await run_cli("token", "list", cwd=tmp_path, env=env)
         assert listed.code == 0, listed
         header, *rows = listed.out.splitlines()
-        assert header.split() == ["NAME", "TYPE", "USER", "CREATED", "REVOKED", "RECEIVES"]
+        assert header.split() == [
+            "NAME",
+            "TYPE",
+            "USER",
+            "CREATED",
+            "REVOKED",
+            "RECEIVES",
+            "EXPIRES",
+        ]
         fields = sorted(row.split() for row in rows)
-        assert [(f[0], f[1], f[2], f[4], f[5]) for f in fields] == [
-            ("afad-web", "AFAD", "-", "-", "no"),
-            ("cats-1", "CATS", "-", "-", "yes"),
-            ("dash-500", "DASHBOARD", "500", "-", "yes"),
+        assert [(f[0], f[1], f[2], f[4], f[5], f[6]) for f in fields] == [
+            ("afad-web", "AFAD", "-", "-", "no", "-"),
+            ("cats-1", "CATS", "-", "-", "yes", "-"),
+            ("dash-500", "DASHBOARD", "500", "-", "yes", "-"),
         ]
         # Never a token, nor its hash.
         assert "cs_" not in listed.out
@@ -163,7 +171,7 @@ async def test_revoke_then_list_and_revoked_token_is_refused(
         listed = await run_cli("token", "list", cwd=tmp_path, env=env)
         (row,) = listed.out.splitlines()[1:]
         assert row.split()[0] == "afad-1"
-        assert row.split()[-2].endswith("Z")  # the revocation time
+        assert row.split()[4].endswith("Z")  # the revocation time
 
         again = await run_cli("token", "revoke", "afad-1", cwd=tmp_path, env=env)
         assert "afad-1" in _one_error_line(again)

@@ -68,6 +68,8 @@ def summary(action: p.Action) -> tuple[Any, ...]:
             return ("auth_success", cid, ext)
         case p.Close(code=code):
             return ("close", code)
+        case p.Verify(token=token, client_type=client_type, refresh=refresh):
+            return ("refresh" if refresh else "verify", token, client_type)
     return (type(action).__name__.lower(), *attrs.astuple(action, recurse=False))
 
 
@@ -490,3 +492,76 @@ def test_accepted_from_a_client_is_refused_like_auth_success() -> None:
 )
 def test_resume_since_takes_only_a_non_negative_integer(params: Any, since: int | None) -> None:
     assert p.resume_since(params) == since
+
+
+# -- credentials that expire: refresh and expiry --------------------------------------------
+
+EXPIRING = p.Principal("id-1", "CATS", "500", expires_at=1000.0, credential="jwt", jti="a")
+
+
+def expiring_machine(extensions: dict[str, Any] | None = None) -> p.ConnectionMachine:
+    machine, _ = machine_in(A)
+    machine.receive(p.Auth(token="tok", client_type="CATS", extensions=extensions))
+    machine.auth_accepted(EXPIRING)
+    return machine
+
+
+def test_a_second_auth_on_an_expiring_credential_is_a_refresh() -> None:
+    machine = expiring_machine()
+    actions = machine.receive(p.Auth(token="tok-2", client_type="CATS"))
+    assert summaries(actions) == [("refresh", "tok-2", "CATS")]
+    assert machine.state is C
+    fresh = attrs.evolve(EXPIRING, expires_at=2000.0, jti="b")
+    assert summaries(machine.refresh_accepted(fresh)) == [("auth_success", "conn-1", None)]
+    assert machine.principal is fresh
+    assert machine.state is C
+
+
+def test_a_refresh_answers_with_the_extensions_granted_at_login() -> None:
+    machine = expiring_machine(extensions={})
+    machine.receive(p.Auth(token="tok-2", client_type="CATS"))
+    (success,) = machine.refresh_accepted(attrs.evolve(EXPIRING, expires_at=2000.0))
+    assert summary(success) == ("auth_success", "conn-1", machine.extensions)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        attrs.evolve(EXPIRING, identity="id-2"),
+        attrs.evolve(EXPIRING, client_type="AFAD"),
+        attrs.evolve(EXPIRING, user_id="600"),
+        attrs.evolve(EXPIRING, user_id=None),
+        attrs.evolve(EXPIRING, receives=False),
+    ],
+)
+def test_a_refresh_for_another_identity_is_refused(other: p.Principal) -> None:
+    machine = expiring_machine()
+    machine.receive(p.Auth(token="tok-2", client_type="CATS"))
+    assert summaries(machine.refresh_accepted(other)) == [err(E.AUTH_FAILED)]
+    assert machine.principal is EXPIRING
+    assert machine.state is C
+
+
+def test_a_refused_refresh_keeps_the_connection() -> None:
+    machine = expiring_machine()
+    machine.receive(p.Auth(token="bad", client_type="CATS"))
+    assert summaries(machine.refresh_rejected("token expired")) == [err(E.AUTH_FAILED)]
+    assert machine.state is C
+    assert summaries(machine.receive(p.Ping())) == [("pong", machine._now())]
+
+
+def test_expiry_sends_token_expired_and_closes_4002() -> None:
+    machine = expiring_machine()
+    assert summaries(machine.expired()) == [
+        err(E.TOKEN_EXPIRED),
+        ("close", p.CloseCode.TOKEN_EXPIRED),
+    ]
+    assert machine.state is X
+
+
+def test_refresh_answers_need_a_pending_refresh() -> None:
+    machine, _ = machine_in(A)
+    with pytest.raises(p.LocalProtocolError):
+        machine.refresh_accepted(EXPIRING)
+    with pytest.raises(p.LocalProtocolError):
+        machine.refresh_rejected()

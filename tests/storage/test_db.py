@@ -50,7 +50,9 @@ def test_open_db_creates_tables_and_indexes(db: sqlite_utils.Database) -> None:
         "created_at": str,
         "revoked_at": str,
         "publish_only": int,
+        "expires_at": float,
     }
+    assert db["revoked_jtis"].columns_dict == {"jti": str, "revoked_at": str}
     assert list(db["connections"].columns_dict) == [
         "id",
         "client_type",

@@ -584,6 +584,21 @@ class _UsageProblem(click.ClickException):
     type=click.Path(dir_okay=False),
     help="faults: append the target's output to this file (default: discarded).",
 )
+@click.option(
+    "--jwt-secret",
+    envvar="CATSOCK_CONFORMANCE_JWT_SECRET",
+    help="extensions: the target's jwt.secret, to check token expiry and refresh with "
+    "short-lived JWTs it mints ($CATSOCK_CONFORMANCE_JWT_SECRET; without it those "
+    "checks are skipped).",
+)
+@click.option("--jwt-issuer", default="", help="extensions: the target's jwt.issuer.")
+@click.option("--jwt-audience", default="", help="extensions: the target's jwt.audience.")
+@click.option(
+    "--jwt-leeway",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="extensions: the target's jwt.leeway in seconds.",
+)
 @click.option("--insecure", is_flag=True, help="wss://: do not verify the certificate.")
 @click.option(
     "--cafile",
@@ -605,6 +620,10 @@ def conformance(
     server_cmd: str | None,
     kill_signal: str,
     server_log: str | None,
+    jwt_secret: str | None,
+    jwt_issuer: str,
+    jwt_audience: str,
+    jwt_leeway: float,
     insecure: bool,
     cafile: str | None,
 ) -> None:
@@ -725,6 +744,14 @@ def conformance(
                 only=only,
                 limits=limits,
                 server=server,
+                jwt=None
+                if not jwt_secret
+                else conf.JwtTarget(
+                    secret=jwt_secret,
+                    issuer=jwt_issuer,
+                    audience=jwt_audience,
+                    leeway=jwt_leeway,
+                ),
                 on_start=lambda: say(report.run_header(planned, timeout)),
                 on_result=on_result,
             )

@@ -43,6 +43,8 @@ The modules, in the order they build on each other:
 - ``decode_vectors`` / ``session_vectors``: the checks driven by the vectors,
   and which profile and section each belongs to.
 - ``extensions``, ``limits``, ``faults``: those profiles' hand-written checks.
+- ``expiry``: credentials that expire and their refresh (the ``jwt.`` checks of
+  ``extensions``, run when given the target's JWT secret, ``JwtTarget``).
 - ``profiles``: the registry of profiles and ``module_checks``.
 - ``suite``: ``plan``, ``estimate``, ``run_conformance`` and ``check_names``.
 - ``report``: what the command prints, and its ``--json`` report.
@@ -57,7 +59,7 @@ from .results import _Skip as Skip
 from .runner import _Ctx as Ctx
 from .server import ServerControl, ServerFailed
 from .suite import Planned, check_names, estimate, plan, run_conformance
-from .tokens import TOKEN_KINDS, TargetLimits
+from .tokens import TOKEN_KINDS, JwtTarget, TargetLimits
 
 __all__ = [
     "DEFAULT_PROFILES",
@@ -67,6 +69,7 @@ __all__ = [
     "Ctx",
     "Fail",
     "GatewayUnreachable",
+    "JwtTarget",
     "Planned",
     "Profile",
     "ServerControl",

@@ -3,11 +3,12 @@ that enables them: expiry closes a live connection with ``TOKEN_EXPIRED`` and 40
 a refresh for the same identity keeps it open past the first expiry, and a refresh
 for another identity is refused without changing the deadline.
 
-Self-contained: each check is one ``async`` function taking the gateway's URL and
-the tokens it needs and returning a ``CheckResult``; nothing is raised for what
-the gateway does. None is named ``check_*``: ``profiles.module_checks`` takes
-those as ``check_<name>(ctx)`` checks, and these need tokens a run is not given
-as a token kind (``CHECKS`` lists them for a profile to call). A token's expiry
+Each check is one ``async`` function taking the gateway's URL and the tokens it
+needs and returning a ``CheckResult``; nothing is raised for what the gateway
+does. The ``check_*`` functions at the end join the ``extensions`` profile
+(``profiles.module_checks``, as ``jwt.<name>``): given the target's JWT secret
+(``JwtTarget``, ``--jwt-secret``) they mint the short-lived tokens each needs,
+and are skipped without it. A token's expiry
 is read from its JWT ``exp`` (unverified: the gateway verifies) unless
 ``expires_at`` gives it. ``leeway`` is the gateway's clock-skew allowance
 (``jwt.leeway``); ``slack`` covers the network and timers. Short-lived tokens
@@ -30,7 +31,8 @@ import jwt
 import trio
 import trio_websocket
 
-from .results import CheckResult
+from .results import CheckResult, _Fail, _Skip
+from .runner import _Ctx
 
 __all__ = [
     "CHECKS",
@@ -310,3 +312,69 @@ CHECKS: Final = {
     "refresh_extends": refresh_extends,
     "refresh_other_identity_refused": refresh_other_identity_refused,
 }
+
+
+# -- as checks of a profile (``extensions``: ``jwt.<name>``) -------------------------
+
+#: Seconds the first token of a check lives: time to log in and ping before it ends.
+TTL: Final = 6.0
+#: The client type the minted tokens claim: a dashboard receives, publishes nothing.
+CLIENT_TYPE: Final = "DASHBOARD"
+
+
+def _mint(ctx: _Ctx, sub: str, ttl: float) -> str:
+    target = ctx.runner.jwt
+    if target is None:
+        raise _Skip("needs the gateway's JWT secret (--jwt-secret) to mint expiring tokens")
+    ctx.extend(ttl + target.leeway + SLACK + ANSWER)  # it waits for the expiry
+    return mint_hs(
+        target.secret,
+        sub=sub,
+        client_type=CLIENT_TYPE,
+        ttl=ttl,
+        issuer=target.issuer,
+        audience=target.audience,
+        now=ctx.runner.wall_clock(),
+    )
+
+
+def _options(ctx: _Ctx) -> dict[str, Any]:
+    target = ctx.runner.jwt
+    return {
+        "leeway": 0.0 if target is None else target.leeway,
+        "ssl_context": ctx.runner.target.ssl_context,
+        "wall_clock": ctx.runner.wall_clock,
+    }
+
+
+def _verdict(result: CheckResult) -> None:
+    if result.skipped:
+        raise _Skip(result.detail)
+    if not result.passed:
+        raise _Fail(result.detail)
+
+
+async def check_expiry_closes(ctx: _Ctx) -> None:
+    """At a token's exp the connection gets TOKEN_EXPIRED and close 4002."""
+    token = _mint(ctx, "conformance-expiry-a", TTL)
+    _verdict(await expiry_closes(ctx.runner.target.url, token, CLIENT_TYPE, **_options(ctx)))
+
+
+async def check_refresh_extends(ctx: _Ctx) -> None:
+    """An auth with a fresh token of the same identity keeps the connection past exp."""
+    token = _mint(ctx, "conformance-expiry-a", TTL)
+    target = ctx.runner.jwt
+    assert target is not None  # _mint skipped otherwise
+    fresh = _mint(ctx, "conformance-expiry-a", 2 * (TTL + target.leeway + SLACK))
+    url = ctx.runner.target.url
+    _verdict(await refresh_extends(url, token, fresh, CLIENT_TYPE, **_options(ctx)))
+
+
+async def check_refresh_other_identity_refused(ctx: _Ctx) -> None:
+    """A refresh with another identity's token is AUTH_FAILED; the first exp holds."""
+    token = _mint(ctx, "conformance-expiry-a", TTL)
+    other = _mint(ctx, "conformance-expiry-b", 4 * TTL)
+    url = ctx.runner.target.url
+    _verdict(
+        await refresh_other_identity_refused(url, token, other, CLIENT_TYPE, **_options(ctx))
+    )

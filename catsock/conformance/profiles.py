@@ -143,8 +143,8 @@ PROFILES: Final = {
             (
                 _vectors("extensions"),
                 extension_checks,
-                # A module of further checks joins with one line, for example:
-                # module_checks("catsock.conformance.expiry", "jwt", "§10"),
+                # A module of further checks joins with one line:
+                module_checks("catsock.conformance.expiry", "jwt", "§2.1"),
             ),
         ),
         Profile(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -23,7 +24,7 @@ from protocol import ErrorCode
 from .conn import _clip, _Conn, _describe, _explain, _leaves, _Msg, _Target
 from .results import CheckResult, GatewayUnreachable, _Fail, _Retry, _Skip
 from .server import ServerControl
-from .tokens import TOKEN_KINDS, TargetLimits, _Budget, _client_type
+from .tokens import TOKEN_KINDS, JwtTarget, TargetLimits, _Budget, _client_type
 
 #: Logins refused with CONNECTION_LIMIT (our closed connections not yet gone) are retried.
 _LOGIN_ATTEMPTS: Final = 10
@@ -139,8 +140,14 @@ class _Runner:
         timeout: float,
         limits: TargetLimits | None = None,
         server: ServerControl | None = None,
+        jwt: JwtTarget | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.target = target
+        #: For the expiry checks (catsock/conformance/expiry.py), or None.
+        self.jwt = jwt
+        #: Unix time, as the target's clock should read it (tests drive a fake one).
+        self.wall_clock = wall_clock
         self.tokens = dict(tokens)
         self.timeout = timeout
         self.limits = limits or TargetLimits()

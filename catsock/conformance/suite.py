@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Final
@@ -19,7 +20,7 @@ from .profiles import DEFAULT_PROFILES, PROFILES
 from .results import CheckResult, GatewayUnreachable
 from .runner import _Check, _Runner
 from .server import ServerControl, ServerFailed
-from .tokens import TOKEN_KINDS, TargetLimits, _client_type
+from .tokens import TOKEN_KINDS, JwtTarget, TargetLimits, _client_type
 
 
 async def run_conformance(
@@ -32,6 +33,8 @@ async def run_conformance(
     only: Sequence[str] = (),
     limits: TargetLimits | None = None,
     server: ServerControl | None = None,
+    jwt: JwtTarget | None = None,
+    wall_clock: Callable[[], float] = time.time,
     on_start: Callable[[], None] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
 ) -> list[CheckResult]:
@@ -45,6 +48,8 @@ async def run_conformance(
     configured limits (default: catsock's). ``server`` starts the target first,
     and lets the ``faults`` profile kill and restart it; it is stopped at the end.
     ``ssl_context`` is used for ``wss://`` (default: the system's trust store).
+    ``jwt`` lets the expiry checks mint tokens (skipped without it); ``wall_clock``
+    is the Unix time they compare the target's expiries with.
     Raises ``ValueError`` for a bad URL, profile or token kind,
     ``GatewayUnreachable`` if no WebSocket handshake succeeds (or ``server``
     does not start).
@@ -55,7 +60,9 @@ async def run_conformance(
     if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be positive")
     planned = plan(profiles, only)
-    runner = _Runner(_parse_url(url, ssl_context), tokens, timeout or 5.0, limits, server)
+    runner = _Runner(
+        _parse_url(url, ssl_context), tokens, timeout or 5.0, limits, server, jwt, wall_clock
+    )
     try:
         if server is not None:
             try:

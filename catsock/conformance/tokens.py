@@ -31,6 +31,18 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 65536
 
 
 @attrs.frozen(kw_only=True)
+class JwtTarget:
+    """What the expiry checks need to mint short-lived JWTs the target accepts
+    (``jwt.secret``, ``issuer``, ``audience`` and ``leeway`` as it is configured;
+    docs/protocol.md §2.1). Without one, those checks are skipped."""
+
+    secret: str
+    issuer: str = ""
+    audience: str = ""
+    leeway: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
 class TargetLimits:
     """The limits the gateway under test is configured with (§2, §4.1, §9).
 

@@ -35,12 +35,19 @@ from catsock.conformance import (
     TOKEN_KINDS,
     CheckResult,
     GatewayUnreachable,
+    JwtTarget,
     Status,
     check_names,
     run_conformance,
 )
 
 from .harness import GatewayFactory, RunningGateway, tls_config
+from .jwtkit import SECRET, T0
+
+
+def fake_wall() -> float:
+    """The gateway's and the runner's Unix time, on the fake clock (JWT expiries)."""
+    return T0 + trio.current_time()
 
 #: The vector that needs the gateway at a per-identity connection limit, which is
 #: runtime configuration the runner cannot know.
@@ -164,10 +171,13 @@ async def test_catsock_passes_every_check(
     start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
 ) -> None:
     _quicken(lazy_clock)
-    gw = await start_gateway()
+    # With JWTs on, so the expiry checks of the extensions profile run too.
+    gw = await start_gateway(wall_clock=fake_wall, jwt={"secret": SECRET, "leeway": 2})
     tokens = _tokens(gw)
     with trio.fail_after(3600):  # virtual seconds
-        results = await run_conformance(gw.url, tokens)
+        results = await run_conformance(
+            gw.url, tokens, jwt=JwtTarget(secret=SECRET, leeway=2.0), wall_clock=fake_wall
+        )
     assert [r.name for r in results] == check_names()
     assert _report(results, Status.FAIL) == []
     assert {r.name for r in results if r.status is Status.SKIP} == ALWAYS_SKIPPED

@@ -87,3 +87,30 @@ def test_token_expiry_reads_only_a_jwt_exp(token: str, exp: float | None) -> Non
 def test_token_expiry_of_a_minted_token() -> None:
     token = expiry.mint_hs(SECRET, sub="s", client_type="CATS", ttl=60, now=T0)
     assert expiry.token_expiry(token) == T0 + 60
+
+
+async def test_the_extensions_profile_runs_them_given_the_secret(
+    start_gateway: GatewayFactory, lazy_clock: trio.testing.MockClock
+) -> None:
+    """The ``jwt.`` checks of the extensions profile mint their tokens with the
+    target's secret (``--jwt-secret``), pass against catsock, and are skipped,
+    saying why, without it."""
+    from catsock.conformance import JwtTarget, run_conformance
+
+    gw = await gateway(start_gateway)
+    names = ["jwt.expiry_closes", "jwt.refresh_extends", "jwt.refresh_other_identity_refused"]
+    with trio.fail_after(600):
+        given = await run_conformance(
+            gw.url,
+            {},
+            profiles=["extensions"],
+            only=["jwt."],
+            jwt=JwtTarget(secret=SECRET, leeway=2.0),
+            wall_clock=fake_wall,
+        )
+        without = await run_conformance(gw.url, {}, profiles=["extensions"], only=["jwt."])
+    assert [(r.name, r.status, r.section) for r in given] == [
+        (name, Status.PASS, "§2.1") for name in names
+    ], given
+    assert [(r.name, r.status) for r in without] == [(name, Status.SKIP) for name in names]
+    assert all("--jwt-secret" in r.detail for r in without)

@@ -16,7 +16,6 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 import attrs
 import orjson
@@ -36,7 +35,7 @@ from protocol import (
 from protocol import messages as m
 from protocol.codec import json_object
 
-from . import metrics
+from . import metrics, params
 from .adminapi import AdminApi
 from .entries import keys_in_front, with_seq_first
 from .lag import LagWatch
@@ -390,15 +389,14 @@ class HttpApi:
     async def _get_events(self, request: Request) -> Response:
         """Long-poll: the caller's events after ``since``, waiting up to ``wait`` seconds
         for one when there are none yet."""
-        query = parse_qs(request.query, keep_blank_values=True)
+        query = params.query(request)
         try:
-            since = _int_param(query, "since", None, 0, None)
-            wait = _float_param(query, "wait", 0.0, 0.0, self.gateway.config.http.max_wait)
+            since = params.optional_int(query, "since", 0)
+            wait = params.float_(query, "wait", 0.0, 0.0, self.gateway.config.http.max_wait)
             batch = self.gateway.config.delivery.replay_batch
-            limit = _int_param(query, "limit", min(DEFAULT_EVENTS_LIMIT, batch), 1, batch)
-        except ValueError as exc:
+            limit = params.int_(query, "limit", min(DEFAULT_EVENTS_LIMIT, batch), 1, batch)
+        except params.BadRequest as exc:
             return _api_error(ErrorCode.INVALID_MESSAGE, str(exc))
-        assert limit is not None
         principal = await self._principal(request)
         if not isinstance(principal, Principal):
             assert principal is not None
@@ -499,32 +497,3 @@ def _complete_envelope(
     return keys_in_front(orjson.dumps(missing).decode()[:-1], text)
 
 
-def _int_param(
-    query: dict[str, list[str]], name: str, default: int | None, low: int, high: int | None
-) -> int | None:
-    values = query.get(name)
-    if not values:
-        return default
-    try:
-        value = int(values[-1])
-    except ValueError:
-        raise ValueError(f"{name} must be an integer") from None
-    if value < low or (high is not None and value > high):
-        bound = f"{low}-{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}")
-    return value
-
-
-def _float_param(
-    query: dict[str, list[str]], name: str, default: float, low: float, high: float
-) -> float:
-    values = query.get(name)
-    if not values:
-        return default
-    try:
-        value = float(values[-1])
-    except ValueError:
-        raise ValueError(f"{name} must be a number") from None
-    if not low <= value <= high:  # NaN fails too
-        raise ValueError(f"{name} must be between {low:g} and {high:g}")
-    return value

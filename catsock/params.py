@@ -7,21 +7,28 @@ endpoint catches it once and answers ``bad(str(exc))``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-
-from protocol import ErrorCode
+from protocol import ErrorCode, json_object
 
 from .transport.frontdoor import Request, Response, error_response
 
-__all__ = ["BadRequest", "bad", "body", "choice", "float_", "int_", "query", "text"]
+__all__ = [
+    "BadRequest",
+    "bad",
+    "body",
+    "choice",
+    "float_",
+    "int_",
+    "optional_int",
+    "query",
+    "text",
+]
 
 
-class BadRequest(Exception):
+class BadRequest(ValueError):
     """A parameter or body is wrong; the message says how."""
 
 
@@ -31,10 +38,9 @@ def bad(message: str) -> Response:
 
 async def body(request: Request) -> dict[str, Any] | None:
     try:
-        value = orjson.loads(await request.read_body())
-    except orjson.JSONDecodeError:
+        return json_object(await request.read_body())
+    except ValueError:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def query(request: Request) -> dict[str, list[str]]:
@@ -47,15 +53,24 @@ def text(query: dict[str, list[str]], name: str) -> str | None:
 
 
 def int_(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    value = optional_int(query, name, low, high)
+    return default if value is None else value
+
+
+def optional_int(
+    query: dict[str, list[str]], name: str, low: int, high: int | None = None
+) -> int | None:
+    """The integer ``name`` within ``low``..``high`` (no upper bound: None), or None."""
     values = query.get(name)
     if not values:
-        return default
+        return None
     try:
         value = int(values[-1])
     except ValueError:
         raise BadRequest(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be {low}-{high}")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}-{high}" if high is not None else f">= {low}"
+        raise BadRequest(f"{name} must be {bound}")
     return value
 
 
@@ -69,7 +84,7 @@ def float_(
         value = float(values[-1])
     except ValueError:
         raise BadRequest(f"{name} must be a number") from None
-    if not low <= value <= high or math.isnan(value):
+    if not low <= value <= high:  # NaN fails too
         raise BadRequest(f"{name} must be between {low:g} and {high:g}")
     return value
 

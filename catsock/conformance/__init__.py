@@ -52,7 +52,7 @@ The modules, in the order they build on each other:
 
 from __future__ import annotations
 
-from .profiles import DEFAULT_PROFILES, PROFILES, Profile, module_checks, needs, section
+from .profiles import DEFAULT_PROFILES, PROFILES, Profile, module_checks, needs, section, waits
 from .results import CheckResult, GatewayUnreachable, Status
 from .results import _Fail as Fail
 from .results import _Skip as Skip
@@ -84,4 +84,5 @@ __all__ = [
     "plan",
     "run_conformance",
     "section",
+    "waits",
 ]

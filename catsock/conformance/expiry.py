@@ -31,6 +31,7 @@ import jwt
 import trio
 import trio_websocket
 
+from .profiles import waits
 from .results import CheckResult, _Fail, _Skip
 from .runner import _Ctx
 
@@ -354,12 +355,14 @@ def _verdict(result: CheckResult) -> None:
         raise _Fail(result.detail)
 
 
+@waits(TTL + SLACK)
 async def check_expiry_closes(ctx: _Ctx) -> None:
     """At a token's exp the connection gets TOKEN_EXPIRED and close 4002."""
     token = _mint(ctx, "conformance-expiry-a", TTL)
     _verdict(await expiry_closes(ctx.runner.target.url, token, CLIENT_TYPE, **_options(ctx)))
 
 
+@waits(TTL + SLACK)
 async def check_refresh_extends(ctx: _Ctx) -> None:
     """An auth with a fresh token of the same identity keeps the connection past exp."""
     token = _mint(ctx, "conformance-expiry-a", TTL)
@@ -370,6 +373,7 @@ async def check_refresh_extends(ctx: _Ctx) -> None:
     _verdict(await refresh_extends(url, token, fresh, CLIENT_TYPE, **_options(ctx)))
 
 
+@waits(TTL + SLACK)
 async def check_refresh_other_identity_refused(ctx: _Ctx) -> None:
     """A refresh with another identity's token is AUTH_FAILED; the first exp holds."""
     token = _mint(ctx, "conformance-expiry-a", TTL)

@@ -73,6 +73,17 @@ def section(number: str) -> Callable[[F], F]:
     return mark
 
 
+def waits(seconds: float) -> Callable[[F], F]:
+    """Mark a ``check_*`` function with the time it spends waiting on purpose (a
+    deadline it lets pass), for the run's time estimate."""
+
+    def mark(fn: F) -> F:
+        fn.conformance_waits = seconds  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
 def module_checks(module: str, prefix: str, default_section: str) -> CheckSource:
     """The ``check_*`` coroutine functions of ``module`` as checks (see the module
     docstring); the module is imported when a run is planned."""
@@ -92,6 +103,7 @@ def module_checks(module: str, prefix: str, default_section: str) -> CheckSource
                 tuple(getattr(fn, "conformance_needs", ())),
                 rule=(inspect.getdoc(fn) or "").split("\n", 1)[0],
                 section=getattr(fn, "conformance_section", default_section),
+                waits=getattr(fn, "conformance_waits", 0.0),
             )
             for fn in fns
         ]

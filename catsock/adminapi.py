@@ -93,6 +93,17 @@ class AdminApi:
             )
         return caller
 
+    async def _listing(self, request: Request) -> int | Response:
+        """An admin's list request: its ``limit`` (1 to ``MAX_LIMIT``), or the answer
+        to send (401, 403, or 400 for a bad limit)."""
+        caller = await self.admin(request)
+        if isinstance(caller, Response):
+            return caller
+        try:
+            return params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        except params.BadRequest as exc:
+            return params.bad(str(exc))
+
     # -- reads ----------------------------------------------------------------------
 
     async def _recipients(self, request: Request) -> Response:
@@ -151,13 +162,9 @@ class AdminApi:
         return json_response(200, {"refused": rows})
 
     async def _connections(self, request: Request) -> Response:
-        caller = await self.admin(request)
-        if isinstance(caller, Response):
-            return caller
-        try:
-            limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        except params.BadRequest as exc:
-            return params.bad(str(exc))
+        limit = await self._listing(request)
+        if isinstance(limit, Response):
+            return limit
         rows = []
         for conn in sorted(self.gateway.connections, key=lambda c: c.connected_at):
             p = conn.principal
@@ -184,13 +191,9 @@ class AdminApi:
         )
 
     async def _tokens(self, request: Request) -> Response:
-        caller = await self.admin(request)
-        if isinstance(caller, Response):
-            return caller
-        try:
-            limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        except params.BadRequest as exc:
-            return params.bad(str(exc))
+        limit = await self._listing(request)
+        if isinstance(limit, Response):
+            return limit
         tokens = await self._read(storage.list_tokens)
         rows = [
             {
@@ -208,13 +211,9 @@ class AdminApi:
         return json_response(200, {"total": len(rows), "tokens": rows[:limit]})
 
     async def _audit(self, request: Request) -> Response:
-        caller = await self.admin(request)
-        if isinstance(caller, Response):
-            return caller
-        try:
-            limit = params.int_(params.query(request), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        except params.BadRequest as exc:
-            return params.bad(str(exc))
+        limit = await self._listing(request)
+        if isinstance(limit, Response):
+            return limit
         rows = await self._read(_list_audit, limit)
         return json_response(200, {"audit": rows})
 

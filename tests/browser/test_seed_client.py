@@ -18,6 +18,8 @@ from typing import Any
 
 import trio
 
+from catsock.config import JwtConfig
+from catsock.jwtauth import mint
 from tests.catsock.harness import GatewayFactory, RunningGateway
 from tests.catsock.test_privacy import SECRETS, click
 
@@ -32,6 +34,7 @@ from .test_dashboard import (
 __all__ = ["browser_thread", "pytestmark"]  # the fixture and the skip conditions
 
 SEED_CLIENT = Path(__file__).parents[1] / "interop" / "js" / "seed_client.mjs"
+JWT_SECRET = "seed-client-test-secret-long-enough-for-hs256-0123456789"
 
 
 def _browser_source() -> str:
@@ -124,3 +127,33 @@ async def test_seed_js_client_in_chromium_shows_clicks_without_visitor_data(
     assert shown["payload"]["owner_id"] == 500
     assert shown["payload"]["access_id"] == 67890
     assert whole == json.loads(text)  # the admin dashboard: everything, as sent
+
+
+async def test_seed_js_client_authenticates_with_a_jwt(
+    start_gateway: GatewayFactory, browser_thread: BrowserThread
+) -> None:
+    """Issue 13: the seed's browser client, unchanged, sends a JWT where it sent an
+    opaque token ({"type":"auth","token":...}); a user-bound one gets its
+    affiliate's clicks, projected like any user-bound token's."""
+    gw = await start_gateway(jwt={"secret": JWT_SECRET})
+    token = mint(
+        JwtConfig(secret=JWT_SECRET), sub="aff-500", client_type="DASHBOARD", ttl=3600,
+        user_id="500",
+    )  # fmt: skip
+    with trio.fail_after(60):
+        async with seed_page(browser_thread, gw, token) as affiliate:
+            (conn,) = [c for c in gw.gateway.connections if c.principal is not None]
+            assert conn.principal is not None
+            assert (conn.principal.credential, conn.principal.identity) == ("jwt", "aff-500")
+            async with gw.client("CATS") as cats:
+                await cats.send(click("j-other", 501))
+                await cats.send(click("j1"))
+            shown = await browser_thread.run(affiliate.shown, "j1")
+            ids = await browser_thread.run(
+                affiliate.page.evaluate,
+                "[...document.querySelectorAll('pre.click')].map(p => p.dataset.messageId)",
+            )
+    assert ids == ["j1"]  # not the other affiliate's
+    assert shown["payload"]["owner_id"] == 500
+    assert not any(secret in json.dumps(shown) for secret in SECRETS)
+

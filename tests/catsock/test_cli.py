@@ -537,3 +537,10 @@ async def test_logs_rejects_a_bad_limit(tmp_path: Path) -> None:
     assert result.code == 2
     assert "Traceback" not in result.err
     assert "--limit" in result.err
+
+
+def test_the_readme_lists_every_command() -> None:
+    """README's "every command" sentence names exactly the commands there are."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("lists every command") :].split(";", 1)[0]
+    assert set(re.findall(r"`([a-z]+)`", sentence)) == set(main.commands)

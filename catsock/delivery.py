@@ -412,10 +412,10 @@ class Delivery:
                         self._reader.close()
                         self._reader = None
 
-    @property
-    def prunes(self) -> int:
-        """Retention runs completed (the first one at start-up)."""
-        return self._commits.prunes
+    async def wait_pruned(self, count: int = 1) -> None:
+        """Return once ``count`` retention runs have completed (the first one runs
+        at start-up)."""
+        await self._commits.wait_pruned(count)
 
     async def flush(self) -> None:
         """Commit everything appended or recorded so far."""

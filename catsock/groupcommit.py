@@ -72,9 +72,15 @@ class GroupCommit:
         self._failing = False
         self.batches = 0
         self.prunes = 0  # retention runs that completed
+        self._pruned = trio.Event()
         self.errors = 0
         self.last_batch_size = 0
         self.last_commit_seconds = 0.0
+
+    async def wait_pruned(self, count: int) -> None:
+        """Return once ``count`` retention runs have completed."""
+        while self.prunes < count:
+            await self._pruned.wait()
 
     def poke(self) -> None:
         """Something was buffered: look at ``due`` again."""
@@ -172,5 +178,7 @@ class GroupCommit:
                 self.failed("pruning", exc)
                 return
         self.prunes += 1
+        self._pruned.set()
+        self._pruned = trio.Event()
         self._logger.debug("%s: pruned %d rows", self.name, deleted)
         self._recovered()

@@ -534,8 +534,7 @@ async def test_retention_never_hides_a_loss(
         async with gw.client("CATS") as cats:
             await publish_all(cats, [conversion(f"r{i}") for i in range(1, 51)])
         gw = await restart(start_gateway, gw, **settings)
-        while gw.gateway.delivery.prunes < 1:  # noqa: ASYNC110 - the start-up prune
-            await trio.sleep(0.01)
+        await gw.gateway.delivery.wait_pruned()  # the start-up prune
         async with gw.client("AFAD", extensions=ACKS_RESUME) as afad:
             grant = afad.auth_reply["extensions"]["resume"]
             got = [m["message_id"] for m in await until_pong(afad)]

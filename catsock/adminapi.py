@@ -25,7 +25,7 @@ import storage
 from protocol import ErrorCode, Principal, subscriptions_for
 
 from . import params
-from .entries import with_seq_first
+from .entries import events_json
 from .lag import SORTS, read_aside
 from .ledger import explain, refusals
 from .transport.frontdoor import Request, Response, error_response, json_response
@@ -250,11 +250,7 @@ class AdminApi:
         projector = self.gateway.projections.for_recipient(
             caller.client_type, caller.user_id is not None
         )
-        events = b",".join(
-            with_seq_first(e.seq, e.body if projector is None else projector.body(e.type, e.body))
-            .encode()
-            for e in found
-        )
+        events = events_json(found, projector)
         at = orjson.dumps([round(e.created_at, 3) for e in found])
         tail = orjson.dumps({"now": now, "seconds": seconds, "more": more})[1:]
         return Response(200, b'{"events":[' + events + b'],"at":' + at + b"," + tail + b"\n")

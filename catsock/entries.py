@@ -16,7 +16,7 @@ the original frames serve, as before.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import attrs
@@ -32,6 +32,8 @@ __all__ = [
     "Entry",
     "Publisher",
     "Run",
+    "Stored",
+    "events_json",
     "keys_in_front",
     "with_seq_first",
 ]
@@ -52,6 +54,28 @@ def keys_in_front(opening: str, body: str) -> str:
 def with_seq_first(seq: int, body: str) -> str:
     """The event's JSON object text with ``"seq"`` as its first key (docs/delivery.md)."""
     return keys_in_front(f'{{"seq":{seq}', body)
+
+
+class Stored(Protocol):
+    """An event as read back: an ``Entry``, or a row of ``storage.recent_events``."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+
+
+def events_json(events: Iterable[Stored], projector: Projector | None) -> bytes:
+    """``events`` as the items of a JSON array, each with ``seq`` first, as
+    ``projector``'s class is sent them (None: as published). The HTTP long-poll and
+    the dashboard's history answer with it; a WebSocket uses ``Entry.view``."""
+    return b",".join(
+        with_seq_first(e.seq, e.body if projector is None else projector.body(e.type, e.body))
+        .encode()
+        for e in events
+    )
 
 
 class Publisher(Protocol):

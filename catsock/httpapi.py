@@ -37,7 +37,7 @@ from protocol.codec import json_object
 
 from . import metrics, params
 from .adminapi import AdminApi
-from .entries import keys_in_front, with_seq_first
+from .entries import events_json, keys_in_front
 from .lag import LagWatch
 from .refusals import refusal
 from .static_files import static_response
@@ -444,11 +444,7 @@ class HttpApi:
         projector = self.gateway.projections.for_recipient(
             principal.client_type, principal.user_id is not None
         )
-        events = b",".join(
-            with_seq_first(e.seq, e.body if projector is None else projector.body(e.type, e.body))
-            .encode()
-            for e in live
-        )
+        events = events_json(live, projector)
         body = b'{"events":[' + events + b'],"next":' + str(next_seq).encode() + b"}\n"
         return Response(200, body)
 

@@ -155,6 +155,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--soak-publishers", type=int, metavar="N", help="CATS publishers (default 2)"
     )
     soak.add_argument(
+        "--soak-publisher-window",
+        type=int,
+        metavar="N",
+        help="events a publisher writes ahead of its answers (default 100; 0: open loop, "
+        "as the seed's PHP client)",
+    )
+    soak.add_argument(
         "--soak-window", type=float, metavar="SECONDS", help="seconds per row (default 10)"
     )
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (default 0)")
@@ -203,6 +210,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         ("soak_idle_dashboards", "idle_dashboards"),
         ("soak_afad", "afad"),
         ("soak_publishers", "publishers"),
+        ("soak_publisher_window", "publisher_window"),
         ("soak_window", "window"),
     ):
         value = getattr(args, option)

@@ -35,9 +35,10 @@ import trio
 
 from . import httpprobe
 from .loadgen import cpu_pressure_us, generator_cpu_seconds
-from .soakclients import Afad, ClassTotals, Dashboard, Progress, SoakPublisher
+from .soakclients import Afad, ClassTotals, Progress, SoakPublisher
+from .soakcrowd import DashboardCrowd
 from .soakreport import metric
-from .wsclient import Conn, ConnectFailed, authenticate, open_conn
+from .wsclient import Conn, authenticate, open_conn
 
 __all__ = ["Crowd", "SoakPlan", "SoakTokens", "measure_capacity", "run_level"]
 
@@ -73,6 +74,11 @@ class SoakPlan:
     #: 0: no hold.
     capacity_hold: float = 30.0
     capacity_max: float = 100_000.0
+    #: Events a publisher may have written and not had answered (``accepted`` or an
+    #: error) before it waits: the bounded window of a publisher that must know
+    #: (catsock.client's ``max_in_flight``). 0: open loop, like the seed's PHP
+    #: client, which writes on whatever the gateway has read.
+    publisher_window: int = 100
     #: Given: skip the capacity ramp and use this many events/s as 1×.
     capacity: float | None = None
     drain_limit: float = 300.0
@@ -156,22 +162,19 @@ async def _client(
 
 @dataclass
 class Crowd:
-    """Every client of one step."""
+    """Every client of one step: the AFADs and publishers here, the dashboards in
+    their own process (bench/soakcrowd.py)."""
 
     afad: list[Afad]
-    dashboards: list[Dashboard]
     publishers: list[SoakPublisher]
     afad_totals: ClassTotals
-    dash_totals: ClassTotals
     progress: Progress
+    dash: DashboardCrowd | None = None
 
     @property
-    def reading(self) -> list[Dashboard]:
-        return [d for d in self.dashboards if d.reading]
-
-    @property
-    def idle(self) -> list[Dashboard]:
-        return [d for d in self.dashboards if not d.reading]
+    def dashboards(self) -> DashboardCrowd:
+        assert self.dash is not None
+        return self.dash
 
     @classmethod
     async def connect(
@@ -180,55 +183,39 @@ class Crowd:
         """AFADs, then dashboards (the non-reading ones paused right after their
         ``auth_success``), then the publishers. Raises ``ConnectFailed``."""
         progress = Progress()
-        crowd = cls(
-            [], [], [], ClassTotals("AFAD", progress), ClassTotals("DASHBOARD", progress), progress
-        )
+        crowd = cls([], [], ClassTotals("AFAD", progress), progress)
         try:
             for i in range(plan.afad):
                 conn = await _client(port, tokens.afad[i], "AFAD", nursery)
                 crowd.afad.append(Afad(conn, crowd.afad_totals, plan.publishers))
-            limiter = trio.CapacityLimiter(100)
-            failures: list[str] = []
-
-            async def dashboard(i: int) -> None:
-                reading = i >= plan.idle_dashboards
-                rcvbuf = None if reading else plan.idle_rcvbuf
-                async with limiter:
-                    try:
-                        with trio.fail_after(60):
-                            conn = await _client(
-                                port, tokens.dashboard, "DASHBOARD", nursery, rcvbuf=rcvbuf
-                            )
-                    except (ConnectFailed, OSError, trio.TooSlowError) as exc:
-                        failures.append(str(exc) or type(exc).__name__)
-                        return
-                if not reading:
-                    conn.pause()
-                crowd.dashboards.append(Dashboard(conn, crowd.dash_totals, reading=reading, seed=i))
-
-            async with trio.open_nursery() as setup:
-                for i in range(plan.dashboards):
-                    setup.start_soon(dashboard, i)
-            if failures:
-                raise ConnectFailed(
-                    f"{len(failures)}/{plan.dashboards} dashboards failed: {failures[0]}"
-                )
+            crowd.dash = await DashboardCrowd.start(
+                port,
+                tokens.dashboard,
+                dashboards=plan.dashboards,
+                idle=plan.idle_dashboards,
+                idle_rcvbuf=plan.idle_rcvbuf,
+                progress=progress,
+                nursery=nursery,
+            )
             for pid in range(plan.publishers):
                 conn = await _client(port, tokens.cats, "CATS", nursery, {"acks": {}})
-                crowd.publishers.append(SoakPublisher(conn, pid, progress))
+                crowd.publishers.append(
+                    SoakPublisher(conn, pid, progress, window=plan.publisher_window)
+                )
         except BaseException:
             crowd.close()
             raise
         return crowd
 
     def close(self) -> None:
-        clients: list[SoakPublisher | Afad | Dashboard] = [
-            *self.publishers,
-            *self.afad,
-            *self.dashboards,
-        ]
-        for client in clients:
-            client.conn.abort()
+        for conn in [*(p.conn for p in self.publishers), *(a.conn for a in self.afad)]:
+            conn.abort()
+        if self.dash is not None:
+            self.dash.close()
+
+    def generator_cpu(self) -> float:
+        """CPU seconds of the whole load generator: this process and the dashboards'."""
+        return generator_cpu_seconds() + (self.dash.cpu_seconds() if self.dash else 0.0)
 
     def sent(self) -> int:
         return sum(p.seq for p in self.publishers)
@@ -260,11 +247,10 @@ class _CpuMark:
     pressure: int | None
 
     @classmethod
-    def now(cls, server_cpu: Callable[[], float]) -> _CpuMark:
+    def now(cls, server_cpu: Callable[[], float], generator_cpu: Callable[[], float]) -> _CpuMark:
         return cls(
-            perf(), server_cpu(), generator_cpu_seconds(), _machine_busy_seconds(),
-            cpu_pressure_us(),
-        )  # fmt: skip
+            perf(), server_cpu(), generator_cpu(), _machine_busy_seconds(), cpu_pressure_us()
+        )
 
     def since(self, before: _CpuMark) -> dict[str, float | None]:
         wall = max(self.at - before.at, 1e-9)
@@ -291,8 +277,9 @@ def _settled(crowd: Crowd) -> bool:
     if crowd.answered() < crowd.sent():
         return False
     accepted = crowd.accepted()
-    return all(a.received - a.dups >= accepted for a in crowd.afad) and all(
-        d.received >= accepted for d in crowd.reading if not d.conn.closed
+    fewest = crowd.dashboards.min_open_reading
+    return all(a.received - a.dups >= accepted for a in crowd.afad) and (
+        fewest is None or fewest >= accepted
     )
 
 
@@ -307,9 +294,9 @@ async def _ramp_step(
     for the rest to arrive. Passes if the publishers kept the schedule, everything
     arrived in time, nobody was cut off and both classes' p99 stayed in bounds."""
     crowd.afad_totals.latency.take()
-    crowd.dash_totals.latency.take()
-    sent0, closed0 = crowd.sent(), sum(d.conn.closed for d in crowd.reading)
-    cpu0 = _CpuMark.now(server_cpu)
+    await crowd.dashboards.take_latency()
+    sent0, closed0 = crowd.sent(), crowd.dashboards.reading_closed
+    cpu0 = _CpuMark.now(server_cpu, crowd.generator_cpu)
     start = perf() + 0.01
     seconds = plan.capacity_step if seconds is None else seconds
     stop = start + seconds
@@ -321,10 +308,10 @@ async def _ramp_step(
     while not _settled(crowd) and perf() - ended < plan.capacity_settle:
         await crowd.progress.wait(0.05)
     settle = perf() - ended
-    usage = _CpuMark.now(server_cpu).since(cpu0)
+    usage = _CpuMark.now(server_cpu, crowd.generator_cpu).since(cpu0)
     written = crowd.sent() - sent0
-    afad, dash = crowd.afad_totals.latency.take(), crowd.dash_totals.latency.take()
-    cut = sum(d.conn.closed for d in crowd.reading) - closed0
+    afad, dash = crowd.afad_totals.latency.take(), await crowd.dashboards.take_latency()
+    cut = crowd.dashboards.reading_closed - closed0
     limit = plan.capacity_p99_ms
     passed = (
         written >= 0.98 * rate * seconds
@@ -513,7 +500,7 @@ async def run_level(
         while True:
             await trio.sleep(max(0.0, next_at - perf()))
             next_at += plan.window
-            rows.append(r := sampling.row())
+            rows.append(r := await sampling.row())
             first_drain = r["phase"] == "drain" and rows[-2:-1] and rows[-2]["phase"] == "load"
             if perf() - shown >= 60 or first_drain:
                 shown = perf()
@@ -525,7 +512,7 @@ async def run_level(
         """Once catsock counts as many 4001 closes as there are non-readers, give it
         ``idle_resume_after`` seconds more (its close grace is 5 s) and let them
         read: does a tab that comes back find the close?"""
-        count = len(crowd.idle)
+        count = crowd.dashboards.idle_count
         while count:
             shed = metric(probes.latest, "catsock_slow_consumer_disconnects")
             if shed is not None and shed >= count:
@@ -533,9 +520,8 @@ async def run_level(
             await trio.sleep(plan.probe_every)
         shed_at = perf()
         await trio.sleep(plan.idle_resume_after)
-        idle.update(await _let_idle_read(crowd, plan.idle_read_limit))
+        idle.update(await _let_idle_read(crowd, plan.idle_read_limit, t0))
         idle["shed_seen_at_s"] = shed_at - t0
-        idle["resumed_at_s"] = idle["resumed_at_s"] - t0
 
     async with trio.open_nursery() as watchers:
         watchers.start_soon(rss.run)
@@ -549,11 +535,10 @@ async def run_level(
                 senders.start_soon(publisher.run_schedule, per_publisher, t0 + offset, stop)
         drained_in = await _drain(crowd, plan)
         if not idle:  # never counted as shed (or the count was never seen): read now
-            idle.update(await _let_idle_read(crowd, plan.idle_read_limit))
+            idle.update(await _let_idle_read(crowd, plan.idle_read_limit, t0))
             idle["shed_seen_at_s"] = None
-            idle["resumed_at_s"] = idle["resumed_at_s"] - t0
         watchers.cancel_scope.cancel()
-    rows.append(sampling.row())
+    rows.append(await sampling.row())
     return {
         "rate": rate,
         "per_publisher_rate": per_publisher,
@@ -561,7 +546,7 @@ async def run_level(
         "drain_s": drained_in,
         "windows": rows,
         "idle_dashboards": idle,
-        **_losses(crowd),
+        **await _losses(crowd),
     }
 
 
@@ -581,16 +566,17 @@ class _Sampler:
     ) -> None:
         self.crowd, self.probes, self.rss, self.server_cpu = crowd, probes, rss, server_cpu
         self.rate, self.t0, self.stop = rate, t0, stop
-        self.mark = _CpuMark.now(server_cpu)
+        self.mark = _CpuMark.now(server_cpu, crowd.generator_cpu)
         self.sent = self.accepted = self.refused = self.afad = self.dash = self.seen = 0
 
-    def row(self) -> dict[str, Any]:
+    async def row(self) -> dict[str, Any]:
         crowd, probes = self.crowd, self.probes
-        mark = _CpuMark.now(self.server_cpu)
+        dash_latency = await crowd.dashboards.take_latency()
+        mark = _CpuMark.now(self.server_cpu, crowd.generator_cpu)
         now, wall = mark.at, max(mark.at - self.mark.at, 1e-9)
         sent, accepted = crowd.sent(), crowd.accepted()
         refused = sum(len(p.refused) for p in crowd.publishers)
-        afad, dash = crowd.afad_totals.delivered, crowd.dash_totals.delivered
+        afad, dash = crowd.afad_totals.delivered, crowd.dashboards.delivered
         new_probes = probes.done[self.seen :]
         rss_last, rss_peak = self.rss.take()
         scheduled = max(0.0, min(now, self.stop) - max(self.mark.at, self.t0))
@@ -616,7 +602,7 @@ class _Sampler:
             },
             "dashboards": {
                 "delivered_per_s": (dash - self.dash) / wall,
-                **crowd.dash_totals.latency.take(),
+                **dash_latency,
             },
             "rss_kib": rss_last,
             "rss_peak_kib": rss_peak,
@@ -624,7 +610,7 @@ class _Sampler:
             "health": _probe_summary([p for p in new_probes if p.path == "/health"]),
             "metrics": _probe_summary([p for p in new_probes if p.path == "/metrics"]),
             "server_metrics": dict(probes.latest) if fresh else {},
-            "dashboards_open": sum(not d.conn.closed for d in crowd.dashboards),
+            "dashboards_open": crowd.dashboards.open,
         }
         self.mark, self.sent, self.accepted, self.refused = mark, sent, accepted, refused
         self.afad, self.dash, self.seen = afad, dash, len(probes.done)
@@ -638,7 +624,7 @@ async def _drain(crowd: Crowd, plan: SoakPlan) -> float:
     deadline = started + plan.drain_limit
 
     def position() -> tuple[int, int, int]:
-        return crowd.answered(), crowd.afad_totals.delivered, crowd.dash_totals.delivered
+        return crowd.answered(), crowd.afad_totals.delivered, crowd.dashboards.delivered
 
     def finished() -> bool:
         if crowd.answered() < crowd.sent():
@@ -656,44 +642,15 @@ async def _drain(crowd: Crowd, plan: SoakPlan) -> float:
     return perf() - started
 
 
-async def _let_idle_read(crowd: Crowd, limit: float) -> dict[str, Any]:
+async def _let_idle_read(crowd: Crowd, limit: float, t0: float) -> dict[str, Any]:
     """Let the non-reading dashboards read what their sockets hold: did the
     ``SLOW_CONSUMER`` error and the close frame reach them?"""
-    idle = crowd.idle
-    before = [d.received for d in idle]
-    resumed = perf()
-    for d in idle:
-        d.conn.resume()
-    deadline = perf() + limit
-    last, moved = sum(d.received for d in idle), perf()
-    while perf() < deadline and not all(d.conn.closed for d in idle):
-        await trio.sleep(0.1)
-        now = sum(d.received for d in idle)
-        if now != last:
-            last, moved = now, perf()
-        elif perf() - moved > 2.0:
-            break
-    return {
-        "count": len(idle),
-        "closed": sum(d.conn.closed for d in idle),
-        "saw_slow_consumer": sum(d.saw_slow_consumer for d in idle),
-        "close_codes": _count(d.close_code for d in idle if d.conn.closed),
-        "ended_by": _count(d.conn.ended_by or "open" for d in idle),
-        "events_read_after": sum(d.received - b for d, b in zip(idle, before, strict=True)),
-        "events_read": sum(d.received for d in idle),
-        "resumed_at_s": resumed,
-    }
+    idle = await crowd.dashboards.let_idle_read(limit)
+    idle["resumed_at_s"] = idle.pop("resumed_at") - t0
+    return idle
 
 
-def _count(values: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for value in values:
-        key = str(value)
-        out[key] = out.get(key, 0) + 1
-    return out
-
-
-def _losses(crowd: Crowd) -> dict[str, Any]:
+async def _losses(crowd: Crowd) -> dict[str, Any]:
     """AFAD: exactly once, in order, every accepted event (refusals excused).
     Dashboards: how many deliveries of the accepted events never arrived."""
     accepted = crowd.accepted()
@@ -721,8 +678,6 @@ def _losses(crowd: Crowd) -> dict[str, Any]:
                 "exact": unique == accepted and not unexcused and not a.dups and not a.conn.closed,
             }
         )
-    reading = crowd.reading
-    closed = [d for d in reading if d.conn.closed]
     return {
         "sent": crowd.sent(),
         "accepted": accepted,
@@ -734,13 +689,7 @@ def _losses(crowd: Crowd) -> dict[str, Any]:
         "afad_recipients": afad,
         "afad_missing": sum(r["missing"] for r in afad),
         "afad_exact": all(r["exact"] for r in afad),
-        "dashboards_reading": len(reading),
-        "dashboard_expected": accepted * len(reading),
-        "dashboard_delivered": sum(d.received for d in reading),
-        "dashboard_missing": sum(max(0, accepted - d.received) for d in reading),
-        "reading_dashboards_closed": len(closed),
-        "reading_close_codes": _count(d.close_code for d in closed),
-        "reading_saw_slow_consumer": sum(d.saw_slow_consumer for d in reading),
+        **await crowd.dashboards.losses(accepted),
     }
 
 

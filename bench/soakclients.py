@@ -12,7 +12,9 @@ count, publishers that keep a schedule, and the per-window latency buffers.
   error and the close frame (code) if they arrived.
 - ``SoakPublisher`` negotiates ``acks`` and counts ``accepted`` and refusals;
   each event carries the time it was *written* (latency is publish → deliver;
-  how far the publisher fell behind its schedule is kept apart, as lag).
+  how far the publisher fell behind its schedule is kept apart, as lag). With a
+  ``window`` it writes no more than that many events ahead of the answers, as a
+  client with acks does; without one it writes on whatever the gateway reads.
 """
 
 from __future__ import annotations
@@ -259,9 +261,11 @@ class SoakPublisher(Publisher):
     """A CATS connection with ``acks``: it counts what it wrote, what was accepted and
     refused, and how far it fell behind the schedule it was given."""
 
-    def __init__(self, conn: Conn, pid: int, progress: Progress) -> None:
+    def __init__(self, conn: Conn, pid: int, progress: Progress, *, window: int = 0) -> None:
         super().__init__(conn, pid)
         self.progress = progress
+        #: Events written and not answered yet, at most (0: no bound, open loop).
+        self.window = window
         self.accepted = 0
         self.duplicates = 0
         self.refused: set[int] = set()
@@ -332,6 +336,11 @@ class SoakPublisher(Publisher):
             if n <= 0:
                 await trio.sleep(max(0.0, start + written * interval - now))
                 continue
+            if self.window:
+                n = min(n, self.window - (self.seq - self.answered))
+                if n <= 0:  # the window is full: wait for answers, falling behind
+                    await self.progress.wait(0.05)
+                    continue
             lag = now - (start + written * interval)
             if lag > self.max_lag:
                 self.max_lag = lag

@@ -73,6 +73,7 @@ class DashboardCrowd:
         self.idle_count: int = ready["idle"]
         self.reading_count = self.count - self.idle_count
         self._lock = trio.Lock()
+        self._calls = 0
         self.delivered = 0
         self.open = self.count
         self.reading_closed = 0
@@ -120,10 +121,18 @@ class DashboardCrowd:
         return crowd
 
     async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send ``request``, return its answer. A call cancelled while it waited
+        leaves its answer in the pipe: answers carry their request's ``id``, and
+        older ones are skipped."""
         assert self.process.stdin is not None
         async with self._lock:
+            self._calls += 1
+            request = {**request, "id": self._calls}
             await self.process.stdin.send_all(json.dumps(request).encode() + b"\n")
-            return await self._lines.next()
+            while True:
+                answer = await self._lines.next()
+                if answer.get("id") == self._calls:
+                    return answer
 
     def _note(self, stats: dict[str, Any]) -> None:
         moved = stats["delivered"] != self.delivered or stats["open"] != self.open
@@ -278,8 +287,8 @@ class _Child:
         stdin = trio.lowlevel.FdStream(os.dup(0))
         stdout = trio.lowlevel.FdStream(os.dup(1))
 
-        async def answer(message: dict[str, Any]) -> None:
-            await stdout.send_all(json.dumps(message).encode() + b"\n")
+        async def answer(message: dict[str, Any], to: Any = None) -> None:
+            await stdout.send_all(json.dumps({**message, "id": to}).encode() + b"\n")
 
         async with trio.open_nursery() as nursery:
             await self.connect(nursery)
@@ -297,17 +306,17 @@ class _Child:
                     request = await requests.next()
                 except ConnectFailed:  # the parent is gone
                     break
-                op = request["op"]
+                op, to = request["op"], request.get("id")
                 if op == "close":
                     break
                 if op == "stats":
-                    await answer(self.stats(bool(request.get("latency"))))
+                    await answer(self.stats(bool(request.get("latency"))), to)
                 elif op == "let_idle_read":
-                    await answer(await self.let_idle_read(float(request["limit"])))
+                    await answer(await self.let_idle_read(float(request["limit"])), to)
                 elif op == "losses":
-                    await answer(self.losses(int(request["accepted"])))
+                    await answer(self.losses(int(request["accepted"])), to)
                 else:
-                    await answer({"error": f"unknown op {op!r}"})
+                    await answer({"error": f"unknown op {op!r}"}, to)
             for d in self.dashboards:
                 d.conn.abort()
             nursery.cancel_scope.cancel()

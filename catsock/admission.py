@@ -4,25 +4,26 @@ One event read from a publisher fans out to every recipient, so when more is
 offered than one core can deliver, reading on only moves the queue from the
 publishers' sockets into the gateway, where it costs memory and makes every
 recipient wait longer (issue 19). How far behind the gateway runs is measured
-every ``TICK`` while events arrive (and while overloaded), as the larger of:
+every ``TICK`` while events arrive (and while overloaded) as how late a timer
+fires: the event loop's lag, one round of everything runnable (a timer catches
+any stretch of work longer than a tick, wherever in the round it falls).
 
-- how late a timer fires: the event loop's lag, one round of everything
-  runnable (a timer catches any stretch of work longer than a tick, wherever
-  in the round it falls);
-- how long the oldest live-only recipient due for a write has waited past
-  ``delivery.live_interval`` (catsock/pacer.py).
+Live-only recipients (dashboards) falling behind do not count: they lose
+events, lowest priority first, or are shed (docs/delivery.md §3), so that the
+durable recipients, whose events cannot be dropped, are not held up by a feed
+that can (issue 19: "durable recipients first"). Until 2026-12-05 the oldest
+dashboard's wait counted too, and at twice the capacity an AFAD waited seconds
+behind a thousand dashboards.
 
-While it is over ``delivery.admission_lag``, the gateway is *overloaded*:
+While the lag is over ``delivery.admission_lag``, the gateway is *overloaded*:
 publishers are held before their next read (TCP pushes back on them; an HTTP
 publish waits, then gets 503 with ``Retry-After``) and the core goes to the
 writes already owed. Reads resume once it is under half the limit. Nothing
-ticks while no events arrive, and neither measure walks the connections.
+ticks while no events arrive, and the measure walks no connection.
 docs/delivery.md, "Overload", states what it bounds and what it cannot.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import trio
 
@@ -33,9 +34,8 @@ TICK = 0.01
 
 
 class Admission:
-    def __init__(self, limit: float, pacer_lag: Callable[[], float]) -> None:
+    def __init__(self, limit: float) -> None:
         self.limit = limit
-        self._pacer_lag = pacer_lag
         self.lag = 0.0  # the last measurement
         self.overloaded = False
         self.episodes = 0  # times it became overloaded
@@ -67,7 +67,7 @@ class Admission:
                 due = trio.current_time() + TICK
                 await trio.sleep_until(due)
                 now = trio.current_time()
-                self.observe(max(now - due, self._pacer_lag()), now)
+                self.observe(now - due, now)
             self._ticking = False
 
     def observe(self, lag: float, now: float) -> None:

@@ -58,7 +58,7 @@ from .services import ConnectionContext, DeliveryView, Registry, StatsSink
 from .takenin import TakenIn
 from .transport.frames import frame as ws_frame
 from .transport.link import Link
-from .transport.session import Session
+from .transport.session import CLOSE_GRACE, Session
 
 __all__ = ["Connection", "ConnectionContext", "DeliveryView", "Registry", "StatsSink"]
 
@@ -72,6 +72,11 @@ CRITICAL = PRIORITIES["CRITICAL"]
 LOW = PRIORITIES["LOW"]
 #: How often a client without acks is checked for what it has taken in.
 CONFIRM_EVERY = 0.05
+#: How long a shed recipient (close 4001) is kept so that its ``SLOW_CONSUMER``
+#: error and close frame reach it. Its socket is full, so they go out only once it
+#: reads again: a paused tab or process that comes back within this finds them
+#: instead of a bare hang-up (issue 19). Its queue is dropped; it holds a socket.
+SHED_GRACE = 30.0
 
 #: What ``render`` hands the session for ``written``: first seq, last seq, the batch.
 Written = tuple[int, int, list["bytes | Entry | Run"]]
@@ -199,10 +204,10 @@ class Connection(Session):
             )
         self._release_held()
 
-    def close(self, code: int, reason: str) -> None:
-        """Write what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
+    def close(self, code: int, reason: str, grace: float = CLOSE_GRACE) -> None:
+        """Write what is queued, then close with ``code``; bounded by ``grace`` seconds."""
         self._ping_at = self._silent_at = self._expires_at = math.inf
-        super().close(code, reason)
+        super().close(code, reason, grace)
 
     # -- the session's hooks (catsock/transport/session.py) ---------------------------
 
@@ -551,7 +556,7 @@ class Connection(Session):
                 )
             )
         )
-        self.close(CloseCode.SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value)
+        self.close(CloseCode.SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, SHED_GRACE)
 
     def _release_held(self) -> None:
         if self._held and not self._uncommitted and not self._replaying:

@@ -72,6 +72,7 @@ class DeliveryStatistics:
     latency_sum: float
     latency_count: int
     lag: float
+    live_lag: float
     overloaded: bool
     overload_episodes: int
     overload_seconds: float
@@ -99,7 +100,7 @@ class Delivery:
         self.enabled = config.log
         self.hub = hub
         self.pacer = Pacer(config.live_interval)
-        self.admission = Admission(config.admission_lag, self.pacer.lag)
+        self.admission = Admission(config.admission_lag)
         self._commits = GroupCommit(
             "event log",
             db if self.enabled else None,
@@ -586,6 +587,7 @@ class Delivery:
             latency_sum=self._latency_sum,
             latency_count=total,
             lag=self.admission.lag,
+            live_lag=self.pacer.lag(),
             overloaded=self.admission.overloaded,
             overload_episodes=self.admission.episodes,
             overload_seconds=self.admission.held_seconds,

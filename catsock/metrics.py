@@ -384,9 +384,15 @@ def delivery_metrics(stats: Any) -> Iterator[Metric]:
     )
     yield _gauge(
         "catsock_lag_seconds",
-        "How far behind the gateway ran at the last look: its event loop, or the"
-        " oldest live-only recipient waiting for a write (catsock/admission.py).",
+        "How far behind the gateway's event loop ran at the last look"
+        " (catsock/admission.py).",
         stats.lag,
+    )
+    yield _gauge(
+        "catsock_live_lag_seconds",
+        "How long past delivery.live_interval the longest-waiting live-only recipient"
+        " has waited for its write (catsock/pacer.py); it sheds, it holds no publisher.",
+        stats.live_lag,
     )
     yield _gauge(
         "catsock_overloaded",

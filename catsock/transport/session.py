@@ -192,12 +192,12 @@ class Session:
 
     # -- closing ---------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str) -> None:
-        """Write what is queued, then close with ``code``; bounded by ``CLOSE_GRACE``."""
+    def close(self, code: int, reason: str, grace: float = CLOSE_GRACE) -> None:
+        """Write what is queued, then close with ``code``; bounded by ``grace`` seconds."""
         if self._close is not None:
             return
         self._close = (int(code), reason)
-        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
         self.pump()
 
     @property

@@ -27,7 +27,7 @@ from .test_http import bearer, http
 
 
 def test_overloaded_past_the_limit_and_calm_again_under_half_of_it() -> None:
-    admission = Admission(0.2, lambda: 0.0)
+    admission = Admission(0.2)
     admission.observe(0.2, now=1.0)
     assert not admission.overloaded  # at the limit is not past it
     admission.observe(0.25, now=2.0)

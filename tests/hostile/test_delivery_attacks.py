@@ -81,8 +81,8 @@ async def test_a_slow_dashboard_that_is_cut_gets_slow_consumer_and_4001(
     """A DASHBOARD that reads slowly (16 KiB every 50 ms), or not at all until it has
     been cut and then again a second later, falls behind a stream of 30 KB events
     and is cut: what it reads ends with the SLOW_CONSUMER error and a close frame
-    with 4001, not a bare end of stream. (A reader silent for longer than the close
-    grace, 5 s, is dropped without one: nothing can reach it.)"""
+    with 4001, not a bare end of stream. (A reader silent for longer than
+    ``SHED_GRACE``, 30 s, is dropped without one: nothing can reach it.)"""
     async with arena.attack(**SLOW) as target:
         with trio.fail_after(30):
             wire = await slow_dashboard(target, "slow-dash", 16 * 1024)

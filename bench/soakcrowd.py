@@ -20,6 +20,7 @@ reach them?), ``losses`` (per-dashboard totals against the ``accepted`` count),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -30,8 +31,8 @@ from typing import Any
 
 import trio
 
-from .soakclients import ClassTotals, Dashboard, Progress
-from .wsclient import ConnectFailed, authenticate, open_conn
+from .soakclients import ClassTotals, Dashboard, Progress, close_frame_code
+from .wsclient import ConnectFailed, authenticate, frame, open_conn
 
 __all__ = ["DashboardCrowd"]
 
@@ -252,8 +253,17 @@ class _Child:
             d.conn.resume()
         deadline = perf() + limit
         last, moved = sum(d.received for d in idle), perf()
+        answered: set[int] = set()
         while perf() < deadline and not all(d.conn.closed for d in idle):
             await trio.sleep(0.1)
+            for i, d in enumerate(idle):
+                # A close frame came: answer it, as a browser does, so the gateway
+                # ends the connection now rather than at the end of its grace.
+                code = None if d.conn.closed else close_frame_code(d.tail)
+                if code is not None and i not in answered:
+                    answered.add(i)
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await d.conn.send_raw(frame(code.to_bytes(2, "big"), 0x8))
             now = sum(d.received for d in idle)
             if now != last:
                 last, moved = now, perf()

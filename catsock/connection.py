@@ -228,6 +228,16 @@ class Connection(Session):
         self.ctx.stats.count_delivered(len(frames))
         return frames, (first, last, batch)
 
+    def write_budget(self) -> int | None:
+        # Live-only recipients get what the pacer's budget allows while the gateway
+        # runs behind (catsock/pacer.py); durable ones, and a close, never wait on it.
+        if self._durable or self.closing:
+            return None
+        return self.delivery.live_budget
+
+    def defer(self) -> None:
+        self.delivery.later(self)
+
     def written(self, token: object) -> None:
         if token is not None:
             written: Written = token  # type: ignore[assignment]

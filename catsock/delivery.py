@@ -73,6 +73,7 @@ class DeliveryStatistics:
     latency_count: int
     lag: float
     live_lag: float
+    live_budget: int | None
     overloaded: bool
     overload_episodes: int
     overload_seconds: float
@@ -99,8 +100,10 @@ class Delivery:
         self._personal_max_age = personal_max_age
         self.enabled = config.log
         self.hub = hub
-        self.pacer = Pacer(config.live_interval)
         self.admission = Admission(config.admission_lag)
+        self.pacer = Pacer(
+            config.live_interval, lag=lambda: self.admission.lag, limit=config.admission_lag
+        )
         self._commits = GroupCommit(
             "event log",
             db if self.enabled else None,
@@ -253,8 +256,13 @@ class Delivery:
             self._quiet()
         self._ledger.append(
             storage.LedgerRow(
-                identity, kind, first, last, connection_id,
-                self._wall() if at is None else at, detail,
+                identity,
+                kind,
+                first,
+                last,
+                connection_id,
+                self._wall() if at is None else at,
+                detail,
             )
         )
 
@@ -389,6 +397,11 @@ class Delivery:
         """Write for ``recipient`` within ``delivery.live_interval`` (catsock/pacer.py)."""
         self.pacer.later(recipient)
 
+    @property
+    def live_budget(self) -> int | None:
+        """Bytes a live-only recipient is written per round of the pacer (None: all)."""
+        return self.pacer.budget
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches until cancelled; then commit what is left (bounded).
 
@@ -457,15 +470,27 @@ class Delivery:
             ledger, self._ledger = self._ledger, []
             rows = [
                 storage.EventRow(
-                    e.seq, e.message_id, e.sender, e.connection_id, e.type, e.channels,
-                    e.priority, e.created_at, e.expires_at, e.body,
+                    e.seq,
+                    e.message_id,
+                    e.sender,
+                    e.connection_id,
+                    e.type,
+                    e.channels,
+                    e.priority,
+                    e.created_at,
+                    e.expires_at,
+                    e.body,
                 )
                 for e in batch
             ]
             try:
                 duplicates = await self._commits.write(
-                    _commit_events, rows, cursors, ledger,
-                    rows=len(batch), what=f"commit of {len(batch)} events",
+                    _commit_events,
+                    rows,
+                    cursors,
+                    ledger,
+                    rows=len(batch),
+                    what=f"commit of {len(batch)} events",
                 )
             except storage.SeqTaken as taken:
                 # Another process wrote this log: number what is not committed yet
@@ -588,11 +613,11 @@ class Delivery:
             latency_count=total,
             lag=self.admission.lag,
             live_lag=self.pacer.lag(),
+            live_budget=self.pacer.budget,
             overloaded=self.admission.overloaded,
             overload_episodes=self.admission.episodes,
             overload_seconds=self.admission.held_seconds,
         )
-
 
 
 def durable_wants(
@@ -629,5 +654,3 @@ def _commit_events(
 ) -> dict[int, int]:
     # Looked up at each call, not bound at import: tests replace it to inject faults.
     return storage.commit_events(db, rows, cursors, ledger)
-
-

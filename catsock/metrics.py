@@ -395,6 +395,12 @@ def delivery_metrics(stats: Any) -> Iterator[Metric]:
         stats.live_lag,
     )
     yield _gauge(
+        "catsock_live_budget_bytes",
+        "Bytes each live-only recipient may be written per round of the pacer while"
+        " the gateway runs behind; 0 while there is no such limit (catsock/pacer.py).",
+        stats.live_budget or 0,
+    )
+    yield _gauge(
         "catsock_overloaded",
         "1 while the gateway holds publishers' reads because it runs behind.",
         int(stats.overloaded),

@@ -7,11 +7,21 @@ that the durable ones need. ``Pacer.later`` puts a connection on the list; the
 ``run`` task pumps everyone on it once per ``interval``, a slice at a time so
 that nothing else waits behind a thousand writes (docs/delivery.md, "Who goes
 first").
+
+While the gateway runs behind (the event loop's lag, catsock/admission.py, over
+half of ``delivery.admission_lag``), live-only recipients get a *budget*: the
+bytes each may be written per round, halved every round it stays behind (down to
+``MIN_BUDGET``) and grown by a quarter every round it is calm (back to none). A
+dashboard that reads fast would otherwise take the whole core, and the durable
+recipients and the publishers the rest of it; under the budget what does not fit
+its queue is shed for it and recorded, as for any dashboard that falls behind
+(docs/delivery.md §3, "Overload").
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -20,6 +30,9 @@ __all__ = ["Pacer", "Pumpable"]
 
 #: Recipients pumped between two checkpoints of the pacer's task.
 SLICE = 100
+#: The budget a recipient gets in the first round behind, and the least it falls to.
+START_BUDGET = 256 * 1024
+MIN_BUDGET = 4 * 1024
 
 
 class Pumpable(Protocol):
@@ -28,8 +41,15 @@ class Pumpable(Protocol):
 
 
 class Pacer:
-    def __init__(self, interval: float) -> None:
+    def __init__(
+        self, interval: float, *, lag: Callable[[], float] = lambda: 0.0, limit: float = 0.0
+    ) -> None:
         self.interval = interval
+        self._lag = lag
+        self._limit = limit
+        #: Bytes each live-only recipient may be written per round (None: no limit).
+        self.budget: int | None = None
+        self.budgeted_rounds = 0
         self._due: dict[Pumpable, None] = {}
         self._wakeup = trio.Event()
         self.rounds = 0
@@ -56,6 +76,19 @@ class Pacer:
         oldest = min(self._gathering_since, self._pumping_since)
         return max(0.0, trio.current_time() - oldest - self.interval)
 
+    def _adapt(self) -> None:
+        if self._limit <= 0:
+            return
+        lag = self._lag()
+        budget = self.budget
+        if lag > self._limit / 2:
+            self.budget = START_BUDGET if budget is None else max(MIN_BUDGET, budget // 2)
+        elif budget is not None and lag < self._limit / 8:
+            grown = budget + budget // 4
+            self.budget = None if grown > START_BUDGET else grown
+        if self.budget is not None:
+            self.budgeted_rounds += 1
+
     async def run(self) -> None:
         """Pump what is due, once per interval, until cancelled."""
         while True:
@@ -65,6 +98,7 @@ class Pacer:
             due, self._due = self._due, {}
             self._pumping_since, self._gathering_since = self._gathering_since, math.inf
             self.rounds += 1
+            self._adapt()
             try:
                 for i, recipient in enumerate(due):
                     recipient.pump()

@@ -112,6 +112,14 @@ class Session:
     def ended(self) -> None:
         """The connection is over (reading stopped); the socket closes next."""
 
+    def write_budget(self) -> int | None:
+        """Bytes of messages one ``pump`` may write (None: as many as the link takes).
+        Once they are written, the rest waits for ``defer``'s next call to ``pump``."""
+        return None
+
+    def defer(self) -> None:
+        """Messages are left that the budget did not allow: arrange a later ``pump``."""
+
     # -- queue and writes ----------------------------------------------------------------
 
     def send_reply(self, data: bytes) -> None:
@@ -121,29 +129,38 @@ class Session:
             self._replies += len(data)
 
     def pump(self) -> None:
-        """Hand queued frames to the link, as far as it takes them without waiting."""
+        """Hand queued frames to the link, as far as it takes them without waiting
+        (and the ``write_budget`` allows)."""
         link = self.link
         if self._busy or self._close_sent or self._nursery is None:
             return
         queue = self._queue
+        budget = self.write_budget()
+        room = MAX_WRITE if budget is None else max(1, min(MAX_WRITE, budget))
         while queue:
+            if budget is not None and budget <= 0 and not self._replies:
+                self.defer()
+                self._room.unpark_all()
+                return
             batch: list[Any] = []
             size = 0
-            while queue and size < MAX_WRITE:
+            while queue and size < room:
                 item = queue.popleft()
                 if isinstance(item, bytes):
                     self._replies -= len(item)
                     size += len(item)
                 else:
                     n = self.item_size(item)
-                    if size + n > MAX_WRITE:
+                    if size + n > room:
                         # One write stays bounded: take what fits, the rest waits.
-                        item, rest = self.split(item, MAX_WRITE - size)
+                        item, rest = self.split(item, room - size)
                         if rest is not None:
                             queue.appendleft(rest)
                             n = self.item_size(item)
                     size += n
                 batch.append(item)
+            if budget is not None:
+                budget -= size
             frames, token = self.render(batch)
             if not frames:
                 self.written(token)
@@ -174,7 +191,10 @@ class Session:
         token, self._inflight = self._inflight, None
         if not self._close_sent and token is not None:
             self.written(token)
-        self.pump()
+        if self._queue and not self._replies and self.write_budget() is not None:
+            self.defer()  # a budgeted write finished: the rest goes with the next round
+        else:
+            self.pump()
         self._room.unpark_all()
 
     async def wait_for_room(self, *, empty: bool = False) -> None:

@@ -10,13 +10,16 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 import sqlite_utils
 
 __all__ = [
     "SCHEMA_VERSION",
     "SchemaVersionError",
     "immediate",
+    "insert_rows",
     "iso",
     "keep_newest",
     "migrate",
@@ -271,6 +274,27 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
 
 
 # -- retention, shared by the message log and the event log ---------------------------
+
+
+def insert_rows(
+    conn: sqlite3.Connection, into: str, columns: int, rows: list[tuple[Any, ...]], tail: str = ""
+) -> None:
+    """``INSERT INTO <into> SELECT … FROM json_each(?)``: every row in one statement
+    (``tail``: an ``ON CONFLICT`` clause, say).
+
+    ``executemany`` takes one step per row and lets go of the GIL around each. A
+    writer thread taking it back while the event loop is busy waits up to the
+    interpreter's switch interval (5 ms) each time: ``python -m bench.convoy``
+    commits 200 rows in a median of 312 ms that way beside a busy thread, 14 ms as
+    one statement (0.36 and 0.73 ms idle). Publishers' acks and durable deliveries
+    wait for that commit; in a soak at twice the capacity commits took 0.06–0.7 s
+    (issue 19).
+    Values are JSON's: str, int, float, None."""
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns))
+    conn.execute(
+        f"INSERT INTO {into} SELECT {values} FROM json_each(?) WHERE true {tail}",
+        (orjson.dumps(rows).decode(),),
+    )
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import sqlite_utils
 
-from storage.db import immediate
+from storage.db import immediate, insert_rows
 
 __all__ = [
     "LOG_START",
@@ -103,10 +103,11 @@ class SeqTaken(Exception):
         self.head = head
 
 
-_INSERT_EVENT = (
-    "INSERT INTO events (seq, message_id, sender, connection_id, type, channels, priority,"
-    " created_at, expires_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_EVENT_COLUMNS = (
+    "events (seq, message_id, sender, connection_id, type, channels, priority, created_at,"
+    " expires_at, body)"
 )
+_INSERT_EVENT = f"INSERT INTO {_EVENT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _values(e: EventRow) -> tuple[Any, ...]:
@@ -150,16 +151,19 @@ def _move_cursors_and_note(
     conn = db.conn
     if cursors:
         # Cursors only move forward, whatever order moves arrive in.
-        conn.executemany(
-            "INSERT INTO cursors (identity, channel, seq, updated_at) VALUES (?, ?, ?, ?)"
+        insert_rows(
+            conn,
+            "cursors (identity, channel, seq, updated_at)",
+            4,
+            [(identity, channel, seq, stamp) for (identity, channel), seq in cursors.items()],
             " ON CONFLICT (identity, channel) DO UPDATE"
             " SET seq = MAX(seq, excluded.seq), updated_at = excluded.updated_at",
-            [(identity, channel, seq, stamp) for (identity, channel), seq in cursors.items()],
         )
     if ledger:
-        conn.executemany(
-            "INSERT INTO ledger (identity, kind, first_seq, last_seq, connection_id, at,"
-            " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        insert_rows(
+            conn,
+            "ledger (identity, kind, first_seq, last_seq, connection_id, at, detail)",
+            7,
             [attrs.astuple(row) for row in ledger],
         )
 
@@ -171,7 +175,7 @@ def _insert_events(db: sqlite_utils.Database, events: Sequence[EventRow]) -> dic
     try:
         # The common case, a batch of new events: one statement for all of them.
         with db.atomic():
-            conn.executemany(_INSERT_EVENT, [_values(e) for e in events])
+            insert_rows(conn, _EVENT_COLUMNS, 10, [_values(e) for e in events])
         return {}
     except sqlite3.IntegrityError:
         pass  # a retried publish, most likely: sort it out row by row
@@ -428,9 +432,7 @@ def ledger_rows(
     return list(db.query(sql + " ORDER BY at, id", params))
 
 
-def recipients_of(
-    db: sqlite_utils.Database, channels: Collection[str]
-) -> list[dict[str, Any]]:
+def recipients_of(db: sqlite_utils.Database, channels: Collection[str]) -> list[dict[str, Any]]:
     """Durable cursors on any of ``channels``: who the log keeps this event for."""
     wanted = list(channels)
     if not wanted:
@@ -443,4 +445,3 @@ def recipients_of(
             wanted,
         )
     )
-

@@ -15,7 +15,7 @@ import orjson
 import sqlite_utils
 
 from protocol.privacy import fold, may_contain, strip_keys
-from storage.db import immediate, iso, keep_newest
+from storage.db import immediate, insert_rows, iso, keep_newest
 from storage.refused import EventRefused, RefusedRetried, write_refused
 
 __all__ = [
@@ -139,8 +139,15 @@ def write_batch(
             if policy is not LogPolicy.OFF:
                 payload = _stored_payload(row.payload, policy, redact_fields)
                 messages.append(
-                    (row.direction, row.type, row.message_id, row.connection_id, row.size,
-                     payload, iso(row.at))
+                    (
+                        row.direction,
+                        row.type,
+                        row.message_id,
+                        row.connection_id,
+                        row.size,
+                        payload,
+                        iso(row.at),
+                    )
                 )
         elif isinstance(row, ConnectionOpened):
             opened.append((row.id, row.client_type, row.identity, row.remote_addr, iso(row.at)))
@@ -156,10 +163,12 @@ def write_batch(
     with db.atomic():
         if opened:
             # OR IGNORE: a duplicate id must not cost the whole batch its rows.
-            conn.executemany(
-                "INSERT OR IGNORE INTO connections"
-                " (id, client_type, identity, remote_addr, connected_at) VALUES (?, ?, ?, ?, ?)",
+            insert_rows(
+                conn,
+                "connections (id, client_type, identity, remote_addr, connected_at)",
+                5,
                 opened,
+                " ON CONFLICT DO NOTHING",
             )
         if heartbeats:
             conn.executemany(
@@ -173,18 +182,16 @@ def write_batch(
                 closed,
             )
         if messages:
-            conn.executemany(
-                "INSERT INTO messages"
-                " (direction, type, message_id, connection_id, size, payload, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            insert_rows(
+                conn,
+                "messages (direction, type, message_id, connection_id, size, payload, created_at)",
+                7,
                 messages,
             )
         if refused:
             # Kept whatever the policy (they are how a refused event is found again),
             # their bodies shaped by it like a message's payload.
-            write_refused(
-                conn, refused, lambda body: _stored_payload(body, policy, redact_fields)
-            )
+            write_refused(conn, refused, lambda body: _stored_payload(body, policy, redact_fields))
 
 
 def prune(

@@ -6,8 +6,9 @@ and the ``/health`` probes, that backlog was measured as theirs: an AFAD frame
 that sat in the generator's socket buffer while the loop read dashboards counted
 as gateway latency (docs/benchmarks.md, "Soak", run 3). So the dashboards run in
 a child process (``python -m bench.soakcrowd CONFIG``, on the generator's core as
-its parent), and the parent, whose clients need little CPU, gets its share of
-the core from the kernel's scheduler whenever it wakes.
+its parent) at a lower priority (``nice`` 10), so the parent, whose clients need
+a fraction of the core, runs whenever it has something to do: the instruments
+come before the load they measure.
 
 The two talk in JSON lines: the parent writes a request to the child's stdin,
 the child answers one line on stdout. Requests: ``stats`` (counters; with
@@ -332,7 +333,12 @@ class _Child:
             nursery.cancel_scope.cancel()
 
 
+#: How much lower the dashboards' process runs than the measuring one.
+NICE = 10
+
+
 def main() -> None:
+    os.nice(NICE)
     trio.run(_Child(json.loads(sys.argv[1])).serve)
 
 

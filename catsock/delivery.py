@@ -397,6 +397,11 @@ class Delivery:
         """Write for ``recipient`` within ``delivery.live_interval`` (catsock/pacer.py)."""
         self.pacer.later(recipient)
 
+    def wrote_within(self, seconds: float) -> bool:
+        """The log committed within the last ``seconds`` and no commit failed since:
+        the database takes writes (``/health`` needs no probe of its own)."""
+        return self._commits.wrote_within(seconds)
+
     @property
     def live_budget(self) -> int | None:
         """Bytes a live-only recipient is written per round of the pacer (None: all)."""

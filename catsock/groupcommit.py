@@ -76,6 +76,7 @@ class GroupCommit:
         self.errors = 0
         self.last_batch_size = 0
         self.last_commit_seconds = 0.0
+        self._last_ok = -math.inf  # trio time of the last write that worked
 
     async def wait_pruned(self, count: int) -> None:
         """Return once ``count`` retention runs have completed."""
@@ -149,8 +150,13 @@ class GroupCommit:
         self.last_commit_seconds = time.perf_counter() - started
         self.last_batch_size = rows
         self.batches += 1
+        self._last_ok = trio.current_time()
         self._recovered()
         return result
+
+    def wrote_within(self, seconds: float) -> bool:
+        """A write worked within the last ``seconds`` and none has failed since."""
+        return not self._failing and trio.current_time() - self._last_ok < seconds
 
     def failed(self, what: str, exc: Exception) -> None:
         """Count a failure; one warning per outage, not per batch: a broken disk

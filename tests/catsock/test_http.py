@@ -204,6 +204,33 @@ async def test_health_is_503_when_the_database_cannot_be_written(
         blocker.close()
 
 
+async def test_health_under_load_answers_from_the_last_commit_without_a_probe(
+    start_gateway: GatewayFactory,
+) -> None:
+    """While the log commits, /health takes that as the proof the database is
+    writable and answers at once (a probe's thread and its lock wait were seconds
+    under overload, issue 19); a second after the last commit it probes again."""
+    gw = await start_gateway()
+    gw.gateway.http.probe_timeout = 0.05
+    cats = gw.token("cats", "CATS")
+    body = envelope("conversion", CONVERSION, "CATS", "health-1").encode()
+    blocker = sqlite3.connect(gw.database, isolation_level=None)
+    try:
+        with trio.fail_after(10):
+            published = await http(gw.port, "POST", "/api/publish", headers=bearer(cats), body=body)
+            assert published.status == 202  # answered after its commit
+            blocker.execute("BEGIN IMMEDIATE")  # a probe now could not take the lock
+            reply = await http(gw.port, "GET", "/health")
+            assert (reply.status, reply.json()["database"]) == (200, "writable")
+            await trio.sleep(1.1)  # past HEALTH_CACHE_SECONDS: no recent commit vouches
+            reply = await http(gw.port, "GET", "/health")
+            assert reply.status == 503
+            assert "locked" in reply.json()["database"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
 async def test_health_is_503_while_shutting_down(start_gateway: GatewayFactory) -> None:
     gw = await start_gateway()
     with trio.fail_after(10):

@@ -56,6 +56,8 @@ HEALTH_CACHE_SECONDS = 1.0
 HEALTH_PROBE_TIMEOUT = 2.0
 #: A scrape reuses recipients' lag this many seconds old (catsock/lag.py).
 LAG_METRICS_AGE = 5.0
+#: How long a scrape waits for a lag read before answering with the last one.
+LAG_METRICS_PATIENCE = 0.5
 #: Events one GET /api/events returns unless ``limit`` says otherwise.
 DEFAULT_EVENTS_LIMIT = 100
 
@@ -224,7 +226,7 @@ class HttpApi:
             return problem
 
     async def _get_metrics(self, request: Request) -> Response:
-        await self.lag.refresh(LAG_METRICS_AGE)
+        await self.lag.refresh(LAG_METRICS_AGE, patience=LAG_METRICS_PATIENCE)
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
 
     # -- the API ---------------------------------------------------------------------

@@ -5,7 +5,10 @@
 or the later one this process has moved and not committed yet), counts the events
 on its channels it has not had (storage/lag.py, at most ``LAG_CAP``) and dates the
 oldest. A scrape reuses a recent answer (``max_age``), so a busy Prometheus costs
-one read of the cursors every few seconds, not one per scrape.
+one read of the cursors every few seconds, not one per scrape; and a scrape waits
+for a read at most ``patience`` seconds: the read runs in a task of its own, so
+``/metrics`` answers within a second however slow the database is under load
+(issue 19), with the previous answer until the new one is in.
 """
 
 from __future__ import annotations
@@ -68,16 +71,36 @@ class LagWatch:
         #: The last answer (empty before the first refresh).
         self.rows: list[LagRow] = []
         self._at = -math.inf
-        self._lock = trio.Lock()
+        self._reading: trio.Event | None = None
+        self._error: Exception | None = None
 
-    async def refresh(self, max_age: float) -> list[LagRow]:
+    async def refresh(self, max_age: float, *, patience: float = math.inf) -> list[LagRow]:
         """Every durable recipient with its lag, read again unless the last answer
-        is younger than ``max_age`` seconds."""
-        async with self._lock:
-            if trio.current_time() - self._at >= max_age:
-                self.rows = await self._read()
-                self._at = trio.current_time()
+        is younger than ``max_age`` seconds. Waits for the read at most ``patience``
+        seconds, then answers with the last rows (the read goes on). A failed read
+        is raised to those who waited for it."""
+        if trio.current_time() - self._at < max_age:
             return self.rows
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = trio.Event()
+            self._error = None
+            trio.lowlevel.spawn_system_task(self._read_into_rows, reading)
+        with trio.move_on_after(patience):
+            await reading.wait()
+            if self._error is not None:
+                raise self._error
+        return self.rows
+
+    async def _read_into_rows(self, done: trio.Event) -> None:
+        try:
+            self.rows = await self._read()
+            self._at = trio.current_time()
+        except Exception as exc:  # raised to the waiters, never into trio's system nursery
+            self._error = exc
+        finally:
+            self._reading = None
+            done.set()
 
     async def _read(self) -> list[LagRow]:
         gateway = self.gateway

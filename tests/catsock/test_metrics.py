@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -236,3 +239,33 @@ async def test_abuse_counters_have_fixed_label_sets(start_gateway: GatewayFactor
         "catsock_auth_locked_addresses",
     ):
         assert value(samples, name) == 0, name
+
+
+async def test_a_slow_lag_read_does_not_hold_up_a_scrape(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The durable recipients' lag is read from the database in a task of its own: a
+    scrape waits for it half a second at most, then answers with the last reading
+    (issue 19: under load that read took seconds, and /metrics with it). The read is
+    made slow at the storage boundary, as a database under load is."""
+    gw = await start_gateway()
+    gw.token("afad", "AFAD")
+    release = threading.Event()
+    behind = storage.behind
+
+    def slow_behind(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return behind(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "behind", slow_behind)
+    try:
+        with trio.fail_after(5):
+            samples = await scrape(gw)  # answered while the read waits
+        assert value(samples, "catsock_recipients_behind") == 0  # no reading yet
+        assert gw.gateway.http.lag.rows == []
+    finally:
+        release.set()
+    with trio.fail_after(10):
+        while not gw.gateway.http.lag.rows:  # noqa: ASYNC110 (the read's own task fills it)
+            await trio.sleep(0.01)
+    assert [row["identity"] for row in gw.gateway.http.lag.rows] == ["afad"]

@@ -77,6 +77,9 @@ class LimitsConfig:
     per_identity_default: int = 100
     #: Messages waiting for one connection's writer before it counts as too slow.
     send_queue: int = 10_000
+    #: The same bound in bytes (the events' text): 10,000 messages of 64 KiB would be
+    #: 640 MiB held for one slow reader.
+    send_queue_bytes: int = 8 * 1024 * 1024
     rate_limits_enabled: bool = True
     rate: dict[str, RateConfig] = attrs.Factory(_default_rates)
     #: Rate-limit rejections tolerated (refilled at the client's rate) before close 1008.
@@ -438,6 +441,12 @@ def _validate(config: Config) -> Config:
         problems.append("limits.max_message_size must be at least 256")
     if config.limits.max_fragments < 1:
         problems.append("limits.max_fragments must be at least 1")
+    limits = config.limits
+    if limits.send_queue < 1 or limits.send_queue_bytes < limits.max_message_size:
+        problems.append(
+            "limits.send_queue must be at least 1 and limits.send_queue_bytes at least"
+            f" limits.max_message_size ({limits.max_message_size})"
+        )
     problems += _guard_problems(config.guard)
     problems += _jwt_problems(config.jwt)
     problems += _privacy_problems(config.privacy)

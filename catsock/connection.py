@@ -104,6 +104,7 @@ class Connection(Session):
         self.connected_at = ctx.wall_clock()
         self._auth_deadline = trio.current_time() + ctx.auth_timeout
         self._events = 0  # events in the queue (entries, and the entries of runs)
+        self._bytes = 0  # and their text
         self._levels = [0] * (LOW + 1)  # of those, how many of each priority
         self._urgent = False  # a CRITICAL event is queued: write without pacing
         self._full_since: float | None = None
@@ -156,7 +157,12 @@ class Connection(Session):
         the queue bound (see ``_overflow``). The caller ``pump``s afterwards."""
         if self.closing or self._positions is not None:
             return  # closing, or catching up: the log has it
-        if self._identity in run.senders or self._events + len(run.entries) > self.ctx.send_queue:
+        ctx = self.ctx
+        if (
+            self._identity in run.senders
+            or self._events + len(run.entries) > ctx.send_queue
+            or self._bytes + run.size > ctx.send_queue_bytes
+        ):
             # Rare: its own events are in the run, or the queue is (nearly) full.
             for entry in run.entries:
                 self._offer_entry(entry)
@@ -172,7 +178,10 @@ class Connection(Session):
             return
         if entry.sender == self._identity:
             return  # nobody receives its own events
-        if self._events >= self.ctx.send_queue:
+        if (
+            self._events >= self.ctx.send_queue
+            or self._bytes + len(entry.body) > self.ctx.send_queue_bytes
+        ):
             self._overflow(entry)
             return
         self._queue.append(entry)
@@ -525,11 +534,13 @@ class Connection(Session):
         backlog = self.ctx.stats.backlog
         if isinstance(item, Run):
             self._events += sign * len(item.entries)
+            self._bytes += sign * item.size
             for level, n in enumerate(item.levels):
                 self._levels[level] += sign * n
                 backlog[level] += sign * n
         else:
             self._events += sign
+            self._bytes += sign * len(item.body)
             self._levels[item.priority] += sign
             backlog[item.priority] += sign
 
@@ -537,7 +548,7 @@ class Connection(Session):
         backlog = self.ctx.stats.backlog
         for level, n in enumerate(self._levels):
             backlog[level] -= n
-        self._events = 0
+        self._events = self._bytes = 0
         self._levels = [0] * (LOW + 1)
 
     def _explode_runs(self) -> None:

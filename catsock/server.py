@@ -196,6 +196,7 @@ class Gateway:
             record_log=self.log.record,
             auth_timeout=config.auth_timeout,
             send_queue=limits.send_queue,
+            send_queue_bytes=limits.send_queue_bytes,
             queue_full_grace=config.delivery.queue_full_grace,
             replay_batch=config.delivery.replay_batch,
             max_frame_size=limits.max_message_size * HARD_SIZE_FACTOR,

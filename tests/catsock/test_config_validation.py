@@ -46,6 +46,11 @@ def _limits(**limits: Any) -> dict[str, Any]:
         ),
         (_limits(abuse_limit=0), "limits.abuse_limit must be at least 1 rejection, not 0"),
         (_limits(abuse_limit=-5), "limits.abuse_limit must be at least 1 rejection, not -5"),
+        (
+            _limits(send_queue_bytes=1000),
+            "limits.send_queue must be at least 1 and limits.send_queue_bytes at least"
+            " limits.max_message_size (65536)",
+        ),
     ],
     ids=[
         "per_minute-zero",
@@ -54,6 +59,7 @@ def _limits(**limits: Any) -> dict[str, Any]:
         "burst-negative",
         "abuse-zero",
         "abuse-negative",
+        "send-queue-bytes-under-a-message",
     ],
 )
 def test_a_limit_that_cannot_work_is_refused(overrides: dict[str, Any], message: str) -> None:

@@ -228,6 +228,29 @@ async def test_a_slow_dashboard_sheds_low_priority_events_first(
     assert any("dropped" in fact and "LOW" in fact for fact in story.recipients["dashboard"])
 
 
+async def test_a_dashboard_queue_is_bounded_in_bytes_too(
+    start_gateway: GatewayFactory,
+) -> None:
+    """60 events of 20 KB for a dashboard that reads nothing meanwhile: far fewer than
+    ``limits.send_queue`` (10,000) messages, but past 64 KiB of ``send_queue_bytes``
+    once its socket is full, so events are shed for it (ledger and counter) instead
+    of held: 10,000 such messages would be 200 MB for one reader."""
+    gw = await start_gateway(
+        limits={"send_queue_bytes": 65536, "rate_limits_enabled": False},
+        delivery={"queue_full_grace": 3600},
+    )
+    pad = "x" * 20_000
+    texts = [
+        envelope("stats_update", {"clicks": i, "pad": pad}, "CATS", f"s-{i}") for i in range(60)
+    ]
+    with trio.fail_after(60):
+        async with gw.client("CATS") as cats, gw.client("DASHBOARD") as dash:
+            await publish_all(cats, texts)
+            got = [m["message_id"] for m in await until_pong(dash)]
+    assert gw.gateway.delivery.dropped > 0
+    assert 0 < len(got) < 60
+
+
 async def test_ledger_says_why_a_recipient_did_not_get_an_event(
     start_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
@@ -492,7 +515,9 @@ async def test_ledger_sentences_name_the_transport_and_read_as_english(
         async with gw.client("CATS") as cats:
             await publish_all(cats, [conversion("lp-1")])
         polled = await http(
-            gw.port, "GET", "/api/events?since=0&wait=0",
+            gw.port,
+            "GET",
+            "/api/events?since=0&wait=0",
             headers={"authorization": f"Bearer {afad}"},
         )
         assert polled.status == 200
@@ -541,7 +566,7 @@ async def test_retention_never_hides_a_loss(
     assert got == [f"r{i}" for i in replayed]
     assert grant["since"] == replayed[0] - 1
     assert grant.get("gap") == gap
-    metrics = (await http_get_metrics(gw.port))
+    metrics = await http_get_metrics(gw.port)
     assert f"catsock_events_lost_to_retention_total {float(lost)}" in metrics
     db = storage.open_db(gw.database)
     losses = [

@@ -93,6 +93,8 @@ class Authenticator:
         """Return once every change committed before this call is loaded. Callers
         that arrive together share one check; a database error is logged (DEBUG)
         and the credentials in memory stay in use."""
+        if self._next is None and not self._lock.locked() and self._unchanged():
+            return
         ticket = self._next
         if ticket is not None:
             await ticket.wait()  # a check that starts after we arrived
@@ -112,6 +114,17 @@ class Authenticator:
                     logger.debug("credential check failed, using the cached set: %s", exc)
                 finally:
                     ticket.set()
+
+    def _unchanged(self) -> bool:
+        """Nothing was committed since the last load: ``PRAGMA data_version``, read on
+        the event loop. It is a look at the WAL index in shared memory, microseconds
+        and no lock to wait for; a login then needs no worker thread (the round trip
+        was most of an auth's cost in a connection storm, issue 10). Only while no
+        reload is using the connection."""
+        try:
+            return storage.data_version(self._db) == self._version
+        except sqlite3.Error:
+            return False
 
     async def _check(self) -> bool:
         return await trio.to_thread.run_sync(self._reload)

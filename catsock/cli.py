@@ -8,6 +8,7 @@ Bad input ends with a one-line message and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shlex
@@ -138,6 +139,22 @@ def program() -> str:
     return "catsock" if getattr(sys, "frozen", False) else "python -m catsock"
 
 
+#: The cyclic garbage collector's thresholds while serving (Python's: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def _tune_gc() -> None:
+    """Fewer, shorter collection pauses for a server. ``gc.freeze``: what start-up
+    built (modules, the configuration, caches) lives as long as the process, so no
+    collection walks it again. The thresholds: a gateway allocates and frees
+    containers by the thousand per second (frames, entries, task steps), nearly
+    all freed by reference counting; at Python's defaults the youngest generation
+    was collected ~14 times a second, and each collection stops everything. Every
+    pause falls on some event's latency (docs/benchmarks.md, issue 10)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(config: Config, given: list[str]) -> None:
     from .server import Gateway
 
@@ -145,6 +162,7 @@ async def _serve(config: Config, given: list[str]) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             host, port = await nursery.start(gateway.serve)
+            _tune_gc()
             scheme = "wss" if config.tls.cert else "ws"
             shown = f"[{host}]" if ":" in host else host
             click.echo(f"catsock: listening on {scheme}://{shown}:{port}/ws", err=True)

@@ -141,18 +141,28 @@ def program() -> str:
 
 #: The cyclic garbage collector's thresholds while serving (Python's: 700, 10, 10).
 GC_THRESHOLDS = (10_000, 20, 20)
+#: How long a thread may hold the GIL while another waits for it (Python's: 5 ms).
+SWITCH_INTERVAL = 0.001
 
 
-def _tune_gc() -> None:
-    """Fewer, shorter collection pauses for a server. ``gc.freeze``: what start-up
-    built (modules, the configuration, caches) lives as long as the process, so no
-    collection walks it again. The thresholds: a gateway allocates and frees
-    containers by the thousand per second (frames, entries, task steps), nearly
-    all freed by reference counting; at Python's defaults the youngest generation
-    was collected ~14 times a second, and each collection stops everything. Every
-    pause falls on some event's latency (docs/benchmarks.md, issue 10)."""
+def _tune_runtime() -> None:
+    """The interpreter's defaults suit a batch job; these suit a server.
+
+    ``gc.freeze``: what start-up built (modules, the configuration, caches) lives
+    as long as the process, so no collection walks it again. The thresholds: a
+    gateway allocates and frees containers by the thousand per second (frames,
+    entries, task steps), nearly all freed by reference counting; at Python's
+    defaults the youngest generation was collected ~14 times a second, each
+    collection stopping everything, and every pause falls on some event's latency.
+
+    The switch interval: the log writer's thread gives up the GIL around each
+    SQLite call and, while the event loop is busy, gets it back only when the
+    interval forces a switch, so a commit of a few calls waited 5 ms per call
+    (``python -m bench.convoy``; issue 19). It costs nothing while only one thread
+    wants the GIL."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 async def _serve(config: Config, given: list[str]) -> None:
@@ -162,7 +172,7 @@ async def _serve(config: Config, given: list[str]) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             host, port = await nursery.start(gateway.serve)
-            _tune_gc()
+            _tune_runtime()
             scheme = "wss" if config.tls.cert else "ws"
             shown = f"[{host}]" if ":" in host else host
             click.echo(f"catsock: listening on {scheme}://{shown}:{port}/ws", err=True)

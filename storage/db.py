@@ -284,11 +284,12 @@ def insert_rows(
 
     ``executemany`` takes one step per row and lets go of the GIL around each. A
     writer thread taking it back while the event loop is busy waits up to the
-    interpreter's switch interval (5 ms) each time: ``python -m bench.convoy``
-    commits 200 rows in a median of 312 ms that way beside a busy thread, 14 ms as
-    one statement (0.36 and 0.73 ms idle). Publishers' acks and durable deliveries
-    wait for that commit; in a soak at twice the capacity commits took 0.06–0.7 s
-    (issue 19).
+    interpreter's switch interval (5 ms) each time. ``python -m bench.convoy`` on
+    this machine's two cores: 200 rows beside a busy thread took a median of
+    260–312 ms that way and 14–18 ms as one statement (0.34 and 0.7 ms idle); with
+    the 1 ms switch interval ``catsock serve`` sets, 34 and 0.7 ms. Publishers'
+    acks and durable deliveries wait for that commit; in a soak at twice the
+    capacity commits took 0.06–0.7 s (issue 19).
     Values are JSON's: str, int, float, None."""
     values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns))
     conn.execute(

@@ -80,6 +80,14 @@ def main() -> None:
 @click.option("--log-policy", type=click.Choice(["full", "metadata", "off"]), help="Message log.")
 @click.option("--tls-cert", help="PEM certificate chain: serve wss://.")
 @click.option("--tls-key", help="PEM private key for --tls-cert.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Gateway processes sharing the port (SO_REUSEPORT); more than 1 needs cluster mode.",
+)
+@click.option("--reuse-port", is_flag=True, default=None, help="Bind with SO_REUSEPORT.")
 def serve(
     config_path: str | None,
     host: str | None,
@@ -88,6 +96,8 @@ def serve(
     log_policy: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    workers: int,
+    reuse_port: bool | None,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM (then shut down gracefully)."""
     config = _load(
@@ -99,8 +109,16 @@ def serve(
             log__policy=log_policy,
             tls__cert=tls_cert,
             tls__key=tls_key,
+            reuse_port=reuse_port,
         ),
     )
+    if workers > 1:
+        options = {
+            "--config": config_path, "--host": host, "--port": port, "--database": database,
+            "--log-policy": log_policy, "--tls-cert": tls_cert, "--tls-key": tls_key,
+        }  # fmt: skip
+        args = [a for k, v in options.items() if v is not None for a in (k, str(v))]
+        sys.exit(_serve_workers(config, workers, args))
     given = []  # what a CLI command needs to reach the same database, as given
     config_file = config_path or os.environ.get("CATSOCK_CONFIG")
     if config_file:
@@ -117,6 +135,21 @@ def serve(
         if message is None:
             raise
         raise click.ClickException(message) from None
+
+
+def _serve_workers(config: Config, workers: int, args: list[str]) -> int:
+    """``serve --workers N``: N gateways on one port (catsock/workers.py)."""
+    from .workers import supervise, worker_command
+
+    if config.port == 0:
+        raise click.ClickException("--workers needs a fixed port (with 0 each would get its own)")
+    return trio.run(
+        supervise,
+        worker_command(args),
+        workers,
+        config.shutdown_timeout,
+        lambda line: click.echo(line, err=True),
+    )
 
 
 def _startup_failure(exc: BaseException, config: Config) -> str | None:

@@ -309,6 +309,9 @@ class Config:
     database: str = "catsock.db"
     auth_timeout: float = 10.0
     shutdown_timeout: float = 10.0
+    #: Bind with SO_REUSEPORT, so that several gateways share the port (``serve
+    #: --workers``, catsock/workers.py); the kernel spreads connections over them.
+    reuse_port: bool = False
     #: Accept the seed's single shared token from $SOCKET_AUTH_TOKEN (migration aid).
     allow_shared_token: bool = False
     heartbeat: HeartbeatConfig = attrs.Factory(HeartbeatConfig)

@@ -246,7 +246,9 @@ class Gateway:
 
     async def _serve(self, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(
-            await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+            await _reuse_port_listeners(self.config.port, self.config.host)
+            if self.config.reuse_port
+            else await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         )
         sock = listeners[0].socket  # type: ignore[attr-defined]
         host, port = sock.getsockname()[:2]
@@ -655,6 +657,35 @@ class Gateway:
 
     def statistics(self) -> GatewayStats:
         return self.stats
+
+
+async def _reuse_port_listeners(port: int, host: str) -> list[trio.SocketListener]:
+    """``trio.open_tcp_listeners`` with ``SO_REUSEPORT`` on every socket: several
+    processes bind the same address and the kernel spreads connections over them."""
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    seen = set()
+    for family, kind, proto, _, address in infos:
+        if (family, address) in seen:
+            continue
+        seen.add((family, address))
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(0xFFFF)  # the kernel caps it at net.core.somaxconn
+        except BaseException:
+            sock.close()
+            for listener in listeners:
+                listener.socket.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
 
 
 def _socket_of(stream: trio.abc.Stream) -> socket.socket | None:

@@ -88,6 +88,7 @@ def main() -> None:
     help="Gateway processes sharing the port (SO_REUSEPORT); more than 1 needs cluster mode.",
 )
 @click.option("--reuse-port", is_flag=True, default=None, help="Bind with SO_REUSEPORT.")
+@click.option("--supervisor-pid", type=int, hidden=True)  # set for workers by --workers
 def serve(
     config_path: str | None,
     host: str | None,
@@ -98,6 +99,7 @@ def serve(
     tls_key: str | None,
     workers: int,
     reuse_port: bool | None,
+    supervisor_pid: int | None,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM (then shut down gracefully)."""
     config = _load(
@@ -127,7 +129,7 @@ def serve(
     if db_given:
         given += ["--db", db_given]
     try:
-        trio.run(_serve, config, given)
+        trio.run(_serve, config, given, supervisor_pid)
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during shutdown
         sys.exit(130)
     except Exception as exc:
@@ -198,7 +200,31 @@ def _tune_runtime() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-async def _serve(config: Config, given: list[str]) -> None:
+#: How often a worker of ``serve --workers`` looks whether its supervisor is still
+#: there, where the system cannot say so (no ``pidfd_open``).
+SUPERVISOR_CHECK = 1.0
+
+
+async def _until_orphaned(supervisor: int, done: trio.CancelScope) -> None:
+    """End ``done`` once ``supervisor`` (this worker's parent) has exited: killed
+    with -9, say. A worker must not outlive the supervisor that would stop it."""
+    try:
+        fd = os.pidfd_open(supervisor)  # readable once the process has exited
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+    else:
+        while os.getppid() == supervisor:  # noqa: ASYNC110 (nothing to wait on)
+            await trio.sleep(SUPERVISOR_CHECK)
+    click.echo("catsock: the supervisor is gone", err=True)
+    done.cancel()
+
+
+async def _serve(config: Config, given: list[str], supervisor: int | None = None) -> None:
     from .server import Gateway
 
     gateway = Gateway(config)
@@ -222,8 +248,12 @@ async def _serve(config: Config, given: list[str]) -> None:
                     f"  {program()} token create{where} --client-type CATS --name cats-1",
                     err=True,
                 )
-            async for _ in signals:
-                break
+            async with trio.open_nursery() as waiting:
+                if supervisor is not None:
+                    waiting.start_soon(_until_orphaned, supervisor, waiting.cancel_scope)
+                async for _ in signals:
+                    break
+                waiting.cancel_scope.cancel()
         click.echo("catsock: shutting down", err=True)
         await gateway.shutdown()
 

@@ -10,6 +10,8 @@ The supervisor here only starts, watches and stops them:
 - SIGINT or SIGTERM: every worker gets SIGTERM and shuts down gracefully
   (``shutdown_timeout``); one still running ``STOP_GRACE`` seconds later is killed.
   The supervisor exits 0 if every worker did.
+- The supervisor killed with -9: each worker notices within a second that its
+  parent is gone and shuts down gracefully (``--supervisor-pid``).
 - A worker that exits by itself (a crash, ``kill -9``) is started again after
   ``RESTART_DELAY``; its clients reconnect to the others meanwhile. A worker that
   dies within ``STARTUP_SECONDS`` of its start ``MAX_QUICK_DEATHS`` times in a row
@@ -19,6 +21,7 @@ The supervisor here only starts, watches and stops them:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -127,4 +130,5 @@ def worker_command(serve_args: Sequence[str]) -> list[str]:
     one process, the port shared."""
     frozen = getattr(sys, "frozen", False)  # the single-file binary is the program itself
     program = [sys.executable] if frozen else [sys.executable, "-m", "catsock"]
-    return [*program, "serve", *serve_args, "--workers", "1", "--reuse-port"]
+    supervisor = ["--supervisor-pid", str(os.getpid())]
+    return [*program, "serve", *serve_args, "--workers", "1", "--reuse-port", *supervisor]

@@ -31,6 +31,15 @@ def worker_pids(supervisor: int) -> set[int]:
     return {int(pid) for task in tasks for pid in (task / "children").read_text().split()}
 
 
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie its new parent has yet to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def listening(count: int) -> Callable[[list[str]], bool]:
     return lambda lines: sum(bool(LISTENING.match(line)) for line in lines) == count
 
@@ -62,7 +71,7 @@ async def test_two_workers_share_the_port_survive_a_kill_and_stop_together(
             assert victim not in survivors
             assert await served.stop(signal.SIGTERM) == 0
     assert served.stderr.count("catsock: shutting down") >= 2
-    assert not [pid for pid in survivors if os.path.exists(f"/proc/{pid}")]  # noqa: ASYNC240
+    assert not [pid for pid in survivors if alive(pid)]
 
 
 async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
@@ -87,3 +96,20 @@ async def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -
     assert "times within" in result.err
     assert "giving up" in result.err
     assert "Traceback" not in result.err
+
+
+async def test_workers_do_not_outlive_a_supervisor_killed_with_9(tmp_path: Path) -> None:
+    """Nothing would stop them any more: each sees its supervisor gone and shuts down
+    gracefully (their stderr, shared with it, then ends)."""
+    port = free_port()
+    env = cli_env(tmp_path / "catsock.db")
+    with trio.fail_after(TIMEOUT * 2):
+        async with serving(tmp_path, env, "--workers", "2", "--port", str(port)) as served:
+            await served.err.wait_for(listening(2))
+            pids = worker_pids(served.process.pid)
+            served.process.kill()
+            await served.err.wait_eof()  # every worker has closed its stderr: exited
+    gone = [line for line in served.lines if line == "catsock: the supervisor is gone"]
+    assert len(gone) == 2
+    assert served.stderr.count("catsock: shutting down") == 2
+    assert not [pid for pid in pids if alive(pid)]

@@ -178,11 +178,9 @@ class GatewayCollector(Collector):
         yield family
 
     def _connections(self) -> Iterator[Metric]:
-        counts: dict[str, int] = {}
-        for conn in self.gateway.connections:
-            p = conn.principal
-            key = UNAUTHENTICATED if p is None else p.client_type
-            counts[key] = counts.get(key, 0) + 1
+        gateway = self.gateway
+        counts = {t: n for t, n in gateway.by_type.items() if n}
+        counts[UNAUTHENTICATED] = len(gateway.connections) - sum(counts.values())
         family = GaugeMetricFamily(
             "catsock_connections",
             "Open WebSocket connections, by client type.",

@@ -211,6 +211,10 @@ class Gateway:
         self._identities: dict[str, set[Connection]] = {}
         #: Each authenticated connection's identity (what ``_identities`` holds it under).
         self._identity_of: dict[Connection, str] = {}
+        self._type_of: dict[Connection, str] = {}
+        #: Authenticated connections by client type, kept as they come and go, so that
+        #: /metrics walks no connection (issue 19).
+        self.by_type: dict[str, int] = {}
         #: Each connection's client address and, until it authenticates, its slot
         #: among the address's unauthenticated WebSockets.
         self._clients: dict[Connection, tuple[str, Slot]] = {}
@@ -533,6 +537,8 @@ class Gateway:
         self._identities[principal.identity] = held
         held.add(conn)
         self._identity_of[conn] = principal.identity
+        self._type_of[conn] = principal.client_type
+        self.by_type[principal.client_type] = self.by_type.get(principal.client_type, 0) + 1
         entry = self._clients.get(conn)
         if entry is not None:
             entry[1].release()  # no longer an unauthenticated WebSocket of its address
@@ -642,6 +648,9 @@ class Gateway:
         self.hub.unsubscribe(conn)
         # By connection, not by principal: a login that failed half-way (after
         # ``authenticate``, before the machine took the principal) leaks nothing.
+        client_type = self._type_of.pop(conn, None)
+        if client_type is not None:
+            self.by_type[client_type] -= 1
         identity = self._identity_of.pop(conn, None)
         if identity is not None:
             held = self._identities.get(identity)

@@ -10,15 +10,15 @@ synchronous runtime it calls the client directly. Every wait is bounded by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import trio
 
-from catsock.client import Accepted, ReceivedEvent
+from catsock.client import Accepted, ReceivedEvent, aio, sync
 from catsock.client import connect as trio_connect
-from catsock.client import aio, sync
 
 from .gateway import TIMEOUT
 
@@ -175,10 +175,8 @@ class TrioHandle(_ThreadHandle):
         self.cancel()
 
     def cancel(self) -> None:
-        try:
+        with contextlib.suppress(trio.RunFinishedError):
             self._run_sync(self._scope.cancel)
-        except trio.RunFinishedError:
-            pass
         self._join()
 
 

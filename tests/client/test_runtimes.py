@@ -46,8 +46,10 @@ def test_publish_is_acknowledged_with_its_seq_and_recorded(
     finally:
         cats.close()
         afad.close()
-    assert first.seq is not None and second.seq == first.seq + 1
-    assert not first.duplicate and not second.duplicate
+    assert first.seq is not None
+    assert second.seq == first.seq + 1
+    assert not first.duplicate
+    assert not second.duplicate
     assert [(e.seq, e.message_id, e.payload["pay_id"]) for e in got] == [
         (first.seq, "a-1", 1),
         (second.seq, second.message_id, 2),
@@ -188,9 +190,7 @@ def test_handlers_run_in_order_and_a_failing_one_does_not_stop_the_rest(
     finally:
         cats.close()
         afad.close()
-    assert calls == [
-        (kind, f"h-{n}") for n in range(3) for kind in ("conversion", "*")
-    ]
+    assert calls == [(kind, f"h-{n}") for n in range(3) for kind in ("conversion", "*")]
 
 
 def test_closing_or_cancelling_does_not_wait_out_close_timeout(

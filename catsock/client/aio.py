@@ -247,6 +247,7 @@ class Client:
         self._closing = False
         self._stop_requested = False
         self._stopped = asyncio.Event()
+        self._fatal: BaseException | None = None  # what ended run, when not aclose
 
     # -- state ---------------------------------------------------------------------------
 
@@ -620,6 +621,7 @@ class Client:
             leaf = _single_error(group)
             if leaf is None:
                 raise
+            self._fatal = leaf
             raise leaf from None
         finally:
             await self._shutdown()
@@ -661,7 +663,11 @@ class Client:
             if publication is not None:
                 publication._finish(answered.outcome)
         self._settling.clear()
-        closed = ClientClosed("the client closed before the gateway answered")
+        closed = ClientClosed(
+            "the client closed before the gateway answered"
+            if self._fatal is None
+            else f"the client stopped before the gateway answered: {describe(self._fatal)}"
+        )
         for publication in self._publications.values():
             publication._finish(closed)
         self._publications.clear()

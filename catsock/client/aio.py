@@ -39,7 +39,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from storage.outbox import Outbox, Settlement
+from storage.outbox import Outbox
 
 from ..backoff import Backoff
 from . import sansio
@@ -453,7 +453,7 @@ class Client:
             if self._outbox is not None:
                 rows = [answered.settlement for answered in batch]
                 self._settle_job = asyncio.ensure_future(
-                    asyncio.to_thread(_record, self._outbox, retried, rows)
+                    asyncio.to_thread(self._outbox.record, rows, retried)
                 )
                 await asyncio.shield(self._settle_job)
                 self._settle_job = None
@@ -697,6 +697,19 @@ async def connect(
     body = asyncio.current_task()
     assert body is not None
     run = asyncio.create_task(client.run())
+    if wait_connected:
+        connected = asyncio.ensure_future(client.wait_connected())
+        try:
+            await asyncio.wait({connected, run}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            run.cancel()
+            await asyncio.wait({run})
+            raise
+        finally:
+            connected.cancel()
+        if run.done():
+            await run  # the fatal error (AuthError, ConnectError) that ended it
+            raise ClientClosed("the client stopped before it connected")
     failed = False
 
     def on_done(task: asyncio.Task[None]) -> None:
@@ -707,33 +720,18 @@ async def connect(
 
     run.add_done_callback(on_done)
     try:
-        if wait_connected:
-            connected = asyncio.ensure_future(client.wait_connected())
-            try:
-                await asyncio.wait({connected, run}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                connected.cancel()
         yield client
     except asyncio.CancelledError:
-        if failed and body.uncancel() == 0:
-            error = run.exception()
-            assert error is not None
+        error = run.exception() if failed and run.done() else None
+        if error is not None and body.uncancel() == 0:
             raise error from None
         raise
     finally:
         run.remove_done_callback(on_done)
         await client.aclose()
-        if not failed and run.done() and not run.cancelled() and run.exception() is not None:
+        await asyncio.wait({run})
+        if not failed and not run.cancelled() and run.exception() is not None:
             raise run.exception()  # type: ignore[misc]
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-
-
-def _record(outbox: Outbox, retried: list[str], rows: list[Settlement]) -> None:
-    if retried:
-        outbox.count_retries(retried)
-    if rows:
-        outbox.settle(rows)
 
 
 def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

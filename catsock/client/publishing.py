@@ -19,8 +19,6 @@ from typing import Any
 
 import trio
 
-from storage.outbox import Outbox, Settlement
-
 from .core import _ClientCore, _Session, logger
 from .values import Accepted, ClientClosed, Publication, new_message_id
 
@@ -123,7 +121,7 @@ class _Publishing(_ClientCore):
             if self._outbox is not None:
                 rows = [answered.settlement for answered in batch]
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_record, self._outbox, retried, rows)
+                    await trio.to_thread.run_sync(self._outbox.record, rows, retried)
             for answered in batch:
                 self._proto.settled(answered.message_id)
                 publication = self._publications.pop(answered.message_id, None)
@@ -153,10 +151,3 @@ class _Publishing(_ClientCore):
             after = rows[-1].id
             logger.info("queued %d events left pending in %s", len(rows), outbox.path)
         self._recovered.set()
-
-
-def _record(outbox: Outbox, retried: list[str], rows: list[Settlement]) -> None:
-    if retried:
-        outbox.count_retries(retried)
-    if rows:
-        outbox.settle(rows)

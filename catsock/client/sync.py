@@ -253,7 +253,7 @@ class Client:
             wait = self.flush_timeout if flush_timeout is None else flush_timeout
             with contextlib.suppress(TimeoutError, ClientClosed, RuntimeError):
                 self._call(client.flush(), wait)
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(ClientClosed, RuntimeError):
                 self._call(client.aclose(), None)
         if thread is not None:
             thread.join()
@@ -293,7 +293,15 @@ class Client:
             return self._aio
 
     def _main(self) -> None:
-        asyncio.run(self._serve())
+        # Not asyncio.run: its last step starts a thread to shut the default executor
+        # down, which an exiting interpreter may refuse; this loop has no pool to stop.
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve())
+            loop.run_until_complete(_end_calls())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -353,6 +361,8 @@ class Client:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"no answer within {timeout} s") from None
+        except concurrent.futures.CancelledError:  # the background thread ended
+            raise ClientClosed(f"the client is closed ({self._fatal or 'closed'})") from None
 
     def _forget_parent(self) -> None:
         """In a forked child: leave the parent's thread, socket and outbox handle to the
@@ -394,6 +404,17 @@ def connect(url: str, token: str, client_type: str = "CATS", **options: Any) -> 
     """``with connect(url, token, "CATS", outbox_path=...) as client``: a ``Client`` that
     connects on first use and closes (with a bounded flush) when the block ends."""
     return Client(url, token, client_type, **options)
+
+
+async def _end_calls() -> None:
+    """Let the calls the client's end woke up finish (``aclose``), then end the ones
+    still waiting (``wait_connected`` after a fatal error, say): they raise
+    ``ClientClosed`` in their callers instead of waiting forever."""
+    await asyncio.sleep(0)
+    waiting = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
 
 
 async def _on_loop(fn: Callable[[], T]) -> T:

@@ -9,13 +9,17 @@ handlers, and closing promptly.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from catsock.backoff import Backoff
+from catsock.client import AuthError, ClientClosed
 from storage.outbox import Outbox, OutboxStatus
 from tests.internal_errors import InternalErrors
 
@@ -230,3 +234,11 @@ def test_publishing_while_the_gateway_is_down_is_delivered_once_it_is_back(
         cats.close()
         afad.close()
     assert [e.message_id for e in handled] == ids
+
+
+def test_a_refused_token_is_final(runtime: str, gateway: GatewayThread) -> None:
+    # trio and asyncio raise AuthError from connect; the sync client's thread stops,
+    # and its blocking calls say why.
+    error = AuthError if runtime != "sync" else ClientClosed
+    with pytest.raises(error, match=re.escape("AUTH_FAILED")):
+        open_client(runtime, gateway.url, "cs_not_a_token", "AFAD")

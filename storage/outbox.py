@@ -217,29 +217,45 @@ class Outbox:
         """Record the gateway's answers in one transaction (SENT with ``seq``, or FAILED)."""
         now = iso(self._now())
         with self._write() as conn:
-            for s in settlements:
-                if s.error is None:
-                    conn.execute(
-                        "UPDATE socket_events SET status = 'SENT', seq = ?, last_error = NULL,"
-                        " updated_at = ? WHERE message_id = ?",
-                        (s.seq, now, s.message_id),
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE socket_events SET status = 'FAILED', last_error = ?,"
-                        " updated_at = ? WHERE message_id = ?",
-                        (s.error, now, s.message_id),
-                    )
+            self._settle(conn, settlements, now)
+
+    @staticmethod
+    def _settle(conn: sqlite3.Connection, settlements: Iterable[Settlement], now: str) -> None:
+        for s in settlements:
+            if s.error is None:
+                conn.execute(
+                    "UPDATE socket_events SET status = 'SENT', seq = ?, last_error = NULL,"
+                    " updated_at = ? WHERE message_id = ?",
+                    (s.seq, now, s.message_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE socket_events SET status = 'FAILED', last_error = ?,"
+                    " updated_at = ? WHERE message_id = ?",
+                    (s.error, now, s.message_id),
+                )
+
+    def record(self, settlements: Iterable[Settlement], retried: Iterable[str] = ()) -> None:
+        """A client's batch in one transaction: ``retry_count += 1`` for each of ``retried``
+        still PENDING (sent again), then the answers (as ``settle``)."""
+        now = iso(self._now())
+        with self._write() as conn:
+            self._count_retries(conn, retried, now)
+            self._settle(conn, settlements, now)
 
     def count_retries(self, message_ids: Iterable[str]) -> None:
         """``retry_count += 1`` for each still PENDING event (it is being sent again)."""
         now = iso(self._now())
         with self._write() as conn:
-            conn.executemany(
-                "UPDATE socket_events SET retry_count = retry_count + 1, updated_at = ?"
-                " WHERE message_id = ? AND status = 'PENDING'",
-                [(now, message_id) for message_id in message_ids],
-            )
+            self._count_retries(conn, message_ids, now)
+
+    @staticmethod
+    def _count_retries(conn: sqlite3.Connection, message_ids: Iterable[str], now: str) -> None:
+        conn.executemany(
+            "UPDATE socket_events SET retry_count = retry_count + 1, updated_at = ?"
+            " WHERE message_id = ? AND status = 'PENDING'",
+            [(now, message_id) for message_id in message_ids],
+        )
 
     def prune(self, *, keep: int = 10_000) -> int:
         """Delete all but the newest ``keep`` SENT rows; the number deleted."""

@@ -18,23 +18,21 @@ once the first connection is authenticated) or in the one ``connect`` opens.
 Nothing outlives ``aclose`` (close code 1000), and a fatal error (``AuthError``,
 ``ConnectError``) ends ``run`` and so the nursery around it.
 
-Per connection there are four tasks: the reader (answers to publishes,
-events into the bounded receive buffer), the writer (the only sender: events,
-cumulative acks, paced after a rate limit), the acker (batches acks) and the
-watchdog (pings when idle; nothing for two heartbeat intervals means a dead link).
-Across connections: the dispatcher (handlers, then the iterator, then the ack),
-the settler (records answers in the outbox in batches, then wakes the publishers)
-and, at start, the recovery of the outbox's PENDING rows. docs/client.md has the
-guarantees.
+Three runtimes share one sans-IO core (``sansio``: what to send next, what a
+frame means, acks, resume, the in-flight window, the reconnect schedule):
 
-One ``Client`` class, written as mixins over shared state so each side reads on
+- trio, this package's ``Client`` and ``connect`` (on trio-websocket);
+- asyncio, ``catsock.client.aio`` (on websockets), with the same names;
+- plain synchronous code, ``catsock.client.sync`` (a background thread).
+
+The trio client is written as mixins over shared state so each side reads on
 its own:
 
 - ``values``: answers, received events, errors, message ids and timestamps;
 - ``core``: the options and the state every part shares;
-- ``publishing``: the outbox, the send queue, the writer, the gateway's answers;
-- ``receiving``: handlers, ``EventStream``, the dispatcher and the acks;
-- ``connection``: connect, authenticate, heartbeat watchdog, reconnect with backoff;
+- ``publishing``: the outbox, the writer, the settlement of answers;
+- ``receiving``: handlers, ``EventStream``, the dispatcher;
+- ``connection``: connect, authenticate, reader, heartbeat watchdog, reconnects;
 - ``lifecycle``: ``Client`` itself (``run``, ``aclose``) and ``connect``.
 
 Import from ``catsock.client``; the submodules are an implementation detail.
@@ -42,20 +40,12 @@ Import from ``catsock.client``; the submodules are an implementation detail.
 
 from __future__ import annotations
 
-from .connection import _TRANSIENT as _TRANSIENT
 from .connection import _describe as _describe
-from .connection import _LinkDead as _LinkDead
-from .connection import _Refused as _Refused
-from .core import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
-from .core import _ack as _ack
-from .core import _error_fields as _error_fields
-from .core import _Session as _Session
-from .core import _Target as _Target
 from .core import logger as logger
 from .lifecycle import Client, connect
 from .lifecycle import _single_error as _single_error
-from .publishing import _record as _record
 from .receiving import EventStream
+from .sansio import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
 from .values import (
     Accepted,
     AuthError,
@@ -70,9 +60,8 @@ from .values import (
     timestamp,
 )
 
-# The private names above were module-level in the single-file client; the CLI
-# (``_describe``, ``_single_error``) and tests import some of them from here, so
-# they stay reachable, with ``as`` marking them as deliberate re-exports for mypy.
+# The CLI imports ``_describe`` and ``_single_error`` from here; ``as`` marks them as
+# deliberate re-exports for mypy.
 
 __all__ = [
     "Accepted",

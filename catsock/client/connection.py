@@ -1,11 +1,12 @@
 """The connection loop: connect, authenticate, serve one connection, reconnect with backoff.
 
-Per connection there are four tasks in one nursery: the reader (answers to
-publishes, events into the receive buffer), the writer (publishing.py), the
-acker (receiving.py) and the watchdog (pings when idle; nothing for two
-heartbeat intervals means a dead link). Whatever ends one of them ends the
-connection; transient failures reconnect on the ``Backoff`` schedule, which
-starts again after every authenticated connection. Apart from ``aclose``, only
+Per connection there are three tasks in one nursery: the reader (feeds frames
+to the sans-IO core and acts on what it makes of them), the writer
+(publishing.py: sends what the core says is next, acks included) and the
+watchdog (pings when idle; nothing for two heartbeat intervals means a dead
+link). Whatever ends one of them ends the connection; transient failures
+reconnect on the core's ``Reconnects`` schedule, which starts again after every
+authenticated connection. Apart from ``aclose``, only
 ``AuthError`` (the token is refused, so retrying cannot help) and
 ``ConnectError`` (``max_attempts`` failures in a row) end the loop.
 """
@@ -13,30 +14,17 @@ starts again after every authenticated connection. Apart from ``aclose``, only
 from __future__ import annotations
 
 import ssl
-from collections import deque
-from typing import Any, Final
+from typing import Final
 
-import orjson
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from protocol.codec import json_object
-
-from .core import _close_budget, _error_fields, _Session, logger
+from .core import _close_budget, _Session, logger
 from .publishing import _Publishing
 from .receiving import _Receiving
+from .sansio import LinkDead, TransientError
 from .values import AuthError, ConnectError
-
-
-class _LinkDead(Exception):
-    """Nothing arrived for two heartbeat intervals."""
-
-
-class _Refused(Exception):
-    """The gateway answered ``auth`` with an error other than AUTH_FAILED (worth retrying:
-    CONNECTION_LIMIT, CONNECTION_TIMEOUT, ...)."""
-
 
 _TRANSIENT: Final = (
     OSError,
@@ -44,8 +32,7 @@ _TRANSIENT: Final = (
     trio.TooSlowError,
     trio_websocket.HandshakeError,
     ConnectionClosed,
-    _LinkDead,
-    _Refused,
+    TransientError,
 )
 
 
@@ -55,16 +42,11 @@ class _Connection(_Publishing, _Receiving):
     # -- connecting ----------------------------------------------------------------------
 
     async def _connect_loop(self, task_status: trio.TaskStatus[None]) -> None:
-        attempt = 0  # reconnect attempts since the last successful auth
-        failures = 0
-        first = True
         while not self._closing:
-            if not first:
-                attempt += 1
-                delay = self.backoff.delay(attempt, self.rng)
+            delay = self._reconnects.delay()
+            if delay:
                 logger.info("reconnecting in %.1f s (%s)", delay, _describe(self.last_error))
                 await trio.sleep(delay)
-            first = False
             try:
                 await self._connect_once(task_status)
             except AuthError:
@@ -73,16 +55,12 @@ class _Connection(_Publishing, _Receiving):
                 if self._closing:
                     return
                 self.last_error = exc
-                failures += 1
                 logger.warning("connection to %s failed: %s", self.url, _describe(exc))
-                if self.max_attempts is not None and failures >= self.max_attempts:
-                    raise ConnectError(
-                        f"{failures} attempts to connect to {self.url} failed; "
-                        f"last: {_describe(exc)}"
-                    ) from exc
+                try:
+                    self._reconnects.failed(_describe(exc))
+                except ConnectError as error:
+                    raise error from exc
                 continue
-            # A connection was authenticated (and has ended): start the schedule again.
-            attempt = failures = 0
             task_status = trio.TASK_STATUS_IGNORED
 
     async def _connect_once(self, task_status: trio.TaskStatus[None]) -> None:
@@ -121,86 +99,28 @@ class _Connection(_Publishing, _Receiving):
             await trio.aclose_forcefully(stream)
 
     async def _authenticate(self, ws: WebSocketConnection) -> _Session:
-        extensions: dict[str, Any] = {}
-        if self.acks:
-            extensions["acks"] = {}
-        if self.resume:
-            extensions["resume"] = {} if self._cursor is None else {"since": self._cursor}
-        if self.heartbeat is not None:
-            extensions["heartbeat"] = {"interval": self.heartbeat}
-        auth = {
-            "type": "auth",
-            "token": self.token,
-            "client_type": self.client_type,
-            "extensions": extensions,
-        }
-        await ws.send_message(orjson.dumps(auth).decode())
-        reply = json_object(await ws.get_message())
-        kind = reply.get("type")
-        if kind == "error":
-            code, message = _error_fields(reply)
-            if code == "AUTH_FAILED":
-                raise AuthError(code, message)
-            raise _Refused(f"{code}: {message}")
-        if kind != "auth_success":
-            raise trio_websocket.HandshakeError(f"expected auth_success, got {kind!r}")
-        granted = reply.get("extensions")
-        granted = granted if isinstance(granted, dict) else {}
-        beat = granted.get("heartbeat")
-        interval = beat.get("interval") if isinstance(beat, dict) else None
-        if not isinstance(interval, int | float) or isinstance(interval, bool):
-            interval = self.heartbeat
-        self.connections += 1
-        session = _Session(
-            ws,
-            self.connections,
-            str(reply.get("connection_id")),
-            granted,
-            "acks" in granted,
-            None if interval is None else float(interval),
-            trio.current_time(),
-        )
-        self._resumed(granted.get("resume"))
-        logger.info("connected to %s as %s (%s)", self.url, self.client_type, session.connection_id)
-        return session
-
-    def _resumed(self, grant: Any) -> None:
-        """Where this connection's replay starts; a live start counts as having seen ``head``."""
-        if isinstance(grant, dict) and self._cursor is None:
-            since, head = grant.get("since"), grant.get("head")
-            start = since if since is not None else head
-            if isinstance(start, int) and not isinstance(start, bool):
-                self._cursor = start
-        if self._received is None:
-            self._received = self._cursor
+        await ws.send_message(self._proto.auth_frame())
+        grant = self._proto.connection_made(await ws.get_message(), trio.current_time())
+        self._reconnects.connected()
+        logger.info("connected to %s as %s (%s)", self.url, self.client_type, grant.connection_id)
+        return _Session(ws, grant)
 
     async def _serve(self, session: _Session) -> None:
         """Run one authenticated connection until it ends."""
-        # Everything unanswered goes again, in order.
-        again = [p for p in self._inflight.values() if not p._answered]
-        for publication in self._queue:
-            publication._queued = False
-        self._queue = deque(again)
-        for publication in again:
-            publication._queued = True
-        self._acked = self._processed
-        self._unacked = 0
-        self._ack_due = False
-        self._ack_deadline = None
         self._session = session
         self._connected.set()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, session, nursery)
                 nursery.start_soon(self._writer, session)
-                if session.acks:
-                    nursery.start_soon(self._acker)
-                if session.heartbeat is not None:
-                    nursery.start_soon(self._watchdog, session, session.heartbeat)
+                if session.grant.heartbeat is not None:
+                    nursery.start_soon(self._watchdog, session)
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as group:
             self.last_error = group.exceptions[0]
-        except* _LinkDead as group:
+        except* LinkDead as group:
             self.last_error = group.exceptions[0]
+        finally:
+            self._proto.connection_lost()
         logger.info("disconnected from %s: %s", self.url, _describe(self.last_error))
 
     # -- per connection ------------------------------------------------------------------
@@ -209,36 +129,31 @@ class _Connection(_Publishing, _Receiving):
         try:
             while True:
                 data = await session.ws.get_message()
-                session.last_arrival = trio.current_time()
-                try:
-                    message = json_object(data)
-                except ValueError:
-                    logger.warning("ignoring a frame that is not a JSON object")
-                    continue
-                if "payload" in message and "message_id" in message and "version" in message:
-                    await self._receive_event(message, data)
-                elif message.get("type") == "accepted":
-                    self._on_accepted(message)
-                elif message.get("type") == "error":
-                    self._on_error(session, message)
+                self._proto.receive_frame(data, trio.current_time())
+                await self._take_events()
+                self._writer_lot.unpark_all()
         except ConnectionClosed as exc:
             reason = exc.reason
             session.close_code = None if reason is None else reason.code
             self.last_error = exc
             nursery.cancel_scope.cancel()
 
-    async def _watchdog(self, session: _Session, interval: float) -> None:
-        """Ping after ``interval`` of quiet; nothing for ``2 * interval`` is a dead link."""
+    async def _watchdog(self, session: _Session) -> None:
+        """Ping after a heartbeat interval of quiet; nothing for two is a dead link."""
         while True:
-            quiet_until = session.last_arrival + interval
-            if trio.current_time() < quiet_until:
-                await trio.sleep_until(quiet_until)
+            ping_at, dead_at = self._proto.ping_at(), self._proto.dead_at()
+            if ping_at is None or dead_at is None:
+                return
+            if trio.current_time() < ping_at:
+                await trio.sleep_until(ping_at)
                 continue
-            with trio.move_on_at(session.last_arrival + 2 * interval):
+            with trio.move_on_at(dead_at):
                 await session.ws.ping()
-                session.last_arrival = trio.current_time()
-            if trio.current_time() >= session.last_arrival + 2 * interval:
-                raise _LinkDead(f"nothing from the gateway for {2 * interval:g} s")
+                self._proto.arrived(trio.current_time())
+            dead_at = self._proto.dead_at() or dead_at
+            if trio.current_time() >= dead_at:
+                interval = session.grant.heartbeat or 0.0
+                raise LinkDead(f"nothing from the gateway for {2 * interval:g} s")
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -1,11 +1,11 @@
-"""The client's options and the state its parts share, plus the frame helpers they use.
+"""The trio client's options and the state its parts share.
 
 ``Client`` is assembled from mixins (publishing, receiving, connection, lifecycle)
-that all work on one set of attributes: the connection loop resets the send queue
-and the ack state that the two sides keep, and the writer sends both sides'
-frames. So the attributes are declared once, here in ``__init__``, and mypy
-checks every part against the same declarations. The options are documented on
-``Client``.
+that all work on one set of attributes, declared once here so mypy checks every
+part against the same declarations. The client's decisions live in the sans-IO
+core (sansio.py, ``self._proto``), shared with the asyncio and synchronous
+runtimes; what stays here is trio's: the connection, the tasks and their
+wake-ups. The options are documented on ``Client``.
 """
 
 from __future__ import annotations
@@ -15,62 +15,43 @@ import math
 import os
 import random
 import ssl
-from collections import deque
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 from trio_websocket import WebSocketConnection
 
-from storage.outbox import Outbox, Settlement
+from storage.outbox import Outbox
 
 from ..backoff import Backoff
-from .values import Accepted, ClientError, Handler, Publication, ReceivedEvent
+from .sansio import (
+    MAX_MESSAGE_SIZE,
+    Answered,
+    ClientProtocol,
+    GatewayError,
+    Grant,
+    Incoming,
+    Reconnects,
+    parse_url,
+)
+from .values import Handler, Publication, ReceivedEvent
 
 if TYPE_CHECKING:
     from .receiving import EventStream
 
 logger = logging.getLogger("catsock.client")
 
-#: The gateway's default frame limit (docs/protocol.md §4.1); bigger events are refused locally.
-MAX_MESSAGE_SIZE: Final = 64 * 1024
-
-
-@attrs.define
-class _Target:
-    host: str
-    port: int
-    resource: str
-    host_header: str
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> _Target:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-        tls = scheme == "wss"
-        port = parts.port or (443 if tls else 80)
-        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        shown = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        default = port == (443 if tls else 80)
-        return cls(parts.hostname, port, resource, shown if default else f"{shown}:{port}", tls)
-
-
 @attrs.define(eq=False)
 class _Session:
     """One authenticated connection."""
 
     ws: WebSocketConnection
-    number: int
-    connection_id: str
-    extensions: dict[str, Any]
-    acks: bool
-    heartbeat: float | None
-    last_arrival: float
+    grant: Grant
     close_code: int | None = None
+
+    @property
+    def connection_id(self) -> str:
+        return self.grant.connection_id
 
 
 class _ClientCore:
@@ -102,7 +83,7 @@ class _ClientCore:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
-        self._target = _Target.parse(url)
+        self._target = parse_url(url)
         self.token = token
         self.client_type = client_type
         self.outbox_path = outbox_path
@@ -113,6 +94,7 @@ class _ClientCore:
         self.receive = receive
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
+        self.max_in_flight = max_in_flight
         self.resend_batch = resend_batch
         self.ack_delay = ack_delay
         self.ack_batch = ack_batch
@@ -122,35 +104,37 @@ class _ClientCore:
         self._ssl = ssl_context
         #: The most recent reason a connection attempt failed or a connection ended.
         self.last_error: BaseException | None = None
-        self.connections = 0
+
+        self._proto = ClientProtocol(
+            token,
+            client_type,
+            acks=acks,
+            resume=resume,
+            since=since,
+            receive=receive,
+            heartbeat=heartbeat,
+            max_in_flight=max_in_flight,
+            ack_delay=ack_delay,
+            ack_batch=ack_batch,
+            max_message_size=max_message_size,
+        )
+        self._reconnects = Reconnects(backoff, self.rng, max_attempts, url)
 
         self._handlers: dict[str, list[Handler]] = {}
         self._stream: EventStream | None = None
         self._consumers = trio.Event()
         self._buffer_in, self._buffer_out = trio.open_memory_channel[ReceivedEvent](receive_buffer)
-        self._received: int | None = None  # highest seq put into the buffer
         self._warned_full = False
-        self._processed: int | None = None  # highest seq handled (what we ack)
-        self._acked: int | None = None
-        self._unacked = 0
-        self._ack_due = False
-        self._ack_deadline: float | None = None
-        self._cursor: int | None = since  # where to resume from after a reconnect
 
         self._outbox: Outbox | None = None
-        self._inflight: dict[str, Publication] = {}
-        self._queue: deque[Publication] = deque()
+        self._publications: dict[str, Publication] = {}
         self._window = trio.Semaphore(max_in_flight)
-        self._settling: list[tuple[Publication, Accepted | ClientError, Settlement]] = []
-        self._retried: list[str] = []  # sent again: retry_count += 1 in the outbox
+        self._settling: list[Answered] = []
         self._recovered = trio.Event()
-        self._pause_until = -math.inf
-        self._pace = 0.0
 
         self._session: _Session | None = None
         self._connected = trio.Event()
         self._writer_lot = trio.lowlevel.ParkingLot()
-        self._acker_lot = trio.lowlevel.ParkingLot()
         self._settle_lot = trio.lowlevel.ParkingLot()
         self._run_scope = trio.CancelScope()
         self._started = False
@@ -160,6 +144,25 @@ class _ClientCore:
         # trio-websocket's reader, which reads the gateway's close frame) wait for it.
         self._handshake_done = trio.Event()
         self._stopped = trio.Event()
+
+    @property
+    def connections(self) -> int:
+        """Authenticated connections so far."""
+        return self._proto.connections
+
+    async def _take_events(self) -> None:
+        """Act on what the core made of the frames fed to it (reader and writer)."""
+        for event in self._proto.events():
+            if isinstance(event, Incoming):
+                await self._receive_event(event.event)
+            elif isinstance(event, Answered):
+                self._settling.append(event)
+                self._settle_lot.unpark_all()
+            elif isinstance(event, GatewayError):
+                logger.warning("gateway error %s: %s", event.code, event.message)
+
+    async def _receive_event(self, event: ReceivedEvent) -> None:
+        raise NotImplementedError  # receiving.py
 
 
 #: Seconds a client cancelled from outside gives its close frame before it goes.
@@ -174,13 +177,3 @@ def _close_budget(close_timeout: float) -> float:
     if trio.current_effective_deadline() == -math.inf:
         return min(close_timeout, CANCELLED_CLOSE)
     return close_timeout
-
-
-def _ack(seq: int) -> str:
-    return f'{{"type":"ack","seq":{seq}}}'
-
-
-def _error_fields(message: dict[str, Any]) -> tuple[str, str]:
-    payload = message.get("payload")
-    payload = payload if isinstance(payload, dict) else {}
-    return str(payload.get("error_code", "UNKNOWN")), str(payload.get("error_message", ""))

@@ -20,7 +20,7 @@ from trio_websocket import ConnectionClosed
 from storage.outbox import Outbox
 
 from .connection import _Connection
-from .core import _ack, _close_budget
+from .core import _close_budget
 from .values import ClientClosed
 
 
@@ -50,7 +50,7 @@ class Client(_Connection):
     @property
     def extensions(self) -> dict[str, Any]:
         """What the gateway granted on the current connection (``{}`` when not connected)."""
-        return {} if self._session is None else dict(self._session.extensions)
+        return {} if self._session is None else dict(self._session.grant.extensions)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -67,13 +67,10 @@ class Client(_Connection):
             if session is not None:
                 with trio.move_on_after(_close_budget(self.close_timeout)) as scope:
                     scope.shield = True
-                    seq = self._processed
-                    if session.acks and seq is not None and (
-                        self._acked is None or seq > self._acked
-                    ):
+                    frame = self._proto.closing_ack()
+                    if frame is not None:
                         with contextlib.suppress(ConnectionClosed):
-                            await session.ws.send_message(_ack(seq))
-                            self._acked = seq
+                            await session.ws.send_message(frame)
                     await session.ws.aclose(1000, "client closing")
         finally:
             self._handshake_done.set()
@@ -127,13 +124,15 @@ class Client(_Connection):
         self._session = None
         # Answers not yet recorded are still true; the outbox rows stay PENDING and the
         # next client's resend gets the same answer (``duplicate`` for an accepted one).
-        for publication, outcome, _ in self._settling:
-            publication._finish(outcome)
-        closed = ClientClosed("the client closed before the gateway answered")
-        for publication in list(self._inflight.values()):
-            publication._finish(closed)
-        self._inflight.clear()
+        for answered in self._settling:
+            publication = self._publications.pop(answered.message_id, None)
+            if publication is not None:
+                publication._finish(answered.outcome)
         self._settling.clear()
+        closed = ClientClosed("the client closed before the gateway answered")
+        for publication in self._publications.values():
+            publication._finish(closed)
+        self._publications.clear()
         for _ in range(self._window.statistics().tasks_waiting):
             self._window.release()  # enqueue() callers wake up and see the client is closed
         self._buffer_in.close()

@@ -4,15 +4,15 @@ Events go from the reader into a bounded buffer, so a slow application pushes
 back on the connection instead of growing memory. One dispatcher drains it in
 order: handlers first, then the iterator. An event counts as handled (and is
 acked) only once its consumer is done with it, so what was not handled before a
-dropped connection is replayed rather than lost; acks are cumulative and batched
-(``ack_batch`` or ``ack_delay``), so a busy stream sends one ack per batch.
+dropped connection is replayed rather than lost. When to ack (cumulative,
+batched by ``ack_batch`` or ``ack_delay``) is the sans-IO core's decision; the
+writer sends the ack.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
@@ -64,24 +64,7 @@ class _Receiving(_ClientCore):
 
     # -- per connection ------------------------------------------------------------------
 
-    async def _receive_event(self, message: dict[str, Any], data: str | bytes) -> None:
-        if not self.receive:
-            return
-        seq = message.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            seq = None
-        elif self._received is not None and seq <= self._received:
-            return  # replayed after a reconnect, but already in the buffer or handled
-        payload = message.get("payload")
-        event = ReceivedEvent(
-            seq,
-            str(message.get("type")),
-            str(message.get("message_id")),
-            str(message.get("sender")),
-            payload if isinstance(payload, dict) else {},
-            message,
-            data if isinstance(data, str) else data.decode("utf-8", "replace"),
-        )
+    async def _receive_event(self, event: ReceivedEvent) -> None:
         try:
             self._buffer_in.send_nowait(event)
         except trio.WouldBlock:
@@ -92,19 +75,7 @@ class _Receiving(_ClientCore):
                     "handler, iterate client.events(), or pass receive=False"
                 )
             await self._buffer_in.send(event)
-        if seq is not None:
-            self._received = seq
-
-    async def _acker(self) -> None:
-        """Turn a due ack into a frame ``ack_delay`` after the first unacked event."""
-        while True:
-            if self._ack_deadline is None:
-                await self._acker_lot.park()
-                continue
-            await trio.sleep_until(self._ack_deadline)
-            self._ack_deadline = None
-            self._ack_due = True
-            self._writer_lot.unpark_all()
+        self._proto.buffered(event.seq)
 
     # -- across connections --------------------------------------------------------------
 
@@ -129,19 +100,9 @@ class _Receiving(_ClientCore):
             self._handled(event.seq)
 
     def _handled(self, seq: int | None) -> None:
-        """The application is done with the event ``seq``: schedule a cumulative ack."""
-        if seq is None or (self._processed is not None and seq <= self._processed):
-            return
-        self._processed = self._cursor = seq
-        self._unacked += 1
-        if self._session is None or not self._session.acks:
-            return
-        if self._unacked >= self.ack_batch:
-            self._ack_due = True
-            self._writer_lot.unpark_all()
-        elif self._ack_deadline is None:
-            self._ack_deadline = trio.current_time() + self.ack_delay
-            self._acker_lot.unpark_all()
+        """The application is done with the event ``seq``: the core schedules the ack."""
+        self._proto.handled(seq, trio.current_time())
+        self._writer_lot.unpark_all()
 
 
 class EventStream:

@@ -96,13 +96,6 @@ class Publication:
         self._done = trio.Event()
         self._result: Accepted | None = None
         self._error: ClientError | None = None
-        # Client bookkeeping: answered (reader/writer saw the answer), sends, the
-        # connection it was last sent on, and whether it waits in the send queue.
-        self._answered = False
-        self._sends = 0
-        self._sent_on = 0
-        self._queued = False
-        self._from_outbox = False  # left PENDING by an earlier client: its next send is a retry
 
     @property
     def done(self) -> bool:

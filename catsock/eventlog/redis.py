@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,10 @@ RECONNECT_DELAY = 0.25
 _ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
 
 # ARGV: floor, log maxlen, dedup ttl, ledger maxlen, dedup prefix, cursor prefix,
-# then n events (9 values each), n cursor moves (3 each), n ledger rows (7 each).
-# Returns the seq of each event, negative (-earlier) for a duplicate.
+# then n events (10 values each), n cursor moves (3 each), n ledger rows (7 each).
+# Returns the seq of each event, negative (-earlier) for a duplicate. The dedup
+# key holds "seq attempt": a batch sent again after its answer was lost (same
+# attempt) gets its own seqs back, not "duplicate of itself".
 _COMMIT = """
 local floor = tonumber(ARGV[1])
 local maxlen, ttl, ledger_maxlen = ARGV[2], ARGV[3], ARGV[4]
@@ -63,11 +66,12 @@ local i = 7
 local out = {}
 local n = tonumber(ARGV[i]); i = i + 1
 for r = 1, n do
-  local sender, mid = ARGV[i], ARGV[i + 1]
+  local sender, mid, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 9]
   local key = dedup .. sender .. '\\n' .. mid
-  local earlier = redis.call('GET', key)
-  if earlier then
-    out[r] = -tonumber(earlier)
+  local stored = redis.call('GET', key)
+  if stored then
+    local earlier, by = string.match(stored, '^(%d+) (.*)$')
+    if by == attempt then out[r] = tonumber(earlier) else out[r] = -tonumber(earlier) end
   else
     local seq = redis.call('INCR', KEYS[1])
     if seq <= floor then
@@ -79,10 +83,10 @@ for r = 1, n do
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id,
       's', sender, 'm', mid, 't', ARGV[i + 2], 'c', ARGV[i + 3], 'p', ARGV[i + 4],
       'x', ARGV[i + 5], 'b', ARGV[i + 6], 'n', ARGV[i + 7], 'a', ARGV[i + 8])
-    redis.call('SET', key, seq, 'EX', ttl)
+    redis.call('SET', key, string.format('%d ', seq) .. attempt, 'EX', ttl)
     out[r] = seq
   end
-  i = i + 9
+  i = i + 10
 end
 n = tonumber(ARGV[i]); i = i + 1
 for r = 1, n do
@@ -132,6 +136,9 @@ class RedisEventLog:
         self._script: Any = None
         self._problem: str | None = None
         self.where = redacted_url(self._url)
+        # Names this process's publish attempts: a row's seq before the log numbers
+        # it is unique within the process (delivery's counter), not across nodes.
+        self._node = secrets.token_hex(8)
 
     @property
     def unavailable(self) -> str | None:
@@ -197,7 +204,7 @@ class RedisEventLog:
             args += (
                 e.sender, e.message_id, e.type, " ".join(e.channels), e.priority,
                 "" if e.expires_at is None else repr(e.expires_at), e.body,
-                e.connection_id or "", repr(e.created_at),
+                e.connection_id or "", repr(e.created_at), f"{self._node}.{e.seq}",
             )  # fmt: skip
         args.append(len(cursors))
         for (identity, channel), seq in cursors.items():

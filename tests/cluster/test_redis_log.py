@@ -26,11 +26,16 @@ from tests.cluster.redisserver import RedisServer
 LOGGER = logging.getLogger("tests.cluster")
 
 
+_provisional = iter(range(1, 1_000_000))
+
+
 def row(
     message_id: str, sender: str = "cats", channels: tuple[str, ...] = ("type:AFAD",)
 ) -> storage.EventRow:
+    """An event as delivery hands it over: numbered by its process, not yet by the log."""
     body = f'{{"type":"click","message_id":"{message_id}"}}'
-    return storage.EventRow(0, message_id, sender, None, "click", channels, 3, 1.5, None, body)
+    seq = next(_provisional)
+    return storage.EventRow(seq, message_id, sender, None, "click", channels, 3, 1.5, None, body)
 
 
 def commits() -> GroupCommit:
@@ -88,6 +93,23 @@ async def test_duplicates_get_the_first_seq(redis: RedisServer) -> None:
             again = await log.commit(commits(), [row("m2"), row("m1")], {}, [], 0)
             assert list(again.seqs or ()) == [3, -1]
             assert await log.head() == 3
+
+
+async def test_a_batch_sent_again_after_a_lost_answer_gets_its_own_seqs(
+    redis: RedisServer,
+) -> None:
+    """The script ran but its answer was lost (the connection dropped): the writer
+    sends the same batch again and is told the seqs it got, not "duplicate"."""
+    with trio.fail_after(20):
+        async with opened(redis.url) as log:
+            batch = [row("x1"), row("x2")]
+            first = await log.commit(commits(), batch, {}, [], 0)
+            again = await log.commit(commits(), batch, {}, [], 0)
+            assert list(first.seqs or ()) == list(again.seqs or ()) == [1, 2]
+            # Another publish of the same message is still a duplicate.
+            other = await log.commit(commits(), [row("x1")], {}, [], 0)
+            assert list(other.seqs or ()) == [-1]
+            assert await log.head() == 2
 
 
 async def test_same_message_id_on_two_nodes_at_once_gets_one_seq(redis: RedisServer) -> None:

@@ -330,10 +330,18 @@ class Delivery:
         start = stored.get(storage.LOG_START, self.head)
         # Moves of this process may be newer than what the reader sees (a connection
         # of this identity that just ended; a commit still in flight).
-        return {
+        positions = {
             channel: max(stored.get(channel, start), self._known.get((identity, channel), -1))
             for channel in channels
         }
+        if self._shared is not None and not stored.keys() >= positions.keys():
+            # A shared log has no LOG_START (it is written with the token, into one
+            # node's file): an identity's first connection marks where its log
+            # starts, stored before it is sent anything, so that another node
+            # resumes it from there and not from its own head.
+            new = {c: positions[c] for c in positions.keys() - stored.keys()}
+            await self._shared.start_cursors(identity, new)
+        return positions
 
     async def gap(self, positions: Mapping[str, int]) -> tuple[int, int] | None:
         """The seqs a replay from ``positions`` can no longer give, because retention

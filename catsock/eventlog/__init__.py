@@ -111,5 +111,9 @@ class SharedEventLog(EventLog, Protocol):
         without gaps, until cancelled; ``state(problem)`` when the log becomes
         unreachable (``problem``) or reachable again (None)."""
 
+    async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
+        """Store ``positions`` as ``identity``'s cursors where it has none yet: where
+        its log starts (the shared log's ``LOG_START``), before it is sent anything."""
+
     async def probe(self) -> str | None:
         """Why the log cannot be reached (None: it answers); for start-up."""

@@ -21,6 +21,7 @@ through anyio.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import secrets
@@ -238,11 +239,12 @@ class RedisEventLog:
         return [int(s) for s in seqs]
 
     async def load_cursors(self, identity: str) -> dict[str, int]:
-        stored = await self._guarded(self._redis().hgetall(self._cursor_prefix + identity))
+        key = self._cursor_prefix + identity
+        stored = await self._guarded(lambda: self._redis().hgetall(key))
         return {channel: int(seq) for channel, seq in stored.items()}
 
     async def first_seq(self) -> int | None:
-        first = await self._guarded(self._redis().xrange(self._log_key, "-", "+", count=1))
+        first = await self._guarded(lambda: self._redis().xrange(self._log_key, "-", "+", count=1))
         return _seq(str(first[0].identifier)) if first else None
 
     async def read_after(
@@ -257,10 +259,15 @@ class RedisEventLog:
         start = min(positions.values(), default=upto)
         found: list[storage.StoredEvent] = []
         scanned = start
-        redis = self._redis()
         while scanned < upto and len(found) < limit:
             entries = await self._guarded(
-                redis.xrange(self._log_key, f"{scanned + 1}-0", f"{upto}-0", count=max(limit, 256))
+                functools.partial(
+                    self._redis().xrange,
+                    self._log_key,
+                    f"{scanned + 1}-0",
+                    f"{upto}-0",
+                    count=max(limit, 256),
+                )
             )
             if not entries:
                 scanned = upto
@@ -276,13 +283,22 @@ class RedisEventLog:
                         break
         return found, scanned
 
-    async def _guarded(self, request: Any) -> Any:
-        try:
-            with trio.fail_after(self._timeout + 1):
-                return await request
-        except _ERRORS as exc:
-            self._down(exc)
-            raise LogUnavailable(self._problem) from None
+    async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
+        # HSETNX: a cursor that exists (moved by another node meanwhile) stays.
+        key = self._cursor_prefix + identity
+        for channel, seq in positions.items():
+            await self._guarded(functools.partial(self._redis().hsetnx, key, channel, seq))
+
+    async def _guarded(self, request: Callable[[], Any]) -> Any:
+        """A read (or a login's cursor write): while Redis does not answer, it waits
+        and tries again, as a publish waits; a login or a catch-up resumes then."""
+        while True:
+            try:
+                with trio.fail_after(self._timeout + 1):
+                    return await request()
+            except _ERRORS as exc:
+                self._down(exc)
+            await trio.sleep(RECONNECT_DELAY)
 
     async def follow(
         self,

@@ -240,3 +240,13 @@ async def test_unreachable_redis_fails_the_commit_and_recovers(redis: RedisServe
             done = await log.commit(commits(), [row("after")], {}, [], 0)
             assert list(done.seqs or ()) == [1]
             nursery.cancel_scope.cancel()
+
+
+async def test_start_cursors_mark_a_start_and_never_move_a_cursor(redis: RedisServer) -> None:
+    """Where a new identity's log starts (the shared LOG_START): set only where it
+    has no cursor, so a move another node made meanwhile stays."""
+    with trio.fail_after(20):
+        async with opened(redis.url) as log:
+            await log.commit(commits(), [], {("afad", "type:AFAD"): 7}, [], 0)
+            await log.start_cursors("afad", {"type:AFAD": 3, "user:1": 5})
+            assert await log.load_cursors("afad") == {"type:AFAD": 7, "user:1": 5}

@@ -52,7 +52,13 @@ READ_COUNT = 1000
 #: Seconds between two attempts to reach Redis again.
 RECONNECT_DELAY = 0.25
 
-_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+
+
+class TooFewReplicas(Exception):
+    """Redis ``WAIT`` saw fewer replicas take the batch than ``cluster.wait_replicas``."""
+
+
+_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, TooFewReplicas)
 
 # ARGV: floor, log maxlen, dedup ttl, ledger maxlen, dedup prefix, cursor prefix,
 # then n events (10 values each), n cursor moves (3 each), n ledger rows (7 each).
@@ -146,6 +152,8 @@ class RedisEventLog:
         return self._problem
 
     def _connect(self, stream_timeout: float) -> coredis.Redis[str]:
+        if self._wait_replicas:
+            stream_timeout += self._wait_timeout_ms / 1000  # WAIT answers that late
         return coredis.Redis.from_url(
             self._url,
             decode_responses=True,
@@ -186,7 +194,9 @@ class RedisEventLog:
         return self._client
 
     async def head(self) -> int:
-        last = await self._redis().xrevrange(self._log_key, "+", "-", count=1)
+        last = await self._guarded(
+            functools.partial(self._redis().xrevrange, self._log_key, "+", "-", count=1)
+        )
         return _seq(str(last[0].identifier)) if last else 0
 
     async def commit(
@@ -226,16 +236,23 @@ class RedisEventLog:
         return Committed({}, seqs)
 
     async def _run_script(self, args: list[str | int | float]) -> list[int]:
-        with trio.fail_after(self._timeout + 1):
-            keys = [self._seq_key, self._log_key, self._ledger_key]
-            seqs = await self._script(keys=keys, args=args)
-            if self._wait_replicas and seqs:
-                copies = await self._redis().wait(self._wait_replicas, self._wait_timeout_ms)
-                if copies < self._wait_replicas:
-                    raise coredis.exceptions.RedisError(
-                        f"only {copies} of {self._wait_replicas} replicas have the batch"
-                        f" after {self._wait_timeout_ms} ms (cluster.wait_replicas)"
-                    )
+        keys = [self._seq_key, self._log_key, self._ledger_key]
+        with trio.fail_after(self._timeout + 1 + self._wait_timeout_ms / 1000):
+            if not self._wait_replicas:
+                seqs = await self._script(keys=keys, args=args)
+                return [int(s) for s in seqs]
+            # coredis sends WAIT after the script, in this task only.
+            replicated = self._redis().ensure_replication(
+                self._wait_replicas, self._wait_timeout_ms
+            )
+            try:
+                with replicated:
+                    seqs = await self._script(keys=keys, args=args)
+            except coredis.exceptions.ReplicationError as exc:
+                raise TooFewReplicas(
+                    f"fewer than {self._wait_replicas} replicas have the batch after"
+                    f" {self._wait_timeout_ms} ms (cluster.wait_replicas): {exc}"
+                ) from None
         return [int(s) for s in seqs]
 
     async def load_cursors(self, identity: str) -> dict[str, int]:
@@ -336,7 +353,10 @@ class RedisEventLog:
 
     def _down(self, exc: BaseException) -> bool:
         """Note an outage; True if it is news (logged once per outage)."""
-        problem = f"cannot reach Redis at {self.where}: {_why(exc)}"
+        if isinstance(exc, TooFewReplicas):
+            problem = f"Redis at {self.where}: {exc}"
+        else:
+            problem = f"cannot reach Redis at {self.where}: {_why(exc)}"
         news = self._problem is None
         if news:
             logger.warning("event log: %s; publishes wait until it answers", problem)

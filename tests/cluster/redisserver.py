@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import coredis
@@ -42,8 +43,16 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process; ``url`` names its database 0."""
 
-    def __init__(self, binary: str, data_dir: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        binary: str,
+        data_dir: Path,
+        *,
+        appendonly: bool = False,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
+        self.extra = tuple(extra)
         self.data_dir = data_dir
         self.appendonly = appendonly
         self.port = _free_port()
@@ -66,6 +75,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
+            *self.extra,
         ]  # fmt: skip
         self.process = await trio.lowlevel.open_process(args, stdin=subprocess.DEVNULL)
         with trio.fail_after(START_TIMEOUT):
@@ -74,6 +84,11 @@ class RedisServer:
                     log = (self.data_dir / "redis.log").read_text(errors="replace")
                     raise RuntimeError(f"redis-server exited at start:\n{log[-2000:]}")
                 await trio.sleep(0.02)  # the server's start-up has no event to wait on
+
+    async def info(self, section: str) -> dict[str, object]:
+        """``INFO section`` as coredis parses it (``replication``: role, connected_slaves...)."""
+        async with coredis.Redis.from_url(self.url, decode_responses=True) as client:
+            return dict(await client.info(section))
 
     async def _answers(self) -> bool:
         try:

@@ -570,8 +570,8 @@ def _cluster_problems(cluster: ClusterConfig) -> list[str]:
             db = url.path.strip("/")
             if db and not db.isdigit():
                 problems.append(f"cluster.redis: the database must be a number, not {db!r}")
-    if not cluster.key_prefix or any(c.isspace() for c in cluster.key_prefix):
-        problems.append("cluster.key_prefix must be a non-empty word")
+    if not cluster.key_prefix or any(c.isspace() or c in "{}" for c in cluster.key_prefix):
+        problems.append("cluster.key_prefix must be a non-empty word without spaces or braces")
     if cluster.wait_replicas < 0 or cluster.wait_timeout_ms < 1:
         problems.append("cluster.wait_replicas must be >= 0 and cluster.wait_timeout_ms >= 1")
     if not 0 < cluster.timeout <= 60:

@@ -36,6 +36,12 @@ def test_a_bad_redis_url_is_refused_clearly(url: str, problem: str) -> None:
         load_config(environ={"CATSOCK_CLUSTER__REDIS": url})
 
 
+@pytest.mark.parametrize("prefix", ["", "two words", "{tagged}"])
+def test_a_key_prefix_that_would_break_the_hash_tag_is_refused(prefix: str) -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.key_prefix must be a non-empty word"):
+        load_config(environ={"CATSOCK_CLUSTER__KEY_PREFIX": prefix})
+
+
 def test_a_bad_url_with_a_password_does_not_show_it() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(environ={"CATSOCK_CLUSTER__REDIS": "redis://u:topsecret@h:nope/0"})

@@ -27,7 +27,11 @@ from tests.interop.live import lines
 async def test_php_publisher_on_a_reaches_afad_on_b_byte_for_byte(
     start_gateway: GatewayFactory, redis: RedisServer, tmp_path: Path
 ) -> None:
-    a, b = await cluster_nodes(start_gateway, redis, tmp_path)
+    # 1,001 publishes of one identity in a row: past the default CATS bucket (the
+    # flush alone fits, tests/interop/test_php_client.py), so no rate limits here.
+    a, b = await cluster_nodes(
+        start_gateway, redis, tmp_path, limits={"rate_limits_enabled": False}
+    )
     with trio.fail_after(60):
         async with b.client("AFAD", "afad") as afad:
             done = await php_client.run_php(

@@ -5,7 +5,8 @@ setting by its path with ``__`` between levels: ``CATSOCK_PORT=9000``,
 ``CATSOCK_LOG__POLICY=metadata``, ``CATSOCK_ALLOW__IPS=10.0.0.0/8,127.0.0.1``.
 The optional shared token is no setting: it is read from the environment
 variable the seed used (``SOCKET_AUTH_TOKEN``). The one secret that is a setting,
-``jwt.secret`` (best given as ``CATSOCK_JWT__SECRET``), is never printed.
+``jwt.secret`` (best given as ``CATSOCK_JWT__SECRET``), is never printed; nor is the
+password in ``cluster.redis`` (``CATSOCK_CLUSTER__REDIS``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -26,7 +28,7 @@ from protocol import DEFAULT_RATE_LIMITS, RateLimit, Route
 from protocol.privacy import DEFAULT_PERSONAL_FIELDS, ProjectionRule, Projections, parse_rule_key
 from protocol.registry import valid_type_name
 
-__all__ = ["Config", "ConfigError", "load_config", "to_toml"]
+__all__ = ["ClusterConfig", "Config", "ConfigError", "load_config", "redacted_url", "to_toml"]
 
 SHARED_TOKEN_ENV = "SOCKET_AUTH_TOKEN"
 
@@ -303,6 +305,27 @@ class PrivacyConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """Cluster mode (docs/scaling.md): several gateways share one event log in Redis.
+
+    ``redis`` empty: embedded (one process, the SQLite file holds the log)."""
+
+    #: ``redis://[user:password@]host:port/db`` or ``rediss://...`` (TLS). Best
+    #: given as ``CATSOCK_CLUSTER__REDIS`` when it holds a password; ``config``
+    #: never prints the password.
+    redis: str = attrs.field(default="", repr=False)
+    #: Prefix of every key this cluster uses, so several clusters can share one Redis.
+    key_prefix: str = "catsock"
+    #: Replicas that must have an event before its publisher is answered (Redis
+    #: ``WAIT``); 0: the primary alone.
+    wait_replicas: int = 0
+    #: Milliseconds ``WAIT`` may take before the publish counts as failed (retried).
+    wait_timeout_ms: int = 1000
+    #: Seconds a Redis command may take before Redis counts as unreachable.
+    timeout: float = 2.0
+
+
+@attrs.frozen
 class Config:
     host: str = "127.0.0.1"
     port: int = 8765
@@ -326,6 +349,7 @@ class Config:
     jwt: JwtConfig = attrs.Factory(JwtConfig)
     routes: dict[str, RouteConfig] = attrs.Factory(dict)
     privacy: PrivacyConfig = attrs.Factory(PrivacyConfig)
+    cluster: ClusterConfig = attrs.Factory(ClusterConfig)
 
     def projections(self) -> Projections:
         return Projections(
@@ -453,6 +477,7 @@ def _validate(config: Config) -> Config:
     problems += _guard_problems(config.guard)
     problems += _jwt_problems(config.jwt)
     problems += _privacy_problems(config.privacy)
+    problems += _cluster_problems(config.cluster)
     if problems:
         raise ConfigError("; ".join(problems))
     return config
@@ -536,6 +561,44 @@ def _privacy_problems(privacy: PrivacyConfig) -> list[str]:
         if any(not field.strip() for field in (*projection.allow, *projection.deny)):
             problems.append(f"privacy.projections.{key}: a field name must not be empty")
     return problems
+
+
+def _cluster_problems(cluster: ClusterConfig) -> list[str]:
+    problems = []
+    if cluster.redis:
+        url = urllib.parse.urlsplit(cluster.redis)
+        if url.scheme not in ("redis", "rediss"):
+            problems.append(
+                "cluster.redis must be a redis:// or rediss:// URL"
+                f" (redis://[user:password@]host:port/db), not {redacted_url(cluster.redis)!r}"
+            )
+        else:
+            try:
+                _ = url.port  # raises on a port that is not a number
+            except ValueError:
+                problems.append(f"cluster.redis: bad port in {redacted_url(cluster.redis)!r}")
+            if not url.hostname:
+                problems.append(f"cluster.redis: no host in {redacted_url(cluster.redis)!r}")
+            db = url.path.strip("/")
+            if db and not db.isdigit():
+                problems.append(f"cluster.redis: the database must be a number, not {db!r}")
+    if not cluster.key_prefix or any(c.isspace() or c in "{}" for c in cluster.key_prefix):
+        problems.append("cluster.key_prefix must be a non-empty word without spaces or braces")
+    if cluster.wait_replicas < 0 or cluster.wait_timeout_ms < 1:
+        problems.append("cluster.wait_replicas must be >= 0 and cluster.wait_timeout_ms >= 1")
+    if not 0 < cluster.timeout <= 60:
+        problems.append("cluster.timeout must be between 0 and 60 (seconds)")
+    return problems
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to print or log."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _valid_origin(origin: str) -> bool:
@@ -644,6 +707,7 @@ def to_toml(config: Config) -> str:
     data = _conv.unstructure(config)
     if data["jwt"]["secret"]:
         data["jwt"]["secret"] = HIDDEN
+    data["cluster"]["redis"] = redacted_url(data["cluster"]["redis"])
     return _emit(data, [])
 
 

@@ -8,12 +8,16 @@ cursor moves and ledger rows recorded meanwhile. Only after the commit
 is an event fanned out and its publisher answered, so nothing a recipient saw
 can be missing from the log after a crash. docs/delivery.md states the
 guarantees; docs/architecture.md shows where this sits.
+
+Where the log lives is the ``EventLog``'s business (catsock/eventlog/): the
+gateway's SQLite file, or in cluster mode a Redis every node shares. A shared log
+numbers events itself; its publishers are answered once it has them, and every
+node fans out what it reads back from the log, in seq order (``_follow``).
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import math
 import time
@@ -31,6 +35,8 @@ from protocol import messages as m
 from .admission import Admission
 from .config import DeliveryConfig
 from .entries import PRIORITIES, PRIORITY_NAMES, Entry, Publisher, Run
+from .eventlog import Committed, EventLog, SharedEventLog
+from .eventlog.sqlite import SqliteEventLog
 from .groupcommit import GroupCommit
 from .pacer import Pacer, Pumpable
 
@@ -94,6 +100,7 @@ class Delivery:
         wall_clock: Callable[[], float] = time.time,
         personal_fields: Iterable[str] = (),
         personal_max_age: float | None = None,
+        shared_log: SharedEventLog | None = None,
     ) -> None:
         self.config = config
         self._personal_fields = tuple(personal_fields)
@@ -118,6 +125,9 @@ class Delivery:
         self._read_path = read_path
         self._reader: sqlite_utils.Database | None = None
         self._read_lock = trio.Lock()
+        #: Where events are stored: the SQLite file, or (cluster mode) a shared log.
+        self._log: EventLog = shared_log or SqliteEventLog(db, self._read)
+        self._shared = shared_log
         self._wall = wall_clock
         self._durable = frozenset(config.durable_types)
         self._priority = {t: PRIORITIES[p] for t, p in config.priority.items()}
@@ -207,9 +217,18 @@ class Delivery:
 
     @property
     def congested(self) -> bool:
-        """Publishers must wait: the log writer is ``max_pending`` events behind, or
-        the gateway is overloaded (catsock/admission.py)."""
-        return len(self._pending) >= self.config.max_pending or self.admission.overloaded
+        """Publishers must wait: the log writer is ``max_pending`` events behind, the
+        gateway is overloaded (catsock/admission.py), or the log is unreachable."""
+        return (
+            len(self._pending) >= self.config.max_pending
+            or self.admission.overloaded
+            or self._log.unavailable is not None
+        )
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the event log cannot take events now (cluster mode: Redis is down)."""
+        return self._log.unavailable
 
     async def room(self) -> None:
         """Wait until neither holds (a connection, before it takes an event in)."""
@@ -316,14 +335,22 @@ class Delivery:
         if not self.is_durable(principal) or others_online:
             return None
         identity = principal.identity
-        stored = await self._read(storage.load_cursors, identity)
+        stored = await self._log.load_cursors(identity)
         start = stored.get(storage.LOG_START, self.head)
         # Moves of this process may be newer than what the reader sees (a connection
         # of this identity that just ended; a commit still in flight).
-        return {
+        positions = {
             channel: max(stored.get(channel, start), self._known.get((identity, channel), -1))
             for channel in channels
         }
+        if self._shared is not None and not stored.keys() >= positions.keys():
+            # A shared log has no LOG_START (it is written with the token, into one
+            # node's file): an identity's first connection marks where its log
+            # starts, stored before it is sent anything, so that another node
+            # resumes it from there and not from its own head.
+            new = {c: positions[c] for c in positions.keys() - stored.keys()}
+            await self._shared.start_cursors(identity, new)
+        return positions
 
     async def gap(self, positions: Mapping[str, int]) -> tuple[int, int] | None:
         """The seqs a replay from ``positions`` can no longer give, because retention
@@ -332,7 +359,7 @@ class Delivery:
         lowest = min(positions.values(), default=None)
         if lowest is None:
             return None
-        first = await self._read(storage.first_seq)
+        first = await self._log.first_seq()
         if first is None or lowest >= first - 1:
             return None
         return lowest + 1, first - 1
@@ -342,29 +369,11 @@ class Delivery:
     ) -> tuple[list[Entry], int]:
         """Committed events after ``positions`` (see ``storage.read_after``), as entries."""
         upto = self.head
-        stored, scanned = await self._read(
-            functools.partial(
-                storage.read_after,
-                positions=positions,
-                upto=upto,
-                exclude_sender=exclude_sender,
-                limit=limit,
-            )
+        stored, scanned = await self._log.read_after(
+            positions, upto=upto, exclude_sender=exclude_sender, limit=limit
         )
         self.replayed += len(stored)
-        return [
-            Entry(
-                seq=s.seq,
-                type=s.type,
-                message_id="",
-                sender=s.sender,
-                channels=s.channels,
-                priority=s.priority,
-                expires_at=s.expires_at,
-                body=s.body,
-            )
-            for s in stored
-        ], scanned
+        return _entries(stored), scanned
 
     def cursor(self, identity: str, channel: str) -> int | None:
         """Where this process last moved ``identity``'s cursor on ``channel`` (None:
@@ -410,16 +419,19 @@ class Delivery:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches until cancelled; then commit what is left (bounded).
 
-        The pacer of live-only recipients and the admission watch run beside it."""
-        async with trio.open_nursery() as nursery:
+        The pacer of live-only recipients and the admission watch run beside it,
+        and with a shared log the task that fans out what the log holds."""
+        async with self._log.open(), trio.open_nursery() as nursery:
             nursery.start_soon(self.pacer.run)
             nursery.start_soon(self.admission.run)
-            await self._write(task_status)
+            await self._write(task_status, nursery)
 
-    async def _write(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _write(self, task_status: trio.TaskStatus[None], nursery: trio.Nursery) -> None:
         if self.enabled:
-            self.head = await trio.to_thread.run_sync(storage.log_head, self._db)
+            self.head = await self._log.head()
             self._next = self.head + 1
+            if self._shared is not None:
+                await nursery.start(self._shared.follow, self.head, self._follow, self._log_state)
         try:
             await self._commits.run(task_status=task_status)
         finally:
@@ -489,14 +501,7 @@ class Delivery:
                 for e in batch
             ]
             try:
-                duplicates = await self._commits.write(
-                    _commit_events,
-                    rows,
-                    cursors,
-                    ledger,
-                    rows=len(batch),
-                    what=f"commit of {len(batch)} events",
-                )
+                committed = await self._log.commit(self._commits, rows, cursors, ledger, self.head)
             except storage.SeqTaken as taken:
                 # Another process wrote this log: number what is not committed yet
                 # (nobody has seen those seqs) after its head, and go on.
@@ -515,7 +520,10 @@ class Delivery:
             except Exception:
                 self._put_back(batch, cursors, ledger)
                 return False
-        self._after_commit(batch, duplicates)
+        if committed.seqs is None:
+            self._after_commit(batch, committed.duplicates)
+        else:
+            self._answer(batch, committed)
         return True
 
     def _put_back(
@@ -567,6 +575,37 @@ class Delivery:
         self._committed = trio.Event()
         if len(self._pending) < self.config.max_pending:
             self._room.set()
+            self._room = trio.Event()
+
+    def _answer(self, batch: list[Entry], committed: Committed) -> None:
+        """A shared log has the batch: answer its publishers. Its events reach local
+        recipients when ``_follow`` reads them back, in the log's order."""
+        assert committed.seqs is not None
+        publishers: dict[Publisher, None] = {}
+        for entry, seq in zip(batch, committed.seqs, strict=True):
+            if seq > 0:
+                entry.seq = seq
+            else:
+                entry.seq = entry.duplicate_of = -seq
+                self.duplicates += 1
+                self.note(entry.sender, "duplicate", -seq, -seq, entry.connection_id)
+            if entry.publisher is not None:
+                entry.publisher.accepted(entry)
+                publishers[entry.publisher] = None
+            if entry.committed is not None:
+                entry.committed.set()
+        for publisher in publishers:
+            publisher.pump()
+        self._log_state(None)
+
+    def _follow(self, stored: list[storage.StoredEvent]) -> None:
+        # Events of every node, read back from the shared log in seq order: fanned
+        # out as the embedded log fans out a commit (head, runs, one write each).
+        self._after_commit(_entries(stored), {})
+
+    def _log_state(self, problem: str | None) -> None:
+        if problem is None and not self.congested:
+            self._room.set()  # publishers held while the log was unreachable go on
             self._room = trio.Event()
 
     def _prune(self, db: sqlite_utils.Database, now: float) -> int:
@@ -651,11 +690,17 @@ def durable_wants(
     return wants
 
 
-def _commit_events(
-    db: sqlite_utils.Database,
-    rows: list[storage.EventRow],
-    cursors: dict[tuple[str, str], int],
-    ledger: list[storage.LedgerRow],
-) -> dict[int, int]:
-    # Looked up at each call, not bound at import: tests replace it to inject faults.
-    return storage.commit_events(db, rows, cursors, ledger)
+def _entries(stored: list[storage.StoredEvent]) -> list[Entry]:
+    return [
+        Entry(
+            seq=s.seq,
+            type=s.type,
+            message_id="",
+            sender=s.sender,
+            channels=s.channels,
+            priority=s.priority,
+            expires_at=s.expires_at,
+            body=s.body,
+        )
+        for s in stored
+    ]

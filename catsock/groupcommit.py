@@ -147,12 +147,29 @@ class GroupCommit:
         except Exception as exc:
             self.failed(what, exc)
             raise
+        self._wrote(started, rows)
+        return result
+
+    async def write_async(
+        self, func: Callable[..., Awaitable[T]], *args: object, rows: int, what: str
+    ) -> T:
+        """``write`` for a store reached over the network (cluster mode's Redis):
+        ``await func(*args)`` on the event loop, counted and reported the same way."""
+        started = time.perf_counter()
+        try:
+            result = await func(*args)
+        except Exception as exc:
+            self.failed(what, exc)
+            raise
+        self._wrote(started, rows)
+        return result
+
+    def _wrote(self, started: float, rows: int) -> None:
         self.last_commit_seconds = time.perf_counter() - started
         self.last_batch_size = rows
         self.batches += 1
         self._last_ok = trio.current_time()
         self._recovered()
-        return result
 
     def wrote_within(self, seconds: float) -> bool:
         """A write worked within the last ``seconds`` and none has failed since."""

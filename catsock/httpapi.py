@@ -200,6 +200,10 @@ class HttpApi:
         }
         if self._shutting_down:
             return json_response(503, {**body, "status": "shutting_down"})
+        # Cluster mode: Redis, which holds the event log, does not answer.
+        unreachable = gateway.delivery.unavailable
+        if unreachable is not None:
+            return json_response(503, {**body, "status": "unavailable", "event_log": unreachable})
         problem = await self._probe()
         if problem is not None:
             return json_response(503, {**body, "status": "unavailable", "database": problem})
@@ -380,6 +384,8 @@ class HttpApi:
             if delivery.congested:
                 gateway.stats.count_error(ErrorCode.OVERLOADED)
                 detail = "the gateway is overloaded; nothing was published, retry later"
+                if delivery.unavailable is not None:
+                    detail = "the event log is unreachable; nothing was published, retry later"
                 self._keep_refused(principal, ErrorCode.OVERLOADED, detail, text, event)
                 return _api_error(ErrorCode.OVERLOADED, detail, 1.0)
         entry = await delivery.publish(event, action.channels, principal)

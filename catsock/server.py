@@ -47,6 +47,7 @@ from .auth import Authenticator, AuthRefusal
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
 from .delivery import PRIORITY_NAMES, Delivery
+from .eventlog import SharedEventLog
 from .guard import RETRY_AFTER, UNCOUNTED, AddressGuard, Slot
 from .httpapi import HttpApi
 from .hub import Hub
@@ -175,6 +176,8 @@ class Gateway:
             wall_clock=wall_clock,
         )
         self.hub = Hub()
+        #: Cluster mode: the event log every node shares (docs/scaling.md).
+        self.shared_log = _shared_log(config)
         self.delivery = Delivery(
             config.delivery,
             self.hub,
@@ -184,6 +187,7 @@ class Gateway:
             wall_clock=wall_clock,
             personal_fields=config.privacy.personal_fields,
             personal_max_age=config.privacy.personal_retention_hours * 3600,
+            shared_log=self.shared_log,
         )
         self.stats = GatewayStats()
         limits = config.limits
@@ -260,6 +264,10 @@ class Gateway:
             context = self._ssl_context
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         await self.auth.refresh()
+        if self.shared_log is not None:
+            problem = await self.shared_log.probe()
+            if problem is not None:
+                raise StartupError(f"cluster.redis: {problem}")
         # Before the log writer starts, so the two never share the connection.
         await trio.to_thread.run_sync(storage.close_dangling, self._log_db)
         try:
@@ -695,6 +703,26 @@ async def _reuse_port_listeners(port: int, host: str) -> list[trio.SocketListene
             raise
         listeners.append(trio.SocketListener(sock))
     return listeners
+
+
+def _shared_log(config: Config) -> SharedEventLog | None:
+    """The cluster's event log when ``cluster.redis`` is set (None: embedded)."""
+    if not config.cluster.redis:
+        return None
+    if not config.delivery.log:
+        raise StartupError("cluster.redis needs delivery.log = true (the log is what is shared)")
+    try:
+        from .eventlog.redis import RedisEventLog
+    except ImportError as exc:
+        raise StartupError(
+            f"cluster.redis is set but the Redis client is missing ({exc}):"
+            " pip install 'catsock[cluster]'"
+        ) from None
+    return RedisEventLog(
+        config.cluster,
+        retention_rows=config.delivery.retention_hard_rows,
+        retention_days=config.delivery.retention_days,
+    )
 
 
 def _socket_of(stream: trio.abc.Stream) -> socket.socket | None:

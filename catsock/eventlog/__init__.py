@@ -1,0 +1,119 @@
+"""The event log as delivery sees it: one interface, two backends.
+
+``catsock/delivery.py`` numbers, commits, reads and follows the log through
+``EventLog`` and never asks which backend runs:
+
+- ``SqliteEventLog`` (eventlog/sqlite.py), the embedded default: the gateway's
+  SQLite file (storage/events.py). Delivery numbers events in memory and fans a
+  batch out as soon as it is committed.
+- ``RedisEventLog`` (eventlog/redis.py), cluster mode (``cluster.redis``): one
+  log shared by every node. The log numbers events as it stores them (one seq
+  across the cluster), and a node fans out what it *reads back* from the log, its
+  own events and other nodes' alike, in seq order (``follow``).
+
+What differs is said by two attributes, not by the type: ``shared`` (the log
+numbers events, and fan-out follows the log) and ``unavailable`` (why the log
+cannot take events right now, or None). docs/scaling.md states what is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+import trio
+
+import storage
+
+if TYPE_CHECKING:
+    from catsock.groupcommit import GroupCommit
+
+__all__ = ["Committed", "EventLog", "LogUnavailable", "SharedEventLog"]
+
+
+class LogUnavailable(Exception):
+    """The log cannot be reached (cluster mode: Redis is down); the message says why.
+    Nothing of the batch is known to be stored: it is kept and tried again."""
+
+
+@attrs.frozen
+class Committed:
+    """What a commit did. ``duplicates``: ``{row seq: earlier seq}`` for rows that
+    repeat an earlier (sender, message_id). ``seqs``: for a log that numbers events
+    itself, the seq each row got, in row order, negative for a duplicate (``-earlier``);
+    None where the rows kept the seqs they came with."""
+
+    duplicates: Mapping[int, int]
+    seqs: Sequence[int] | None = None
+
+
+class EventLog(Protocol):
+    """What delivery needs of the log. Reads may run concurrently with a commit."""
+
+    #: True: the log numbers events and delivery fans out what ``follow`` reads.
+    shared: bool
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the log cannot take events now (None: it can)."""
+
+    def open(self) -> AbstractAsyncContextManager[object]:
+        """Hold the backend's connections for as long as delivery runs."""
+
+    async def head(self) -> int:
+        """The highest seq in the log (0: empty)."""
+
+    async def commit(
+        self,
+        commits: GroupCommit,
+        rows: Sequence[storage.EventRow],
+        cursors: Mapping[tuple[str, str], int],
+        ledger: Sequence[storage.LedgerRow],
+        floor: int,
+    ) -> Committed:
+        """Store a batch (events deduplicated by (sender, message_id), cursor moves,
+        ledger rows) all or nothing, inside ``commits.turn()``. ``floor``: the seq
+        the caller has seen; a log that numbers events never numbers at or below it.
+        Raises on failure (the caller keeps the batch and retries)."""
+
+    async def load_cursors(self, identity: str) -> dict[str, int]:
+        """``{channel: seq}`` of ``identity`` (``storage.LOG_START`` included if set)."""
+
+    async def first_seq(self) -> int | None:
+        """The oldest seq still in the log (None: empty)."""
+
+    async def read_after(
+        self,
+        positions: Mapping[str, int],
+        *,
+        upto: int,
+        exclude_sender: str | None,
+        limit: int,
+    ) -> tuple[list[storage.StoredEvent], int]:
+        """As ``storage.read_after``: events on ``positions``' channels past each
+        channel's seq, up to ``upto``, and the last seq examined."""
+
+
+class SharedEventLog(EventLog, Protocol):
+    """A log several nodes write: each follows it to fan out what any node stored."""
+
+    async def follow(
+        self,
+        after: int,
+        deliver: Callable[[list[storage.StoredEvent]], None],
+        state: Callable[[str | None], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``deliver`` with every event stored after ``after``, in seq order
+        without gaps, until cancelled; ``state(problem)`` when the log becomes
+        unreachable (``problem``) or reachable again (None)."""
+
+    async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
+        """Store ``positions`` as ``identity``'s cursors where it has none yet: where
+        its log starts (the shared log's ``LOG_START``), before it is sent anything."""
+
+    async def probe(self) -> str | None:
+        """Why the log cannot be reached (None: it answers); for start-up."""

@@ -1,0 +1,390 @@
+"""Cluster mode's event log: one Redis shared by every gateway node (docs/scaling.md).
+
+Keys (all under one hash tag, ``{prefix}``, so they stay in one slot):
+
+- ``{prefix}:seq`` the cluster-wide counter; ``{prefix}:log`` a stream whose entry
+  IDs are ``<seq>-0``, so the stream is the log in seq order;
+- ``{prefix}:dedup:<sender>\\n<message_id>`` the seq a publish got, expiring after
+  ``delivery.retention_days``: the same message published twice, on one node or on
+  two at once, gets one seq;
+- ``{prefix}:cursors:<identity>`` a hash ``channel -> seq`` (cursors never move back);
+- ``{prefix}:ledger`` a stream of ledger rows (bounded like the log).
+
+A batch (events, cursor moves, ledger rows) is one Lua script, so it is stored
+all or nothing and numbered atomically; the publisher is answered after the
+script returned (and, with ``cluster.wait_replicas``, after ``WAIT``). Each node
+reads the stream back (``follow``, XREAD BLOCK) and fans out everything in seq
+order, its own events included. No RESP code here: coredis speaks Redis, on trio
+through anyio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import coredis
+import coredis.exceptions
+import coredis.retry
+import trio
+
+import storage
+from catsock.config import ClusterConfig, redacted_url
+
+from . import Committed, LogUnavailable
+
+if TYPE_CHECKING:
+    from catsock.groupcommit import GroupCommit
+
+__all__ = ["RedisEventLog"]
+
+logger = logging.getLogger("catsock.eventlog.redis")
+
+#: Milliseconds one XREAD of ``follow`` blocks: how soon a silent outage is seen.
+FOLLOW_BLOCK_MS = 500
+#: Events one XREAD of ``follow`` or one XRANGE of ``read_after`` returns at most.
+READ_COUNT = 1000
+#: Seconds between two attempts to reach Redis again.
+RECONNECT_DELAY = 0.25
+
+
+
+class TooFewReplicas(Exception):
+    """Redis ``WAIT`` saw fewer replicas take the batch than ``cluster.wait_replicas``."""
+
+
+_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, TooFewReplicas)
+
+# ARGV: floor, log maxlen, dedup ttl, ledger maxlen, dedup prefix, cursor prefix,
+# then n events (10 values each), n cursor moves (3 each), n ledger rows (7 each).
+# Returns the seq of each event, negative (-earlier) for a duplicate. The dedup
+# key holds "seq attempt": a batch sent again after its answer was lost (same
+# attempt) gets its own seqs back, not "duplicate of itself".
+_COMMIT = """
+local floor = tonumber(ARGV[1])
+local maxlen, ttl, ledger_maxlen = ARGV[2], ARGV[3], ARGV[4]
+local dedup, cursors = ARGV[5], ARGV[6]
+local i = 7
+local out = {}
+local n = tonumber(ARGV[i]); i = i + 1
+for r = 1, n do
+  local sender, mid, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 9]
+  local key = dedup .. sender .. '\\n' .. mid
+  local stored = redis.call('GET', key)
+  if stored then
+    local earlier, by = string.match(stored, '^(%d+) (.*)$')
+    if by == attempt then out[r] = tonumber(earlier) else out[r] = -tonumber(earlier) end
+  else
+    local seq = redis.call('INCR', KEYS[1])
+    if seq <= floor then
+      -- Redis lost its data (restarted without AOF): never reuse a seq a node has seen.
+      seq = floor + 1
+      redis.call('SET', KEYS[1], seq)
+    end
+    local id = string.format('%d-0', seq)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id,
+      's', sender, 'm', mid, 't', ARGV[i + 2], 'c', ARGV[i + 3], 'p', ARGV[i + 4],
+      'x', ARGV[i + 5], 'b', ARGV[i + 6], 'n', ARGV[i + 7], 'a', ARGV[i + 8])
+    redis.call('SET', key, string.format('%d ', seq) .. attempt, 'EX', ttl)
+    out[r] = seq
+  end
+  i = i + 10
+end
+n = tonumber(ARGV[i]); i = i + 1
+for r = 1, n do
+  local key, channel, seq = cursors .. ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local now = tonumber(redis.call('HGET', key, channel) or '-1')
+  if seq > now then redis.call('HSET', key, channel, seq) end
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for r = 1, n do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ledger_maxlen, '*',
+    'i', ARGV[i], 'k', ARGV[i + 1], 'f', ARGV[i + 2], 'l', ARGV[i + 3],
+    'n', ARGV[i + 4], 'a', ARGV[i + 5], 'd', ARGV[i + 6])
+  i = i + 7
+end
+return out
+"""
+
+
+class RedisEventLog:
+    """The shared log of one cluster. ``open()`` holds its connections: one pool
+    for commands, one connection for ``follow``'s blocking reads."""
+
+    shared = True
+
+    def __init__(
+        self,
+        cluster: ClusterConfig,
+        *,
+        retention_rows: int,
+        retention_days: float,
+    ) -> None:
+        self._url = cluster.redis
+        self._timeout = cluster.timeout
+        self._wait_replicas = cluster.wait_replicas
+        self._wait_timeout_ms = cluster.wait_timeout_ms
+        tag = "{" + cluster.key_prefix + "}"
+        self._seq_key = f"{tag}:seq"
+        self._log_key = f"{tag}:log"
+        self._ledger_key = f"{tag}:ledger"
+        self._dedup_prefix = f"{tag}:dedup:"
+        self._cursor_prefix = f"{tag}:cursors:"
+        self._maxlen = str(max(retention_rows, 1))
+        self._ttl = str(max(1, math.ceil(retention_days * 86400)))
+        self._client: coredis.Redis[str] | None = None
+        self._follower: coredis.Redis[str] | None = None
+        self._script: Any = None
+        self._problem: str | None = None
+        self.where = redacted_url(self._url)
+        # Names this process's publish attempts: a row's seq before the log numbers
+        # it is unique within the process (delivery's counter), not across nodes.
+        self._node = secrets.token_hex(8)
+
+    @property
+    def unavailable(self) -> str | None:
+        return self._problem
+
+    def _connect(self, stream_timeout: float) -> coredis.Redis[str]:
+        if self._wait_replicas:
+            stream_timeout += self._wait_timeout_ms / 1000  # WAIT answers that late
+        return coredis.Redis.from_url(
+            self._url,
+            decode_responses=True,
+            connect_timeout=self._timeout,
+            stream_timeout=stream_timeout,
+            # A command is sent once: a retried script could run twice (its
+            # events would then answer as duplicates of themselves).
+            retry_policy=coredis.retry.NoRetryPolicy(),
+        )
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[object]:
+        client = self._connect(self._timeout)
+        follower = self._connect(self._timeout + FOLLOW_BLOCK_MS / 1000)
+        async with client, follower:
+            self._client, self._follower = client, follower
+            self._script = client.register_script(_COMMIT)
+            try:
+                yield self
+            finally:
+                self._client = self._follower = self._script = None
+
+    async def probe(self) -> str | None:
+        try:
+            with trio.fail_after(self._timeout + 1):
+                async with self._connect(self._timeout) as client:
+                    try:
+                        await client.ping()
+                    except _ERRORS as exc:
+                        return f"cannot reach Redis at {self.where}: {_why(exc)}"
+        except Exception as exc:  # the client's task group wraps what it raises
+            return f"cannot reach Redis at {self.where}: {_why(exc)}"
+        return None
+
+    def _redis(self) -> coredis.Redis[str]:
+        if self._client is None:
+            raise LogUnavailable("the Redis event log is not open")
+        return self._client
+
+    async def head(self) -> int:
+        last = await self._guarded(
+            functools.partial(self._redis().xrevrange, self._log_key, "+", "-", count=1)
+        )
+        return _seq(str(last[0].identifier)) if last else 0
+
+    async def commit(
+        self,
+        commits: GroupCommit,
+        rows: Sequence[storage.EventRow],
+        cursors: Mapping[tuple[str, str], int],
+        ledger: Sequence[storage.LedgerRow],
+        floor: int,
+    ) -> Committed:
+        args: list[str | int | float] = [
+            floor, self._maxlen, self._ttl, self._maxlen, self._dedup_prefix,
+            self._cursor_prefix, len(rows),
+        ]  # fmt: skip
+        for e in rows:
+            args += (
+                e.sender, e.message_id, e.type, " ".join(e.channels), e.priority,
+                "" if e.expires_at is None else repr(e.expires_at), e.body,
+                e.connection_id or "", repr(e.created_at), f"{self._node}.{e.seq}",
+            )  # fmt: skip
+        args.append(len(cursors))
+        for (identity, channel), seq in cursors.items():
+            args += (identity, channel, seq)
+        args.append(len(ledger))
+        for row in ledger:
+            args += (
+                row.identity, row.kind, row.first_seq, row.last_seq, row.connection_id or "",
+                repr(row.at), row.detail or "",
+            )  # fmt: skip
+        what = f"commit of {len(rows)} events to Redis"
+        try:
+            self._redis()
+            seqs = await commits.write_async(self._run_script, args, rows=len(rows), what=what)
+        except _ERRORS as exc:
+            self._down(exc)
+            raise LogUnavailable(self._problem) from None
+        return Committed({}, seqs)
+
+    async def _run_script(self, args: list[str | int | float]) -> list[int]:
+        keys = [self._seq_key, self._log_key, self._ledger_key]
+        with trio.fail_after(self._timeout + 1 + self._wait_timeout_ms / 1000):
+            if not self._wait_replicas:
+                seqs = await self._script(keys=keys, args=args)
+                return [int(s) for s in seqs]
+            # coredis sends WAIT after the script, in this task only.
+            replicated = self._redis().ensure_replication(
+                self._wait_replicas, self._wait_timeout_ms
+            )
+            try:
+                with replicated:
+                    seqs = await self._script(keys=keys, args=args)
+            except coredis.exceptions.ReplicationError as exc:
+                raise TooFewReplicas(
+                    f"fewer than {self._wait_replicas} replicas have the batch after"
+                    f" {self._wait_timeout_ms} ms (cluster.wait_replicas): {exc}"
+                ) from None
+        return [int(s) for s in seqs]
+
+    async def load_cursors(self, identity: str) -> dict[str, int]:
+        key = self._cursor_prefix + identity
+        stored = await self._guarded(lambda: self._redis().hgetall(key))
+        return {channel: int(seq) for channel, seq in stored.items()}
+
+    async def first_seq(self) -> int | None:
+        first = await self._guarded(lambda: self._redis().xrange(self._log_key, "-", "+", count=1))
+        return _seq(str(first[0].identifier)) if first else None
+
+    async def read_after(
+        self,
+        positions: Mapping[str, int],
+        *,
+        upto: int,
+        exclude_sender: str | None,
+        limit: int,
+    ) -> tuple[list[storage.StoredEvent], int]:
+        # The same scan as storage.read_after, over the stream.
+        start = min(positions.values(), default=upto)
+        found: list[storage.StoredEvent] = []
+        scanned = start
+        while scanned < upto and len(found) < limit:
+            entries = await self._guarded(
+                functools.partial(
+                    self._redis().xrange,
+                    self._log_key,
+                    f"{scanned + 1}-0",
+                    f"{upto}-0",
+                    count=max(limit, 256),
+                )
+            )
+            if not entries:
+                scanned = upto
+                break
+            for entry in entries:
+                event = _stored(entry)
+                scanned = event.seq
+                if event.sender != exclude_sender and any(
+                    c in positions and event.seq > positions[c] for c in event.channels
+                ):
+                    found.append(event)
+                    if len(found) >= limit:
+                        break
+        return found, scanned
+
+    async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
+        # HSETNX: a cursor that exists (moved by another node meanwhile) stays.
+        key = self._cursor_prefix + identity
+        for channel, seq in positions.items():
+            await self._guarded(functools.partial(self._redis().hsetnx, key, channel, seq))
+
+    async def _guarded(self, request: Callable[[], Any]) -> Any:
+        """A read (or a login's cursor write): while Redis does not answer, it waits
+        and tries again, as a publish waits; a login or a catch-up resumes then."""
+        while True:
+            try:
+                with trio.fail_after(self._timeout + 1):
+                    return await request()
+            except _ERRORS as exc:
+                self._down(exc)
+            await trio.sleep(RECONNECT_DELAY)
+
+    async def follow(
+        self,
+        after: int,
+        deliver: Callable[[list[storage.StoredEvent]], None],
+        state: Callable[[str | None], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        last = after
+        task_status.started()
+        while True:
+            follower = self._follower
+            if follower is None:
+                raise LogUnavailable("the Redis event log is not open")
+            try:
+                with trio.fail_after(self._timeout + FOLLOW_BLOCK_MS / 1000 + 1):
+                    found = await follower.xread(
+                        {self._log_key: f"{last}-0"}, count=READ_COUNT, block=FOLLOW_BLOCK_MS
+                    )
+            except _ERRORS as exc:
+                if self._down(exc):
+                    state(self._problem)
+                await trio.sleep(RECONNECT_DELAY)
+                continue
+            if self._problem is not None:
+                self._problem = None
+                logger.warning("event log: Redis at %s answers again", self.where)
+                state(None)
+            entries = found.get(self._log_key) if found else None
+            if entries:
+                events = [_stored(entry) for entry in entries]
+                last = events[-1].seq
+                deliver(events)
+
+    def _down(self, exc: BaseException) -> bool:
+        """Note an outage; True if it is news (logged once per outage)."""
+        if isinstance(exc, TooFewReplicas):
+            problem = f"Redis at {self.where}: {exc}"
+        else:
+            problem = f"cannot reach Redis at {self.where}: {_why(exc)}"
+        news = self._problem is None
+        if news:
+            logger.warning("event log: %s; publishes wait until it answers", problem)
+        self._problem = problem
+        return news
+
+
+def _why(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+def _seq(identifier: str) -> int:
+    return int(identifier.partition("-")[0])
+
+
+def _stored(entry: Any) -> storage.StoredEvent:
+    f = entry.field_values
+    expires = f["x"]
+    return storage.StoredEvent(
+        _seq(entry.identifier),
+        f["t"],
+        f["s"],
+        tuple(f["c"].split()),
+        int(f["p"]),
+        float(expires) if expires else None,
+        f["b"],
+    )

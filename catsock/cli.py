@@ -145,6 +145,11 @@ def _serve_workers(config: Config, workers: int, args: list[str]) -> int:
 
     if config.port == 0:
         raise click.ClickException("--workers needs a fixed port (with 0 each would get its own)")
+    if not config.cluster.redis:
+        raise click.ClickException(
+            "--workers needs cluster mode: set cluster.redis (CATSOCK_CLUSTER__REDIS;"
+            " docs/scaling.md), or each worker would number events on its own"
+        )
     return trio.run(
         supervise,
         worker_command(args),

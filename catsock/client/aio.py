@@ -512,7 +512,7 @@ class Client:
         try:
             async with asyncio.TaskGroup() as group:
                 for job in (self._reader(ws), self._writer(ws), self._watchdog(ws)):
-                    self._tasks.add(group.create_task(job))
+                    self._remember(group.create_task(job))
         except* (ConnectionClosed, sansio.LinkDead) as failures:
             self.last_error = failures.exceptions[0]
         finally:
@@ -610,7 +610,8 @@ class Client:
                 helpers.append(group.create_task(self._settler()))
                 if self.receive:
                     helpers.append(group.create_task(self._dispatcher()))
-                self._tasks.update(helpers)
+                for helper in helpers:
+                    self._remember(helper)
                 await self._connect_loop()
                 for helper in helpers:
                     helper.cancel()
@@ -625,6 +626,11 @@ class Client:
             raise leaf from None
         finally:
             await self._shutdown()
+
+    def _remember(self, task: asyncio.Task[Any]) -> None:
+        """Keep the tasks of ``run`` known while they live (``aclose`` from a handler)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         """Acknowledge what was handled, close the connection with 1000 and stop ``run``.

@@ -22,7 +22,8 @@ Three runtimes share one sans-IO core (``sansio``: what to send next, what a
 frame means, acks, resume, the in-flight window, the reconnect schedule):
 
 - trio, this package's ``Client`` and ``connect`` (on trio-websocket);
-- asyncio, ``catsock.client.aio`` (on websockets), with the same names;
+- asyncio, ``catsock.client.aio`` (on websockets), with the same names
+  (``aio_streams``: its ``Publication`` and ``EventStream``);
 - plain synchronous code, ``catsock.client.sync`` (a background thread).
 
 The trio client is written as mixins over shared state so each side reads on

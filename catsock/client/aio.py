@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final
@@ -44,6 +43,7 @@ from storage.outbox import Outbox
 from ..backoff import Backoff
 from . import sansio
 from .aio_streams import EventStream, Publication
+from .handlers import HandlerRegistry
 from .sansio import MAX_MESSAGE_SIZE, Answered, ClientProtocol, GatewayError, Incoming
 from .values import (
     Accepted,
@@ -55,6 +55,7 @@ from .values import (
     PublishError,
     ReceivedEvent,
     new_message_id,
+    single_error,
 )
 
 __all__ = [
@@ -76,7 +77,7 @@ logger = logging.getLogger("catsock.client")
 _TRANSIENT: Final = (OSError, WebSocketException, sansio.TransientError)
 
 
-class Client:
+class Client(HandlerRegistry):
     """A catsock client for asyncio: the options are the trio ``Client``'s (docs/client.md
     §1). ``await client.run()`` serves until ``aclose``; ``connect`` does it for you."""
 
@@ -259,27 +260,8 @@ class Client:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def on(self, type_: str) -> Callable[[Handler], Handler]:
-        """Decorator: call the handler for every event of ``type_`` (``"*"``: every event).
-        Handlers may be sync or async; an exception is logged and the event still counts
-        as handled. Sync handlers run on the event loop: keep them short."""
-
-        def register(handler: Handler) -> Handler:
-            self.add_handler(type_, handler)
-            return handler
-
-        return register
-
-    def add_handler(self, type_: str, handler: Handler) -> None:
-        self._handlers.setdefault(type_, []).append(handler)
+    def _consumer_added(self) -> None:
         self._consumers.set()
-
-    def remove_handler(self, type_: str, handler: Handler) -> None:
-        handlers = self._handlers.get(type_, [])
-        if handler in handlers:
-            handlers.remove(handler)
-        if not handlers:
-            self._handlers.pop(type_, None)
 
     def events(self) -> EventStream:
         """An async iterator over received events, registered at once; one at a time (a
@@ -307,13 +289,7 @@ class Client:
             while not self._handlers and self._stream is None:
                 self._consumers.clear()
                 await self._consumers.wait()
-            for handler in (*self._handlers.get(event.type, ()), *self._handlers.get("*", ())):
-                try:
-                    outcome = handler(event)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-                except Exception:
-                    logger.exception("handler %r failed for %s", handler, event.message_id)
+            await self._run_handlers(event)
             stream = self._stream
             if stream is not None and await stream._offer(event):
                 continue
@@ -528,7 +504,7 @@ class Client:
             if not (self._stop_requested and task.uncancel() == 0):
                 raise
         except BaseExceptionGroup as group:
-            leaf = _single_error(group)
+            leaf = single_error(group, asyncio.CancelledError)
             if leaf is None:
                 raise
             self._fatal = leaf
@@ -647,19 +623,6 @@ async def connect(
         await asyncio.wait({run})
         if not failed and not run.cancelled() and run.exception() is not None:
             raise run.exception()  # type: ignore[misc]
-
-
-def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one non-cancellation exception in ``group`` (nested groups flattened), else None."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        elif not isinstance(exc, asyncio.CancelledError):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
 
 
 def describe(exc: BaseException | None) -> str:

@@ -30,6 +30,7 @@ The trio client is written as mixins over shared state so each side reads on
 its own:
 
 - ``values``: answers, received events, errors, message ids and timestamps;
+- ``handlers``: the handler registry (shared with the asyncio runtime);
 - ``core``: the options and the state every part shares;
 - ``publishing``: the outbox, the writer, the settlement of answers;
 - ``receiving``: handlers, ``EventStream``, the dispatcher;

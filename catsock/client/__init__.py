@@ -22,13 +22,15 @@ Three runtimes share one sans-IO core (``sansio``: what to send next, what a
 frame means, acks, resume, the in-flight window, the reconnect schedule):
 
 - trio, this package's ``Client`` and ``connect`` (on trio-websocket);
-- asyncio, ``catsock.client.aio`` (on websockets), with the same names;
+- asyncio, ``catsock.client.aio`` (on websockets), with the same names
+  (``aio_streams``: its ``Publication`` and ``EventStream``);
 - plain synchronous code, ``catsock.client.sync`` (a background thread).
 
 The trio client is written as mixins over shared state so each side reads on
 its own:
 
 - ``values``: answers, received events, errors, message ids and timestamps;
+- ``handlers``: the handler registry (shared with the asyncio runtime);
 - ``core``: the options and the state every part shares;
 - ``publishing``: the outbox, the writer, the settlement of answers;
 - ``receiving``: handlers, ``EventStream``, the dispatcher;

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final
@@ -43,6 +42,8 @@ from storage.outbox import Outbox
 
 from ..backoff import Backoff
 from . import sansio
+from .aio_streams import EventStream, Publication
+from .handlers import HandlerRegistry
 from .sansio import MAX_MESSAGE_SIZE, Answered, ClientProtocol, GatewayError, Incoming
 from .values import (
     Accepted,
@@ -54,6 +55,7 @@ from .values import (
     PublishError,
     ReceivedEvent,
     new_message_id,
+    single_error,
 )
 
 __all__ = [
@@ -75,99 +77,7 @@ logger = logging.getLogger("catsock.client")
 _TRANSIENT: Final = (OSError, WebSocketException, sansio.TransientError)
 
 
-class Publication:
-    """A queued publish: ``message_id`` now, ``await result()`` for the gateway's answer."""
-
-    def __init__(self, message_id: str, type_: str) -> None:
-        self.message_id = message_id
-        self.type = type_
-        self._done = asyncio.Event()
-        self._outcome: Accepted | ClientError | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    async def result(self) -> Accepted:
-        """Wait for the answer: ``Accepted``, or raise ``PublishError`` / ``ClientClosed``."""
-        await self._done.wait()
-        if isinstance(self._outcome, ClientError):
-            raise self._outcome
-        assert self._outcome is not None
-        return self._outcome
-
-    def _finish(self, outcome: Accepted | ClientError) -> None:
-        if not self._done.is_set():
-            self._outcome = outcome
-            self._done.set()
-
-
-class EventStream:
-    """``async for event in client.events()``: see ``Client.events``. The dispatcher hands
-    each event over only when the consumer takes it, so an event still in hand when the
-    stream closes is neither lost nor acknowledged twice."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._offered: tuple[ReceivedEvent, asyncio.Future[bool]] | None = None
-        self._available = asyncio.Event()
-        self._closed = False
-        self._holding: ReceivedEvent | None = None
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> ReceivedEvent:
-        if self._holding is not None:
-            self._client._handled(self._holding.seq)
-            self._holding = None
-        while self._offered is None:
-            if self._closed:
-                raise StopAsyncIteration
-            self._available.clear()
-            await self._available.wait()
-        event, taken = self._offered
-        self._offered = None
-        taken.set_result(True)
-        self._holding = event
-        return event
-
-    async def _offer(self, event: ReceivedEvent) -> bool:
-        if self._closed:
-            return False
-        taken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._offered = (event, taken)
-        self._available.set()
-        return await taken
-
-    def _close(self) -> None:
-        if self._client._stream is self:
-            self._client._stream = None
-        self._closed = True
-        if self._offered is not None:
-            _, taken = self._offered
-            self._offered = None
-            if not taken.done():
-                taken.set_result(False)
-        self._available.set()
-
-    async def aclose(self, *, handled: bool = True) -> None:
-        """Stop iterating. The event last yielded counts as handled (and is acknowledged)
-        unless ``handled=False``; leaving ``async with`` by an exception passes False."""
-        if handled and self._holding is not None:
-            self._client._handled(self._holding.seq)
-        self._holding = None
-        self._close()
-        await asyncio.sleep(0)
-
-    async def __aenter__(self) -> EventStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        await self.aclose(handled=exc_type is None)
-
-
-class Client:
+class Client(HandlerRegistry):
     """A catsock client for asyncio: the options are the trio ``Client``'s (docs/client.md
     §1). ``await client.run()`` serves until ``aclose``; ``connect`` does it for you."""
 
@@ -350,27 +260,8 @@ class Client:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def on(self, type_: str) -> Callable[[Handler], Handler]:
-        """Decorator: call the handler for every event of ``type_`` (``"*"``: every event).
-        Handlers may be sync or async; an exception is logged and the event still counts
-        as handled. Sync handlers run on the event loop: keep them short."""
-
-        def register(handler: Handler) -> Handler:
-            self.add_handler(type_, handler)
-            return handler
-
-        return register
-
-    def add_handler(self, type_: str, handler: Handler) -> None:
-        self._handlers.setdefault(type_, []).append(handler)
+    def _consumer_added(self) -> None:
         self._consumers.set()
-
-    def remove_handler(self, type_: str, handler: Handler) -> None:
-        handlers = self._handlers.get(type_, [])
-        if handler in handlers:
-            handlers.remove(handler)
-        if not handlers:
-            self._handlers.pop(type_, None)
 
     def events(self) -> EventStream:
         """An async iterator over received events, registered at once; one at a time (a
@@ -398,13 +289,7 @@ class Client:
             while not self._handlers and self._stream is None:
                 self._consumers.clear()
                 await self._consumers.wait()
-            for handler in (*self._handlers.get(event.type, ()), *self._handlers.get("*", ())):
-                try:
-                    outcome = handler(event)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-                except Exception:
-                    logger.exception("handler %r failed for %s", handler, event.message_id)
+            await self._run_handlers(event)
             stream = self._stream
             if stream is not None and await stream._offer(event):
                 continue
@@ -512,7 +397,7 @@ class Client:
         try:
             async with asyncio.TaskGroup() as group:
                 for job in (self._reader(ws), self._writer(ws), self._watchdog(ws)):
-                    self._tasks.add(group.create_task(job))
+                    self._remember(group.create_task(job))
         except* (ConnectionClosed, sansio.LinkDead) as failures:
             self.last_error = failures.exceptions[0]
         finally:
@@ -610,7 +495,8 @@ class Client:
                 helpers.append(group.create_task(self._settler()))
                 if self.receive:
                     helpers.append(group.create_task(self._dispatcher()))
-                self._tasks.update(helpers)
+                for helper in helpers:
+                    self._remember(helper)
                 await self._connect_loop()
                 for helper in helpers:
                     helper.cancel()
@@ -618,13 +504,18 @@ class Client:
             if not (self._stop_requested and task.uncancel() == 0):
                 raise
         except BaseExceptionGroup as group:
-            leaf = _single_error(group)
+            leaf = single_error(group, asyncio.CancelledError)
             if leaf is None:
                 raise
             self._fatal = leaf
             raise leaf from None
         finally:
             await self._shutdown()
+
+    def _remember(self, task: asyncio.Task[Any]) -> None:
+        """Keep the tasks of ``run`` known while they live (``aclose`` from a handler)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         """Acknowledge what was handled, close the connection with 1000 and stop ``run``.
@@ -732,19 +623,6 @@ async def connect(
         await asyncio.wait({run})
         if not failed and not run.cancelled() and run.exception() is not None:
             raise run.exception()  # type: ignore[misc]
-
-
-def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one non-cancellation exception in ``group`` (nested groups flattened), else None."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        elif not isinstance(exc, asyncio.CancelledError):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
 
 
 def describe(exc: BaseException | None) -> str:

@@ -21,7 +21,7 @@ from storage.outbox import Outbox
 
 from .connection import _Connection
 from .core import _close_budget
-from .values import ClientClosed
+from .values import ClientClosed, single_error
 
 
 class Client(_Connection):
@@ -177,12 +177,4 @@ async def connect(
 
 def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The one non-Cancelled exception in ``group`` (nested groups flattened), else None."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
+    return single_error(group, trio.Cancelled)

@@ -11,41 +11,20 @@ writer sends the ack.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-
 import trio
 
 from .core import _ClientCore, logger
-from .values import Handler, ReceivedEvent
+from .handlers import HandlerRegistry
+from .values import ReceivedEvent
 
 
-class _Receiving(_ClientCore):
+class _Receiving(_ClientCore, HandlerRegistry):
     """``Client``'s receiving methods."""
 
     # -- public ----------------------------------------------------------------------------
 
-    def on(self, type_: str) -> Callable[[Handler], Handler]:
-        """Decorator: call the handler for every event of ``type_`` (``"*"``: every event).
-        Handlers may be sync or async; an exception is logged and the event still counts as
-        handled, as in the seed's ``SocketMessageReceiver``."""
-
-        def register(handler: Handler) -> Handler:
-            self.add_handler(type_, handler)
-            return handler
-
-        return register
-
-    def add_handler(self, type_: str, handler: Handler) -> None:
-        self._handlers.setdefault(type_, []).append(handler)
+    def _consumer_added(self) -> None:
         self._consumers.set()
-
-    def remove_handler(self, type_: str, handler: Handler) -> None:
-        handlers = self._handlers.get(type_, [])
-        if handler in handlers:
-            handlers.remove(handler)
-        if not handlers:
-            self._handlers.pop(type_, None)
 
     def events(self) -> EventStream:
         """An async iterator over received events, registered at once (so nothing received
@@ -87,13 +66,7 @@ class _Receiving(_ClientCore):
             while not self._handlers and self._stream is None:
                 self._consumers = trio.Event()
                 await self._consumers.wait()
-            for handler in (*self._handlers.get(event.type, ()), *self._handlers.get("*", ())):
-                try:
-                    outcome = handler(event)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-                except Exception:
-                    logger.exception("handler %r failed for %s", handler, event.message_id)
+            await self._run_handlers(event)
             stream = self._stream
             if stream is not None and await stream._offer(event):
                 continue

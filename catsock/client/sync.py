@@ -105,6 +105,8 @@ class Client:
         self.flush_timeout = flush_timeout
         self._token = token
         self._options = {"max_message_size": max_message_size, **options}
+        # An unknown option is a TypeError here, not in the background thread later.
+        inspect.signature(aio.Client).bind(url, token, client_type, **self._options)
         self._envelopes = ClientProtocol(token, client_type, max_message_size=max_message_size)
         self._handlers: list[tuple[str, Handler]] = []
         self._closed = False

@@ -117,3 +117,19 @@ class Publication:
         else:
             self._error = outcome
         self._done.set()
+
+
+def single_error(
+    group: BaseExceptionGroup[BaseException], cancelled: type[BaseException]
+) -> BaseException | None:
+    """The one exception in ``group`` (nested groups flattened) that is not a
+    ``cancelled`` (the runtime's cancellation), else None."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None

@@ -9,12 +9,9 @@ that nothing else waits behind a thousand writes (docs/delivery.md, "Who goes
 first").
 
 While the gateway runs behind (the event loop's lag, catsock/admission.py, over
-half of ``delivery.admission_lag``) for ``BEHIND_ROUNDS`` rounds in a row,
-live-only recipients get a *budget*: the bytes each may be written per round,
-halved every round it stays behind (down to ``MIN_BUDGET``) and grown by a
-quarter every round it is calm (back to none). One late round is no reason: in
-a soak at full load single spikes engaged it and cost dashboards 0.02 % of
-their events at 1× (docs/benchmarks.md, "Soak", run 4). A
+half of ``delivery.admission_lag``), live-only recipients get a *budget*: the
+bytes each may be written per round, halved every round it stays behind (down to
+``MIN_BUDGET``) and grown by a quarter every round it is calm (back to none). A
 dashboard that reads fast would otherwise take the whole core, and the durable
 recipients and the publishers the rest of it; under the budget what does not fit
 its queue is shed for it and recorded, as for any dashboard that falls behind
@@ -36,8 +33,6 @@ SLICE = 100
 #: The budget a recipient gets in the first round behind, and the least it falls to.
 START_BUDGET = 256 * 1024
 MIN_BUDGET = 4 * 1024
-#: Rounds in a row behind before the budget engages or shrinks.
-BEHIND_ROUNDS = 3
 
 
 class Pumpable(Protocol):
@@ -55,7 +50,6 @@ class Pacer:
         #: Bytes each live-only recipient may be written per round (None: no limit).
         self.budget: int | None = None
         self.budgeted_rounds = 0
-        self._behind = 0  # rounds in a row the loop ran behind
         self._due: dict[Pumpable, None] = {}
         self._wakeup = trio.Event()
         self.rounds = 0
@@ -87,8 +81,7 @@ class Pacer:
             return
         lag = self._lag()
         budget = self.budget
-        self._behind = self._behind + 1 if lag > self._limit / 2 else 0
-        if self._behind >= BEHIND_ROUNDS:
+        if lag > self._limit / 2:
             self.budget = START_BUDGET if budget is None else max(MIN_BUDGET, budget // 2)
         elif budget is not None and lag < self._limit / 8:
             grown = budget + budget // 4

@@ -894,6 +894,12 @@ async def _good_round_trip(cats: Client, afad: Client) -> None:
         assert (await client.recv())["type"] == "pong"
 
 
+#: A bound on each wait for the gateway's answer to a case (it comes in
+#: milliseconds): long enough that a busy CI machine does not fail a case by
+#: its clock (1 s did, once in a 500-example run), short enough to catch a stall.
+ENDS_WITHIN = 5
+
+
 async def _raw_connection(port: int, auth: str, case: Case, cuts: list[int]) -> str:
     """Write the case on a raw connection; check what happens against the model."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -901,7 +907,7 @@ async def _raw_connection(port: int, auth: str, case: Case, cuts: list[int]) -> 
         wire = Wire(stream)
         if case.mode == "garbage":
             await wire.send(case.body, cuts)
-            with trio.fail_after(1):
+            with trio.fail_after(ENDS_WITHIN):
                 await wire.wait_ended()
             # The front door's refusals of a malformed head: a bad line, a request
             # line over 8 KiB (long garbage with no CRLF), an oversized head.
@@ -915,7 +921,7 @@ async def _raw_connection(port: int, auth: str, case: Case, cuts: list[int]) -> 
             assert model.ended is not None, "the model disagrees with the generator"
         await wire.send(data, cuts)
         if model.ended is not None:
-            with trio.fail_after(1):
+            with trio.fail_after(ENDS_WITHIN):
                 await wire.wait_ended()
             return f"ended: {model.ended}"
         # Open: complete what is pending, then prove the connection still works.
@@ -926,10 +932,10 @@ async def _raw_connection(port: int, auth: str, case: Case, cuts: list[int]) -> 
             rest += probe
         await wire.send(rest, [])
         if model.ended is not None:
-            with trio.fail_after(1):
+            with trio.fail_after(ENDS_WITHIN):
                 await wire.wait_ended()
             return f"completed, then ended: {model.ended}"
-        with trio.fail_after(2):
+        with trio.fail_after(ENDS_WITHIN):
             seen = await wire.wait_pong()
         assert not wire.ended
         if model.authed:

@@ -192,6 +192,12 @@ class FrameReader:
             while budget > 0 and n - pos >= 2 and not self._closed:
                 b0 = buf[pos]
                 b1 = buf[pos + 1]
+                # Decided by the first two bytes: fail at once, not after waiting for an
+                # extended length and a mask key that a bad peer may never send.
+                if b0 & 0x70:
+                    raise FrameError(_PROTOCOL_ERROR, "reserved bits set (no extension in use)")
+                if not b1 & 0x80:
+                    raise FrameError(_PROTOCOL_ERROR, "server received unexpected unmasked frame")
                 length = b1 & 0x7F
                 if length < 126:
                     start = pos + 6
@@ -211,10 +217,6 @@ class FrameReader:
                     if length < 65536:
                         raise FrameError(_PROTOCOL_ERROR, "length not minimally encoded")
                     start = pos + 14
-                if b0 & 0x70:
-                    raise FrameError(_PROTOCOL_ERROR, "reserved bits set (no extension in use)")
-                if not b1 & 0x80:
-                    raise FrameError(_PROTOCOL_ERROR, "server received unexpected unmasked frame")
                 opcode = b0 & 0x0F
                 fin = b0 & 0x80
                 if opcode >= CLOSE:

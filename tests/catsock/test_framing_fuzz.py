@@ -980,6 +980,10 @@ async def _run_case(
     case=Case("ws", b'\x81\xfd\x81\x8f\x00\x00\x00\x00{"type":"ping"}', "truncated", None),
     cuts=[],
 ).via("bad UTF-8 in a text frame that never completes: the gateway waits for the frame")
+@example(case=Case("ws", b"\x00~", "nothing", None), cuts=[]).via(
+    "an unmasked header with a 16-bit length: 1002 at once, not after a mask key that"
+    " never comes (found by CI: the gateway waited for it)"
+)
 @given(case=cases(), cuts=cut_points)
 def test_bad_framing_ends_only_the_bad_connection(
     gateways: GatewayPool, internal_errors: InternalErrors, case: Case, cuts: list[int]

@@ -36,7 +36,7 @@ async def test_wait_replicas_answers_only_what_a_replica_has(
     try:
         with trio.fail_after(30):
             await in_sync(redis)
-            async with opened(redis.url, wait_replicas=1, wait_timeout_ms=300) as log:
+            async with opened(redis.url, wait_replicas=1, wait_timeout_ms=3000) as log:
                 done = await log.commit(commits(), [row("r1"), row("r2")], {}, [], 0)
                 assert list(done.seqs or ()) == [1, 2]
                 # WAIT returned: the replica has both, read from the replica itself.

@@ -49,7 +49,6 @@ class Pacer:
         self._limit = limit
         #: Bytes each live-only recipient may be written per round (None: no limit).
         self.budget: int | None = None
-        self.budgeted_rounds = 0
         self._due: dict[Pumpable, None] = {}
         self._wakeup = trio.Event()
         self.rounds = 0
@@ -86,8 +85,6 @@ class Pacer:
         elif budget is not None and lag < self._limit / 8:
             grown = budget + budget // 4
             self.budget = None if grown > START_BUDGET else grown
-        if self.budget is not None:
-            self.budgeted_rounds += 1
 
     async def run(self) -> None:
         """Pump what is due, once per interval, until cancelled."""

@@ -289,12 +289,12 @@ def insert_rows(
 
     ``executemany`` takes one step per row and lets go of the GIL around each. A
     writer thread taking it back while the event loop is busy waits up to the
-    interpreter's switch interval each time: ``python -m bench.convoy`` on this
-    machine's two cores committed 200 rows beside a busy thread in a median of
-    260–312 ms that way, and in a few ms in statements of many rows. Publishers'
-    acks and durable deliveries wait for that commit; in a soak at twice the
-    capacity commits took 0.06–0.7 s (issue 19). It is also cheaper idle: 345–394
-    µs for 200 event rows against 470 for ``executemany``."""
+    interpreter's switch interval each time. ``python -m bench.convoy`` on this
+    machine's two cores, 200 rows beside a busy thread, medians: 288 ms that way,
+    37 ms in statements of many rows; with the 1 ms switch interval ``catsock
+    serve`` sets, 36 and 0.3 ms (idle: 0.35 and 0.28 ms). Publishers' acks and
+    durable deliveries wait for that commit; in a soak at twice the capacity
+    commits took 0.06–0.7 s (issue 19)."""
     one = "(" + ", ".join("?" * columns) + ")"
     done, n = 0, len(rows)
     for size in CHUNKS:

@@ -131,6 +131,7 @@ class RedisEventLog:
         self._wait_replicas = cluster.wait_replicas
         self._wait_timeout_ms = cluster.wait_timeout_ms
         tag = "{" + cluster.key_prefix + "}"
+        self._tag = tag
         self._seq_key = f"{tag}:seq"
         self._log_key = f"{tag}:log"
         self._ledger_key = f"{tag}:ledger"
@@ -192,6 +193,21 @@ class RedisEventLog:
         if self._client is None:
             raise LogUnavailable("the Redis event log is not open")
         return self._client
+
+    @property
+    def client(self) -> coredis.Redis[str]:
+        """The command pool, for the other shared stores of cluster mode (tokens,
+        presence, ...) so a node keeps one pool; LogUnavailable while not open."""
+        return self._redis()
+
+    @property
+    def node(self) -> str:
+        """This process's random name among the cluster's nodes."""
+        return self._node
+
+    def key(self, name: str) -> str:
+        """The cluster's key ``name``, under its hash tag (``{prefix}:name``)."""
+        return f"{self._tag}:{name}"
 
     async def head(self) -> int:
         last = await self._guarded(

@@ -361,7 +361,7 @@ class HttpApi:
             max_body=gateway.codec.max_size,
         )
         if row is not None:
-            gateway.log.record(row)
+            gateway.record_log(row)
             gateway.stats.count_refused(row.reason)
 
     async def _publish(

@@ -25,7 +25,7 @@ import functools
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import coredis
@@ -51,7 +51,6 @@ FOLLOW_BLOCK_MS = 500
 READ_COUNT = 1000
 #: Seconds between two attempts to reach Redis again.
 RECONNECT_DELAY = 0.25
-
 
 
 class TooFewReplicas(Exception):
@@ -125,8 +124,11 @@ class RedisEventLog:
         *,
         retention_rows: int,
         retention_days: float,
+        patient: bool = True,
     ) -> None:
         self._url = cluster.redis
+        # A gateway's reads wait for Redis to come back; a CLI's fail (LogUnavailable).
+        self._patient = patient
         self._timeout = cluster.timeout
         self._wait_replicas = cluster.wait_replicas
         self._wait_timeout_ms = cluster.wait_timeout_ms
@@ -322,6 +324,102 @@ class RedisEventLog:
         for channel, seq in positions.items():
             await self._guarded(functools.partial(self._redis().hsetnx, key, channel, seq))
 
+    # -- reads for the console and the CLI (catsock/views.py), not for delivery ------
+
+    async def recent(
+        self, channels: Collection[str], since: float, limit: int, scan: int
+    ) -> tuple[list[storage.Recent], bool]:
+        """As ``storage.recent_events``, over the stream: newest first by seq."""
+        wanted = set(channels)
+        found: list[storage.Recent] = []
+        top, looked = "+", 0
+        while looked < scan:
+            entries = await self._guarded(
+                functools.partial(
+                    self._redis().xrevrange,
+                    self._log_key,
+                    top,
+                    "-",
+                    count=min(READ_COUNT, scan - looked),
+                )
+            )
+            if not entries:
+                return found[::-1], False
+            for entry in entries:
+                looked += 1
+                f = entry.field_values
+                created_at = float(f["a"])
+                if created_at < since:
+                    return found[::-1], False
+                if wanted.intersection(f["c"].split()):
+                    found.append(storage.Recent(_seq(entry.identifier), created_at, f["t"], f["b"]))
+                    if len(found) >= limit:
+                        return found[::-1], True
+            top = f"({entries[-1].identifier}"
+        return found[::-1], True
+
+    async def events_by_message_id(self, message_id: str) -> list[storage.EventRow]:
+        """Every event in the log with ``message_id`` (one per sender), found through
+        the dedup index, so only events younger than ``delivery.retention_days``."""
+        pattern = self._dedup_prefix + "*\n" + _glob_escape(message_id)
+        keys = await self._guarded(functools.partial(self._scan, pattern))
+        rows = []
+        for key in keys:
+            stored = await self._guarded(functools.partial(self._redis().get, key))
+            if not stored:
+                continue
+            seq = stored.partition(" ")[0]
+            entries = await self._guarded(
+                functools.partial(self._redis().xrange, self._log_key, f"{seq}-0", f"{seq}-0")
+            )
+            rows += [_row(entry) for entry in entries]
+        return sorted(rows, key=lambda r: r.seq)
+
+    async def ledger_since(self, at: float, cap: int) -> list[storage.LedgerRow]:
+        """Ledger rows stored from about ``at`` (unix time; a minute earlier, for
+        nodes' clocks that differ), at most ``cap`` of them, oldest first."""
+        start = f"{max(int((at - 60) * 1000), 0)}-0"
+        rows: list[storage.LedgerRow] = []
+        while len(rows) < cap:
+            entries = await self._guarded(
+                functools.partial(
+                    self._redis().xrange,
+                    self._ledger_key,
+                    start,
+                    "+",
+                    count=min(READ_COUNT, cap - len(rows)),
+                )
+            )
+            if not entries:
+                break
+            for entry in entries:
+                f = entry.field_values
+                rows.append(
+                    storage.LedgerRow(
+                        f["i"],
+                        f["k"],
+                        int(f["f"]),
+                        int(f["l"]),
+                        f["n"] or None,
+                        float(f["a"]),
+                        f["d"] or None,
+                    )
+                )
+            start = f"({entries[-1].identifier}"
+        return rows
+
+    async def cursors_all(self) -> dict[str, dict[str, int]]:
+        """Every identity's cursors, ``{identity: {channel: seq}}``."""
+        keys = await self._guarded(functools.partial(self._scan, self._cursor_prefix + "*"))
+        out = {}
+        for key in keys:
+            identity = key[len(self._cursor_prefix) :]
+            out[identity] = await self.load_cursors(identity)
+        return out
+
+    async def _scan(self, pattern: str) -> list[str]:
+        return [key async for key in self._redis().scan_iter(match=pattern, count=1000)]
+
     async def _guarded(self, request: Callable[[], Any]) -> Any:
         """A read (or a login's cursor write): while Redis does not answer, it waits
         and tries again, as a publish waits; a login or a catch-up resumes then."""
@@ -331,6 +429,8 @@ class RedisEventLog:
                     return await request()
             except _ERRORS as exc:
                 self._down(exc)
+                if not self._patient:
+                    raise LogUnavailable(self._problem) from None
             await trio.sleep(RECONNECT_DELAY)
 
     async def follow(
@@ -386,6 +486,18 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "no answer in time"
     return str(exc) or type(exc).__name__
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _row(entry: Any) -> storage.EventRow:
+    f = entry.field_values
+    return storage.EventRow(
+        _seq(entry.identifier), f["m"], f["s"], f["n"] or None, f["t"], tuple(f["c"].split()),
+        int(f["p"]), float(f["a"]), float(f["x"]) if f["x"] else None, f["b"],
+    )  # fmt: skip
 
 
 def _seq(identifier: str) -> int:

@@ -1,0 +1,105 @@
+"""Cluster mode's views of the shared log, for the console and the CLI.
+
+A node's SQLite file holds no events, cursors or ledger rows in cluster mode;
+these read them from Redis (catsock/eventlog/redis.py) instead. ``recent`` is
+``GET /api/history``'s window. ``cluster_snapshot`` copies what the ledger
+explanation of one message_id needs (its events, the ledger rows since, every
+cursor, the refusals of it, and the node's tokens) into an in-memory SQLite
+database, so ``catsock/ledger.py`` explains it with the same code as in embedded
+mode. Both raise ``LogUnavailable`` when Redis does not answer (with a log that
+is not ``patient``; a gateway's log waits for Redis instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Any
+
+import sqlite_utils
+import trio
+
+import storage
+
+from .eventlog import LogUnavailable
+from .refused_store import RefusedStore
+
+if TYPE_CHECKING:
+    from .eventlog.redis import RedisEventLog
+
+__all__ = ["LEDGER_CAP", "PATIENCE", "cluster_snapshot", "recent"]
+
+#: Ledger rows a snapshot copies at most, from the oldest event's time on.
+LEDGER_CAP = 200_000
+#: Seconds a view waits for Redis before it answers that Redis is unreachable.
+PATIENCE = 10.0
+#: Refusals of one message_id a snapshot copies at most.
+REFUSALS_CAP = 1000
+
+
+async def recent(
+    log: object, channels: Collection[str], since: float, limit: int, scan: int
+) -> tuple[list[storage.Recent], bool]:
+    """``storage.recent_events`` over the shared log."""
+    with _patience(log):
+        return await _redis(log).recent(channels, since, limit, scan)
+
+
+async def cluster_snapshot(
+    log: object, refused: RefusedStore, database: str, message_id: str
+) -> sqlite_utils.Database:
+    """An in-memory database holding what Redis knows of ``message_id``, for
+    ``ledger.explain`` and ``ledger.refusals``; tokens come from ``database``."""
+    shared = _redis(log)
+    with _patience(log):
+        events = await shared.events_by_message_id(message_id)
+        ledger: list[storage.LedgerRow] = []
+        if events:
+            ledger = await shared.ledger_since(min(e.created_at for e in events), LEDGER_CAP)
+        cursors = {
+            (identity, channel): seq
+            for identity, positions in (await shared.cursors_all()).items()
+            for channel, seq in positions.items()
+        }
+        refusals = await refused.find(limit=REFUSALS_CAP, message_id=message_id)
+    return await trio.to_thread.run_sync(_build, database, events, cursors, ledger, refusals)
+
+
+def _build(
+    database: str,
+    events: list[storage.EventRow],
+    cursors: dict[tuple[str, str], int],
+    ledger: list[storage.LedgerRow],
+    refusals: list[dict[str, Any]],
+) -> sqlite_utils.Database:
+    node = storage.open_db(database)
+    try:
+        credentials = list(node["credentials"].rows)
+    finally:
+        node.close()
+    db = storage.open_db(":memory:")
+    storage.commit_events(db, events, cursors, ledger)
+    with db.conn:
+        db["credentials"].insert_all(credentials)  # type: ignore[union-attr]
+        db["refused"].insert_all(refusals)  # type: ignore[union-attr]
+    return db
+
+
+@contextlib.contextmanager
+def _patience(log: object) -> Iterator[None]:
+    """A gateway's log waits for Redis to come back; a view answers, within ``PATIENCE``."""
+    try:
+        with trio.fail_after(PATIENCE):
+            yield
+    except trio.TooSlowError:
+        problem = _redis(log).unavailable or "no answer in time"
+        raise LogUnavailable(f"{problem} (waited {PATIENCE:.0f} s)") from None
+
+
+def _redis(log: object) -> RedisEventLog:
+    # Imported here: only an installation with the cluster extra runs cluster mode.
+    from .eventlog.redis import RedisEventLog
+
+    if not isinstance(log, RedisEventLog):
+        raise TypeError(f"cluster views need the Redis event log, not {type(log).__name__}")
+    return log

@@ -122,7 +122,10 @@ class AdminApi:
             sort = params.choice(query, "sort", "lag_seconds", SORTS)
         except params.BadRequest as exc:
             return params.bad(str(exc))
-        rows = [dict(row) for row in await self.http.lag.refresh(0.0)]
+        try:
+            rows = [dict(row) for row in await self.http.lag.refresh(0.0)]
+        except LogUnavailable as exc:
+            return _unreachable(exc)
         rows.sort(key=SORTS[sort])
         for row in rows:
             row["lagging"] = row["lag_seconds"] is not None and row["lag_seconds"] > threshold

@@ -2,7 +2,8 @@
 
 A node's SQLite file holds no events, cursors or ledger rows in cluster mode;
 these read them from Redis (catsock/eventlog/redis.py) instead. ``recent`` is
-``GET /api/history``'s window. ``cluster_snapshot`` copies what the ledger
+``GET /api/history``'s window; ``lag_snapshot`` and ``behind`` are the Recipients
+view's and the lag gauges'. ``cluster_snapshot`` copies what the ledger
 explanation of one message_id needs (its events, the ledger rows since, every
 cursor, the refusals of it, and the node's tokens) into an in-memory SQLite
 database, so ``catsock/ledger.py`` explains it with the same code as in embedded
@@ -22,15 +23,22 @@ import trio
 import storage
 
 from .eventlog import LogUnavailable
-from .refused_store import RefusedStore
 
 if TYPE_CHECKING:
     from .eventlog.redis import RedisEventLog
+    from .refused_store import RefusedStore
 
-__all__ = ["LEDGER_CAP", "PATIENCE", "cluster_snapshot", "recent"]
+__all__ = [
+    "LAG_LEDGER_ROWS", "LAG_SCAN", "LEDGER_CAP", "PATIENCE",
+    "behind", "cluster_snapshot", "lag_snapshot", "recent",
+]  # fmt: skip
 
 #: Ledger rows a snapshot copies at most, from the oldest event's time on.
 LEDGER_CAP = 200_000
+#: Ledger rows of the whole cluster the Recipients view reads (newest first).
+LAG_LEDGER_ROWS = 20_000
+#: Events after a recipient's cursor the Recipients view looks at, at most.
+LAG_SCAN = 200_000
 #: Seconds a view waits for Redis before it answers that Redis is unreachable.
 PATIENCE = 10.0
 #: Refusals of one message_id a snapshot copies at most.
@@ -63,6 +71,27 @@ async def cluster_snapshot(
         }
         refusals = await refused.find(limit=REFUSALS_CAP, message_id=message_id)
     return await trio.to_thread.run_sync(_build, database, events, cursors, ledger, refusals)
+
+
+async def lag_snapshot(log: object, database: str) -> sqlite_utils.Database:
+    """An in-memory database with every cursor, the newest ``LAG_LEDGER_ROWS``
+    ledger rows and the node's tokens: what ``durable_wants`` and
+    ``storage.ledger_summary`` read for the Recipients view."""
+    shared = _redis(log)
+    with _patience(log):
+        cursors = {
+            (identity, channel): seq
+            for identity, positions in (await shared.cursors_all()).items()
+            for channel, seq in positions.items()
+        }
+        ledger = await shared.ledger_newest(LAG_LEDGER_ROWS)
+    return await trio.to_thread.run_sync(_build, database, [], cursors, ledger, [])
+
+
+async def behind(log: object, positions: dict[str, int], identity: str, cap: int) -> storage.Behind:
+    """``storage.behind`` over the shared log (at most ``LAG_SCAN`` events looked at)."""
+    with _patience(log):
+        return await _redis(log).behind(positions, identity, cap, LAG_SCAN)
 
 
 def _build(

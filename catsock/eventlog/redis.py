@@ -53,6 +53,7 @@ READ_COUNT = 1000
 RECONNECT_DELAY = 0.25
 
 
+
 class TooFewReplicas(Exception):
     """Redis ``WAIT`` saw fewer replicas take the batch than ``cluster.wait_replicas``."""
 
@@ -392,21 +393,50 @@ class RedisEventLog:
             )
             if not entries:
                 break
-            for entry in entries:
-                f = entry.field_values
-                rows.append(
-                    storage.LedgerRow(
-                        f["i"],
-                        f["k"],
-                        int(f["f"]),
-                        int(f["l"]),
-                        f["n"] or None,
-                        float(f["a"]),
-                        f["d"] or None,
-                    )
-                )
+            rows += [_ledger_row(entry) for entry in entries]
             start = f"({entries[-1].identifier}"
         return rows
+
+    async def behind(
+        self, positions: Mapping[str, int], exclude_sender: str, cap: int, scan: int
+    ) -> storage.Behind:
+        """As ``storage.behind`` over the stream, looking at no more than ``scan``
+        events after the lowest position (past it the count is "at least")."""
+        if not positions:
+            return storage.Behind(0, None, False)
+        after, count, oldest = f"{min(positions.values())}-0", 0, None
+        looked = 0
+        while looked < scan:
+            entries = await self._guarded(
+                functools.partial(
+                    self._redis().xrange,
+                    self._log_key,
+                    f"({after}",
+                    "+",
+                    count=min(READ_COUNT, scan - looked),
+                )
+            )
+            if not entries:
+                return storage.Behind(count, oldest, False)
+            for entry in entries:
+                looked += 1
+                f, seq = entry.field_values, _seq(entry.identifier)
+                if f["s"] != exclude_sender and any(
+                    seq > positions.get(c, seq) for c in f["c"].split()
+                ):
+                    count += 1
+                    oldest = float(f["a"]) if oldest is None else oldest
+                    if count > cap:
+                        return storage.Behind(cap, oldest, True)
+            after = entries[-1].identifier
+        return storage.Behind(count, oldest, True)
+
+    async def ledger_newest(self, count: int) -> list[storage.LedgerRow]:
+        """The newest ``count`` ledger rows of the cluster, oldest first."""
+        entries = await self._guarded(
+            functools.partial(self._redis().xrevrange, self._ledger_key, "+", "-", count=count)
+        )
+        return [_ledger_row(entry) for entry in reversed(entries)]
 
     async def cursors_all(self) -> dict[str, dict[str, int]]:
         """Every identity's cursors, ``{identity: {channel: seq}}``."""
@@ -498,6 +528,13 @@ def _row(entry: Any) -> storage.EventRow:
         _seq(entry.identifier), f["m"], f["s"], f["n"] or None, f["t"], tuple(f["c"].split()),
         int(f["p"]), float(f["a"]), float(f["x"]) if f["x"] else None, f["b"],
     )  # fmt: skip
+
+
+def _ledger_row(entry: Any) -> storage.LedgerRow:
+    f = entry.field_values
+    return storage.LedgerRow(
+        f["i"], f["k"], int(f["f"]), int(f["l"]), f["n"] or None, float(f["a"]), f["d"] or None
+    )
 
 
 def _seq(identifier: str) -> int:

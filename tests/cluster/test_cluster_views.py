@@ -164,3 +164,27 @@ async def _local_refusals(node: RunningGateway) -> list[dict[str, Any]]:
         return storage.list_refused(db)
     finally:
         db.close()
+
+
+async def test_recipients_on_a_shows_how_far_behind_a_recipient_of_b_is(
+    start_gateway: GatewayFactory, redis: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await cluster_nodes(start_gateway, redis, tmp_path)
+    with trio.fail_after(30):
+        async with b.client("AFAD", "afad", extensions=ACKS_RESUME) as afad:
+            async with a.client("CATS", "cats", extensions=ACKS) as cats:
+                for i in range(3):
+                    await cats.send(conversion(f"r-{i}"))
+                seqs = [(await cats.recv())["seq"] for _ in range(3)]
+            got = [json.loads(await afad.recv_text())["seq"] for _ in range(3)]
+            assert got == seqs
+            await afad.send({"type": "ack", "seq": seqs[0]})  # the first only
+            assert await until_pong(afad) == []
+        await b.gateway.delivery.flush()  # its cursor and ledger rows are in Redis
+        reply = await call(a, "GET", "/api/admin/recipients")
+    assert reply.status == 200, reply.body
+    (row,) = [r for r in reply.json()["recipients"] if r["identity"] == "afad"]
+    assert (row["cursor"], row["lag_events"], row["lag_capped"]) == (seqs[0], 2, False)
+    assert row["last_ack_at"] is not None
+    assert row["last_written_at"] is not None
+    assert row["online"] is False  # it has left

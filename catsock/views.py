@@ -1,14 +1,16 @@
 """Cluster mode's views of the shared log, for the console and the CLI.
 
 A node's SQLite file holds no events, cursors or ledger rows in cluster mode;
-these read them from Redis (catsock/eventlog/redis.py) instead. ``recent`` is
+these read them from Redis through the shared log's read methods
+(``SharedEventLog`` in catsock/eventlog/__init__.py) instead. ``recent`` is
 ``GET /api/history``'s window; ``lag_snapshot`` and ``behind`` are the Recipients
 view's and the lag gauges'. ``cluster_snapshot`` copies what the ledger
 explanation of one message_id needs (its events, the ledger rows since, every
 cursor, the refusals of it, and the node's tokens) into an in-memory SQLite
 database, so ``catsock/ledger.py`` explains it with the same code as in embedded
-mode. Both raise ``LogUnavailable`` when Redis does not answer (with a log that
-is not ``patient``; a gateway's log waits for Redis instead).
+mode. Each raises ``LogUnavailable`` when Redis does not answer: at once for the
+CLI's log (not ``patient``), after ``PATIENCE`` seconds for a gateway's (whose
+reads wait for Redis to come back).
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import trio
 
 import storage
 
-from .eventlog import LogUnavailable
+from .eventlog import LogUnavailable, SharedEventLog
 
 if TYPE_CHECKING:
-    from .eventlog.redis import RedisEventLog
     from .refused_store import RefusedStore
 
 __all__ = [
@@ -46,19 +47,19 @@ REFUSALS_CAP = 1000
 
 
 async def recent(
-    log: object, channels: Collection[str], since: float, limit: int, scan: int
+    log: SharedEventLog, channels: Collection[str], since: float, limit: int, scan: int
 ) -> tuple[list[storage.Recent], bool]:
     """``storage.recent_events`` over the shared log."""
     with _patience(log):
-        return await _redis(log).recent(channels, since, limit, scan)
+        return await log.recent(channels, since, limit, scan)
 
 
 async def cluster_snapshot(
-    log: object, refused: RefusedStore, database: str, message_id: str
+    log: SharedEventLog, refused: RefusedStore, database: str, message_id: str
 ) -> sqlite_utils.Database:
     """An in-memory database holding what Redis knows of ``message_id``, for
     ``ledger.explain`` and ``ledger.refusals``; tokens come from ``database``."""
-    shared = _redis(log)
+    shared = log
     with _patience(log):
         events = await shared.events_by_message_id(message_id)
         ledger: list[storage.LedgerRow] = []
@@ -73,11 +74,11 @@ async def cluster_snapshot(
     return await trio.to_thread.run_sync(_build, database, events, cursors, ledger, refusals)
 
 
-async def lag_snapshot(log: object, database: str) -> sqlite_utils.Database:
+async def lag_snapshot(log: SharedEventLog, database: str) -> sqlite_utils.Database:
     """An in-memory database with every cursor, the newest ``LAG_LEDGER_ROWS``
     ledger rows and the node's tokens: what ``durable_wants`` and
     ``storage.ledger_summary`` read for the Recipients view."""
-    shared = _redis(log)
+    shared = log
     with _patience(log):
         cursors = {
             (identity, channel): seq
@@ -88,10 +89,12 @@ async def lag_snapshot(log: object, database: str) -> sqlite_utils.Database:
     return await trio.to_thread.run_sync(_build, database, [], cursors, ledger, [])
 
 
-async def behind(log: object, positions: dict[str, int], identity: str, cap: int) -> storage.Behind:
+async def behind(
+    log: SharedEventLog, positions: dict[str, int], identity: str, cap: int
+) -> storage.Behind:
     """``storage.behind`` over the shared log (at most ``LAG_SCAN`` events looked at)."""
     with _patience(log):
-        return await _redis(log).behind(positions, identity, cap, LAG_SCAN)
+        return await log.behind(positions, identity, cap, LAG_SCAN)
 
 
 def _build(
@@ -115,20 +118,11 @@ def _build(
 
 
 @contextlib.contextmanager
-def _patience(log: object) -> Iterator[None]:
+def _patience(log: SharedEventLog) -> Iterator[None]:
     """A gateway's log waits for Redis to come back; a view answers, within ``PATIENCE``."""
     try:
         with trio.fail_after(PATIENCE):
             yield
     except trio.TooSlowError:
-        problem = _redis(log).unavailable or "no answer in time"
+        problem = log.unavailable or "no answer in time"
         raise LogUnavailable(f"{problem} (waited {PATIENCE:.0f} s)") from None
-
-
-def _redis(log: object) -> RedisEventLog:
-    # Imported here: only an installation with the cluster extra runs cluster mode.
-    from .eventlog.redis import RedisEventLog
-
-    if not isinstance(log, RedisEventLog):
-        raise TypeError(f"cluster views need the Redis event log, not {type(log).__name__}")
-    return log

@@ -348,7 +348,9 @@ class AdminApi:
             return params.bad('send {"id": <connection id>, "reason": <text>}')
         conn = next((c for c in self.gateway.connections if c.id == id_), None)
         if conn is None:
-            return error_response(404, ErrorCode.INVALID_MESSAGE, f"no open connection {id_[:100]}")
+            return error_response(
+                404, ErrorCode.INVALID_MESSAGE, f"no open connection {id_[:100]}"
+            )
         said = _truncate(reason.strip() or "no reason given", MAX_REASON)
         conn.close(CLOSE_CODE, f"closed by an operator: {said}")
         p = conn.principal

@@ -134,19 +134,32 @@ class LagWatch:
             # Cluster mode: cursors, ledger and log are Redis's (catsock/views.py).
             snapshot = await views.lag_snapshot(shared, gateway.config.database)
             try:
-                credentials = {c.name: c for c in storage.list_tokens(snapshot)}
-                rows = []
-                for identity, stored in durable_wants(snapshot, durable).items():
-                    positions = positions_of(identity, stored)
-                    behind = await views.behind(shared, positions, identity, LAG_CAP)
-                    ledger = storage.ledger_summary(snapshot, identity)
-                    rows.append(_row(credentials[identity], positions, behind, ledger, now))
+                credentials, wants, ledgers = await trio.to_thread.run_sync(
+                    _plan, snapshot, durable
+                )
             finally:
                 snapshot.close()
+            rows = []
+            for identity, stored in wants.items():
+                positions = positions_of(identity, stored)
+                behind = await views.behind(shared, positions, identity, LAG_CAP)
+                rows.append(_row(credentials[identity], positions, behind, ledgers[identity], now))
         for row in rows:
             row["connections"] = gateway.connections_of(row["identity"])
             row["online"] = row["connections"] > 0
         return rows
+
+
+def _plan(
+    db: sqlite_utils.Database, durable: list[str]
+) -> tuple[
+    dict[str, storage.Credential], dict[str, dict[str, int]], dict[str, storage.LedgerSummary]
+]:
+    """From a cluster snapshot: the tokens, each durable recipient's stored
+    positions, and its ledger summary."""
+    wants = durable_wants(db, durable)
+    credentials = {c.name: c for c in storage.list_tokens(db)}
+    return credentials, wants, {i: storage.ledger_summary(db, i) for i in wants}
 
 
 def _row(

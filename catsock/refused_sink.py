@@ -54,6 +54,9 @@ class ClusterRefusals:
         self._where_local = where_local
         self._pending: list[EventRefused | RefusedRetried] = []
         self._wake = trio.Event()
+        # One write at a time: ``flush`` (at shutdown) waits for the batch ``run``
+        # has in flight, which the shutdown then cancels no more.
+        self._writing = trio.Lock()
         self._down = False
         self.stored = self.kept_locally = self.lost_retries = 0
 
@@ -84,6 +87,10 @@ class ClusterRefusals:
         return RefusalStatistics(self.stored, self.kept_locally, self.lost_retries)
 
     async def _write_all(self) -> None:
+        async with self._writing:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
         while self._pending:
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]

@@ -144,6 +144,8 @@ class Delivery:
         self._quiet_since = math.inf
         self._committed = trio.Event()
         self._room = trio.Event()
+        #: When an outage of the log was first seen (trio clock), for ``room(hold)``.
+        self._down_since: float | None = None
         self.committed_count = 0
         self.duplicates = 0
         self.expired = 0
@@ -230,13 +232,30 @@ class Delivery:
         """Why the event log cannot take events now (cluster mode: Redis is down)."""
         return self._log.unavailable
 
-    async def room(self) -> None:
-        """Wait until neither holds (a connection, before it takes an event in)."""
+    async def room(self, hold: float | None = None) -> str | None:
+        """Wait until none holds (a connection, before it takes an event in).
+
+        With ``hold``: once the log has been unreachable for ``hold`` seconds (since
+        the outage was first seen, not since this call), stop waiting and say why,
+        so the publisher is refused rather than held for the whole outage."""
         while self.congested:
-            if self.admission.overloaded:
+            if hold is not None and self._log.unavailable is not None:
+                left = hold - self._outage_age()
+                if left <= 0:
+                    return self._log.unavailable
+                with trio.move_on_after(left):
+                    await self._room.wait()
+            elif self.admission.overloaded:
                 await self.admission.wait()
             else:
                 await self._room.wait()
+        return None
+
+    def _outage_age(self) -> float:
+        now = trio.current_time()
+        if self._down_since is None:
+            self._down_since = now
+        return now - self._down_since
 
     # -- cursors and the ledger ------------------------------------------------------------
 
@@ -604,6 +623,8 @@ class Delivery:
         self._after_commit(_entries(stored), {})
 
     def _log_state(self, problem: str | None) -> None:
+        if problem is None:
+            self._down_since = None
         if problem is None and not self.congested:
             self._room.set()  # publishers held while the log was unreachable go on
             self._room = trio.Event()

@@ -53,6 +53,9 @@ T = TypeVar("T")
 IDLE_FLUSH = 0.05
 MAX_BATCH = 5000
 MAX_KNOWN_CURSORS = 100_000
+#: Seconds between two retention passes over a shared log (the embedded log's
+#: prune runs as often: GroupCommit's ``prune_interval``).
+SHARED_RETENTION_EVERY = 60.0
 #: Upper bounds (seconds) of the publish-to-write latency histogram.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -451,6 +454,7 @@ class Delivery:
             self._next = self.head + 1
             if self._shared is not None:
                 await nursery.start(self._shared.follow, self.head, self._follow, self._log_state)
+                nursery.start_soon(self._retain_shared, self._shared)
         try:
             await self._commits.run(task_status=task_status)
         finally:
@@ -628,6 +632,25 @@ class Delivery:
         if problem is None and not self.congested:
             self._room.set()  # publishers held while the log was unreachable go on
             self._room = trio.Event()
+
+    async def _retain_shared(self, log: SharedEventLog) -> None:
+        """Retention of the shared log: every node runs it (a pass is idempotent, and
+        a loss is recorded once across nodes), first at start-up."""
+        config = self.config
+        while True:
+            retained = await log.retain(
+                max_age=config.retention_days * 86400,
+                max_rows=config.retention_rows,
+                now=self._wall(),
+            )
+            if retained is not None and retained.lost:
+                self.lost_to_retention += retained.lost
+                logger.warning(
+                    "event log: %d events were trimmed from Redis before every durable"
+                    " recipient had them (recorded in the ledger)",
+                    retained.lost,
+                )
+            await trio.sleep(SHARED_RETENTION_EVERY)
 
     def _prune(self, db: sqlite_utils.Database, now: float) -> int:
         # In a worker thread, under the writer's lock; the counter is only read

@@ -37,6 +37,7 @@ import storage
 from catsock.config import ClusterConfig, redacted_url
 
 from . import Committed, LogUnavailable
+from .retention import Retained, retain
 
 if TYPE_CHECKING:
     from catsock.groupcommit import GroupCommit
@@ -51,7 +52,6 @@ FOLLOW_BLOCK_MS = 500
 READ_COUNT = 1000
 #: Seconds between two attempts to reach Redis again.
 RECONNECT_DELAY = 0.25
-
 
 
 class TooFewReplicas(Exception):
@@ -315,6 +315,23 @@ class RedisEventLog:
                     if len(found) >= limit:
                         break
         return found, scanned
+
+    async def retain(self, *, max_age: float, max_rows: int, now: float) -> Retained | None:
+        """Apply the soft retention limits and record losses (catsock/eventlog/
+        retention.py); None if Redis did not answer (the next pass tries again)."""
+        try:
+            with trio.fail_after(10 * (self._timeout + 1)):
+                return await retain(
+                    self,
+                    max_age=max_age,
+                    max_rows=max_rows,
+                    ledger_maxlen=int(self._maxlen),
+                    now=now,
+                )
+        except (*_ERRORS, LogUnavailable) as exc:
+            # Not an outage of its own: commits and reads notice those.
+            logger.info("event log: retention pass skipped: %s", _why(exc))
+            return None
 
     async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
         # HSETNX: a cursor that exists (moved by another node meanwhile) stays.

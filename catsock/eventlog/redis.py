@@ -37,6 +37,7 @@ import storage
 from catsock.config import ClusterConfig, redacted_url
 
 from . import Committed, LogUnavailable
+from .packing import pack, seq_of, unpack
 from .retention import Retained, retain
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ class TooFewReplicas(Exception):
 _ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, TooFewReplicas)
 
 # ARGV: floor, log maxlen, dedup ttl, ledger maxlen, dedup prefix, cursor prefix,
-# then n events (10 values each), n cursor moves (3 each), n ledger rows (7 each).
+# then n events (4 values each: sender, message_id, attempt, the rest packed, see
+# ``pack``), n cursor moves (3 each), n ledger rows (7 each).
 # Returns the seq of each event, negative (-earlier) for a duplicate. The dedup
 # key holds "seq attempt": a batch sent again after its answer was lost (same
 # attempt) gets its own seqs back, not "duplicate of itself".
@@ -73,7 +75,7 @@ local i = 7
 local out = {}
 local n = tonumber(ARGV[i]); i = i + 1
 for r = 1, n do
-  local sender, mid, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 9]
+  local sender, mid, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = dedup .. sender .. '\\n' .. mid
   local stored = redis.call('GET', key)
   if stored then
@@ -88,12 +90,11 @@ for r = 1, n do
     end
     local id = string.format('%d-0', seq)
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id,
-      's', sender, 'm', mid, 't', ARGV[i + 2], 'c', ARGV[i + 3], 'p', ARGV[i + 4],
-      'x', ARGV[i + 5], 'b', ARGV[i + 6], 'n', ARGV[i + 7], 'a', ARGV[i + 8])
+      's', sender, 'm', mid, 'e', ARGV[i + 3])
     redis.call('SET', key, string.format('%d ', seq) .. attempt, 'EX', ttl)
     out[r] = seq
   end
-  i = i + 10
+  i = i + 4
 end
 n = tonumber(ARGV[i]); i = i + 1
 for r = 1, n do
@@ -213,7 +214,7 @@ class RedisEventLog:
         last = await self._guarded(
             functools.partial(self._redis().xrevrange, self._log_key, "+", "-", count=1)
         )
-        return _seq(str(last[0].identifier)) if last else 0
+        return seq_of(str(last[0].identifier)) if last else 0
 
     async def commit(
         self,
@@ -228,11 +229,7 @@ class RedisEventLog:
             self._cursor_prefix, len(rows),
         ]  # fmt: skip
         for e in rows:
-            args += (
-                e.sender, e.message_id, e.type, " ".join(e.channels), e.priority,
-                "" if e.expires_at is None else repr(e.expires_at), e.body,
-                e.connection_id or "", repr(e.created_at), f"{self._node}.{e.seq}",
-            )  # fmt: skip
+            args += (e.sender, e.message_id, f"{self._node}.{e.seq}", pack(e))
         args.append(len(cursors))
         for (identity, channel), seq in cursors.items():
             args += (identity, channel, seq)
@@ -278,7 +275,7 @@ class RedisEventLog:
 
     async def first_seq(self) -> int | None:
         first = await self._guarded(lambda: self._redis().xrange(self._log_key, "-", "+", count=1))
-        return _seq(str(first[0].identifier)) if first else None
+        return seq_of(str(first[0].identifier)) if first else None
 
     async def read_after(
         self,
@@ -405,19 +402,15 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _seq(identifier: str) -> int:
-    return int(identifier.partition("-")[0])
-
-
 def _stored(entry: Any) -> storage.StoredEvent:
     f = entry.field_values
-    expires = f["x"]
+    kind, channels, priority, expires, _, _, body = unpack(f["e"])
     return storage.StoredEvent(
-        _seq(entry.identifier),
-        f["t"],
+        seq_of(entry.identifier),
+        kind,
         f["s"],
-        tuple(f["c"].split()),
-        int(f["p"]),
+        tuple(channels.split()),
+        priority,
         float(expires) if expires else None,
-        f["b"],
+        body,
     )

@@ -28,6 +28,8 @@ from coredis.tokens import PureToken
 
 from storage.events import RETENTION
 
+from .packing import seq_of, unpack
+
 if TYPE_CHECKING:
     from .redis import RedisEventLog
 
@@ -99,7 +101,7 @@ async def _ends(client: Any, stream: str) -> tuple[int, int] | None:
     last = await client.xrevrange(stream, "+", "-", count=1)
     if not first or not last:
         return None
-    return _seq(first[0].identifier), _seq(last[0].identifier)
+    return seq_of(first[0].identifier), seq_of(last[0].identifier)
 
 
 async def _lowest_cursors(client: Any, prefix: str) -> dict[str, int]:
@@ -138,8 +140,4 @@ async def _entry_at(client: Any, stream: str, seq: int) -> tuple[int, float] | N
     entries = await client.xrange(stream, f"{seq}-0", "+", count=1)
     if not entries:
         return None
-    return _seq(entries[0].identifier), float(entries[0].field_values["a"])
-
-
-def _seq(identifier: Any) -> int:
-    return int(str(identifier).split("-", 1)[0])
+    return seq_of(entries[0].identifier), unpack(entries[0].field_values["e"])[5]

@@ -179,8 +179,8 @@ def test_an_unreachable_log_pauses_and_resends_the_named_event_without_pacing() 
     for n in range(3):
         proto.track(f"p{n}", "conversion", f"text{n}")
     assert drain(proto, 0.0) == ["text0", "text1", "text2"]
-    overloaded = {"type": "error", "payload": {"error_code": "OVERLOADED", "message_id": "p1",
-                                               "error_message": "log unreachable", "retry_after": 2}}  # fmt: skip
+    payload = {"error_code": "OVERLOADED", "message_id": "p1", "retry_after": 2}
+    overloaded = {"type": "error", "payload": {**payload, "error_message": "log unreachable"}}
     proto.receive_frame(json.dumps(overloaded), 0.0)
     assert proto.events() == []  # not a failure: it goes again
     assert proto.next_frame(1.0) is None

@@ -5,8 +5,9 @@ publishes into node A with ``catsock.client`` (outbox, acks) while a durable AFA
 listens on node B. After 1,000 answers redis-server is stopped; both nodes notice,
 the outage lasts 5 s while the publisher keeps trying (what node A holds for more
 than 2 s is refused with ``OVERLOADED``, and the client sends it again after
-``retry_after``), then redis-server starts again on the same data. Every publish is answered, and AFAD ends with every one of
-them, in seq order, on the connection it had all along.
+``retry_after``), then redis-server starts again on the same data. Every publish
+is answered, and AFAD ends with every one of them, in seq order, on the
+connection it had all along.
 """
 
 from __future__ import annotations

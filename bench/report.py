@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cluster import markdown as cluster_markdown
 from .servers import PEERS, PEERS_DIR
 from .soakreport import soak_markdown, soak_plot
 
@@ -611,6 +612,8 @@ def to_markdown(run: dict[str, Any]) -> str:
             _table(header, rows),
             "",
         ]
+    if by.get("cluster"):
+        out += cluster_markdown(by["cluster"], _fan_out_cells, _FAN_OUT_HEADER)
     if by.get("soak"):
         out += soak_markdown(by["soak"])
     plots = run.get("plots") or []

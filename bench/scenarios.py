@@ -1,4 +1,5 @@
-"""The five scenarios of issue 4, the soak of issue 19, and the plan that sizes them
+"""The five scenarios of issue 4, the cluster scenario of issue 12 (bench/cluster.py),
+the soak of issue 19, and the plan that sizes them
 (full run or ``--quick``).
 
 ``Runner.run`` walks the plan peer by peer: each scenario gets a freshly started
@@ -19,7 +20,7 @@ from typing import Any
 
 import trio
 
-from . import httpprobe, loadgen, soak
+from . import cluster, httpprobe, loadgen, soak
 from .report import loss_text
 from .servers import PEERS, CatsockTokens, Server, ServerFailed, soak_token_name
 from .soakreport import soak_summary
@@ -27,13 +28,17 @@ from .wsclient import ConnectFailed
 
 __all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "Plan", "Runner"]
 
-SCENARIOS = ("throughput", "latency", "storm", "memory", "durability", "soak")
-#: What runs without ``--scenarios``: all but the soak (10 minutes a load level).
-DEFAULT_SCENARIOS = SCENARIOS[:-1]
+SCENARIOS = ("throughput", "latency", "storm", "memory", "durability", "cluster", "soak")
+#: What runs without ``--scenarios``: all but the cluster scenario (it needs
+#: redis-server) and the soak (10 minutes a load level).
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s not in ("cluster", "soak"))
 
 #: What the durability scenario compares, as catsock settings: "full" is the
 #: default (event log, and message log with payloads); "off" keeps the event log
 #: but no message rows; "live" keeps neither (no seq, replay, dedup: a relay).
+#: Scenarios that measure catsock alone.
+CATSOCK_ONLY = ("durability", "cluster", "soak")
+
 DURABILITY_MODES: dict[str, dict[str, str]] = {
     "full": {"CATSOCK_LOG__POLICY": "full"},
     "off": {"CATSOCK_LOG__POLICY": "off"},
@@ -58,6 +63,7 @@ class Plan:
     storm_timeout: float = 60.0
     memory_levels: list[int] = field(default_factory=lambda: [0, 1000, 10000])
     durability_subscribers: list[int] = field(default_factory=lambda: [1, 100])
+    cluster_subscribers: list[int] = field(default_factory=lambda: [10, 100])
     step_timeout: float = 300.0
     soak: soak.SoakPlan = field(default_factory=soak.SoakPlan)
     server_cpu: int | None = 0
@@ -81,6 +87,7 @@ class Plan:
             storm_timeout=20.0,
             memory_levels=[0, 200],
             durability_subscribers=[10],
+            cluster_subscribers=[10],
             step_timeout=60.0,
             soak=soak.SoakPlan.quick(),
         )
@@ -89,7 +96,7 @@ class Plan:
         """Every (scenario, peer, params) in the order they run."""
         out: list[tuple[str, str, dict[str, Any]]] = []
         for scenario in self.scenarios:
-            peers = ["catsock"] if scenario in ("durability", "soak") else self.peers
+            peers = ["catsock"] if scenario in CATSOCK_ONLY else self.peers
             for peer in peers:
                 out.extend((scenario, peer, p) for p in self._params(scenario))
         return out
@@ -120,6 +127,12 @@ class Plan:
                 {"log_policy": policy, "publishers": self.publishers, "subscribers": s}
                 for policy in DURABILITY_MODES
                 for s in self.durability_subscribers
+            ]
+        if scenario == "cluster":
+            return [
+                {"mode": mode, "publishers": self.publishers, "subscribers": s}
+                for mode in cluster.MODES
+                for s in self.cluster_subscribers
             ]
         if scenario == "soak":
             capacity: list[dict[str, Any]] = [] if self.soak.capacity else [{"phase": "capacity"}]
@@ -155,7 +168,7 @@ def _summary(scenario: str, m: dict[str, Any]) -> str:
     cpu = f"srv {m.get('server_cpu_pct', 0):.0f}% gen {m.get('generator_cpu_pct', 0):.0f}%"
     if m.get("cpu_pressure_pct") is not None:
         cpu += f" cpu-wait {m['cpu_pressure_pct']:.0f}%"
-    if scenario in ("throughput", "durability"):
+    if scenario in ("throughput", "durability", "cluster"):
         loss = "lossless" if m["lossless"] else f"NOT LOSSLESS ({loss_text(m)})"
         rates = f"{m['msgs_per_s']:,.0f} msg/s, {m['deliveries_per_s']:,.0f} deliveries/s"
         return f"{rates}, {loss}, {cpu}"
@@ -191,6 +204,8 @@ class Runner:
         self._steps = plan.steps()
         self._done = 0
         self.skipped: dict[str, str] = {}
+        #: The cluster scenario's redis-server while a mode that uses it runs.
+        self._redis: cluster.BenchRedis | None = None
 
     async def run(self) -> list[dict[str, Any]]:
         # The token database lives outside the results: it holds real (if throwaway) tokens.
@@ -198,7 +213,7 @@ class Runner:
             more = None
             if "soak" in self.plan.scenarios:
                 more = {"AFAD": self.plan.soak.afad, "DASHBOARD": 1}
-            if "catsock" in self.plan.peers or {"durability", "soak"} & set(self.plan.scenarios):
+            if "catsock" in self.plan.peers or set(CATSOCK_ONLY) & set(self.plan.scenarios):
                 self._tokens = await trio.to_thread.run_sync(
                     CatsockTokens.create, Path(tokens_dir), more
                 )
@@ -210,6 +225,9 @@ class Runner:
             if scenario == "soak":
                 await self._soak()
                 continue
+            if scenario == "cluster":
+                await self._cluster()
+                continue
             peers = ["catsock"] if scenario == "durability" else self.plan.peers
             for peer in peers:
                 params = [p for s, q, p in self._steps if s == scenario and q == peer]
@@ -220,21 +238,48 @@ class Runner:
                 else:
                     await self._scenario(scenario, peer, params, {})
 
+    async def _cluster(self) -> None:
+        steps = [p for s, _, p in self._steps if s == "cluster"]
+        problem = cluster.missing()
+        if problem is not None:
+            for params in steps:
+                self._record("cluster", "catsock", params, None, problem, 0.0)
+            return
+        logs = self.run_dir / "logs"
+        async with cluster.BenchRedis.running(logs, self.plan.generator_cpu) as redis:
+            for mode in cluster.MODES:
+                env, args, pinned = cluster.server_setup(mode, redis.url)
+                self._redis = None if mode == "embedded" else redis
+                await redis.flush()
+                mine = [p for p in steps if p["mode"] == mode]
+                await self._scenario(
+                    "cluster", "catsock", mine, {**env, "MODE": mode}, args, pinned=pinned
+                )
+        self._redis = None
+
     async def _scenario(
-        self, scenario: str, peer: str, steps: list[dict[str, Any]], env: dict[str, str]
+        self,
+        scenario: str,
+        peer: str,
+        steps: list[dict[str, Any]],
+        env: dict[str, str],
+        args: list[str] | None = None,
+        *,
+        pinned: bool = True,
     ) -> None:
         spec = PEERS[peer]
         env = dict(env)
-        tag = f"{peer}-{scenario}" + (f"-{env.pop('MODE')}" if env else "")
+        tag = f"{peer}-{scenario}" + (f"-{env.pop('MODE')}" if "MODE" in env else "")
         server: Server | None = None
         try:
             server = await Server.start(
                 spec,
                 log_dir=self.run_dir / "logs",
                 tag=tag,
-                cpu=self.plan.server_cpu,
+                cpu=self.plan.server_cpu if pinned else None,
                 tokens=self._tokens,
                 env=env,
+                args=args,
             )
             target = loadgen.Target(server.port, spec.sio, server.cats_token, server.afad_token)
             await loadgen.preflight(target)
@@ -267,13 +312,16 @@ class Runner:
         self, scenario: str, server: Server, target: loadgen.Target, params: dict[str, Any]
     ) -> dict[str, Any]:
         plan = self.plan
-        if scenario in ("throughput", "durability"):
-            return await loadgen.run_closed_loop(
-                target,
-                publishers=params["publishers"],
-                subscribers=params["subscribers"],
-                duration=plan.throughput_duration,
-                server_cpu=server.cpu_seconds,
+        if scenario in ("throughput", "durability", "cluster"):
+            return await cluster.measured(
+                self._redis,
+                lambda: loadgen.run_closed_loop(
+                    target,
+                    publishers=params["publishers"],
+                    subscribers=params["subscribers"],
+                    duration=plan.throughput_duration,
+                    server_cpu=server.cpu_seconds,
+                ),
             )
         if scenario == "latency":
             return await loadgen.run_open_loop(

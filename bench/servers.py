@@ -9,6 +9,7 @@ read ``/proc/PID/stat`` and ``/proc/PID/status`` (Linux only).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -125,6 +126,27 @@ def rss_kib(pid: int) -> int:
             if line.startswith(b"VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, theirs, and so on (``serve --workers`` runs its nodes so)."""
+    out: list[int] = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return out
+    for child in children:
+        out += [child, *descendants(child)]
+    return out
+
+
+def _tree(measure: Callable[[int], float], pid: int) -> float:
+    total = measure(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):  # it ended between the listing and the read
+            total += measure(child)
+    return total
 
 
 def peer_available(spec: PeerSpec) -> str | None:
@@ -253,10 +275,11 @@ class Server:
         return self.process.pid
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """The server's CPU time so far, its worker processes' included."""
+        return _tree(cpu_seconds, self.pid)
 
     def rss_kib(self) -> int:
-        return rss_kib(self.pid)
+        return int(_tree(rss_kib, self.pid))
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -272,6 +295,7 @@ class Server:
         tokens: CatsockTokens | None = None,
         env: dict[str, str] | None = None,
         limits: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> Server:
         """Start ``spec`` and wait until it listens. catsock gets ``limits`` (by
         default ``CATSOCK_BENCH_ENV``), then ``env``, in its environment."""
@@ -296,6 +320,7 @@ class Server:
                 str(port),
                 "--db",
                 str(db),
+                *(args or []),
             ]
         elif spec.node:
             command = ["node", str(PEERS_DIR / spec.script), "--port", str(port)]

@@ -77,6 +77,10 @@ CONFIRM_EVERY = 0.05
 #: reads again: a paused tab or process that comes back within this finds them
 #: instead of a bare hang-up (issue 19). Its queue is dropped; it holds a socket.
 SHED_GRACE = 30.0
+#: Seconds into an outage of the event log (cluster mode: Redis) during which a
+#: publisher is held, as for any congestion; after it, its events are refused with
+#: ``OVERLOADED`` (and kept as refused) until the log answers again.
+UNREACHABLE_HOLD = 2.0
 
 #: What ``render`` hands the session for ``written``: first seq, last seq, the batch.
 Written = tuple[int, int, list["bytes | Entry | Run"]]
@@ -321,18 +325,23 @@ class Connection(Session):
             self.ctx.stats.count_in(message.type)
             actions = self.machine.receive(message)
             self._log_inbound(message, frame, actions)
-        await self._execute(actions)
+        await self._execute(actions, frame)
 
-    async def _execute(self, actions: list[Action]) -> None:
+    async def _execute(self, actions: list[Action], frame: str | bytes = "") -> None:
         for action in actions:
             if isinstance(action, Publish):
                 if self.delivery.congested:
                     # The log writer is behind or the gateway overloaded: take this
                     # event in later, and read nothing more meanwhile (TCP pushes
                     # back on the publisher). Recipients' reads (acks, pongs) go on.
-                    # The wait was ours, not the peer's silence.
-                    await self.delivery.room()
+                    # The wait was ours, not the peer's silence. A log that stays
+                    # unreachable (cluster mode: Redis) refuses instead, so the
+                    # connection is read again and keeps heartbeating.
+                    unreachable = await self.delivery.room(hold=UNREACHABLE_HOLD)
                     self.received()
+                    if unreachable is not None:
+                        self._refuse_unreachable(action.event, frame)
+                        continue
                 self._uncommitted += 1
                 self.registry.publish(action.event, action.channels, self)
             elif isinstance(action, Send):
@@ -578,6 +587,20 @@ class Connection(Session):
             )
         )
         self.close(CloseCode.SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, SHED_GRACE)
+
+    def _refuse_unreachable(self, event: m.Event, frame: str | bytes) -> None:
+        """Answer ``OVERLOADED`` for an event the log could not take, and keep it
+        among the refused events (the seed's clients never read the error)."""
+        refused = m.Error(
+            payload=m.ErrorPayload(
+                error_code=ErrorCode.OVERLOADED.value,
+                error_message="the event log is unreachable; nothing was published, retry later",
+                message_id=event.message_id,
+                retry_after=UNREACHABLE_HOLD,
+            )
+        )
+        self._send(refused)
+        self._note_refused(frame or event.raw, event, [Send(refused)])
 
     def _release_held(self) -> None:
         if self._held and not self._uncommitted and not self._replaying:

@@ -53,6 +53,9 @@ T = TypeVar("T")
 IDLE_FLUSH = 0.05
 MAX_BATCH = 5000
 MAX_KNOWN_CURSORS = 100_000
+#: Seconds between two retention passes over a shared log (the embedded log's
+#: prune runs as often: GroupCommit's ``prune_interval``).
+SHARED_RETENTION_EVERY = 60.0
 #: Upper bounds (seconds) of the publish-to-write latency histogram.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -144,6 +147,8 @@ class Delivery:
         self._quiet_since = math.inf
         self._committed = trio.Event()
         self._room = trio.Event()
+        #: When an outage of the log was first seen (trio clock), for ``room(hold)``.
+        self._down_since: float | None = None
         self.committed_count = 0
         self.duplicates = 0
         self.expired = 0
@@ -230,13 +235,30 @@ class Delivery:
         """Why the event log cannot take events now (cluster mode: Redis is down)."""
         return self._log.unavailable
 
-    async def room(self) -> None:
-        """Wait until neither holds (a connection, before it takes an event in)."""
+    async def room(self, hold: float | None = None) -> str | None:
+        """Wait until none holds (a connection, before it takes an event in).
+
+        With ``hold``: once the log has been unreachable for ``hold`` seconds (since
+        the outage was first seen, not since this call), stop waiting and say why,
+        so the publisher is refused rather than held for the whole outage."""
         while self.congested:
-            if self.admission.overloaded:
+            if hold is not None and self._log.unavailable is not None:
+                left = hold - self._outage_age()
+                if left <= 0:
+                    return self._log.unavailable
+                with trio.move_on_after(left):
+                    await self._room.wait()
+            elif self.admission.overloaded:
                 await self.admission.wait()
             else:
                 await self._room.wait()
+        return None
+
+    def _outage_age(self) -> float:
+        now = trio.current_time()
+        if self._down_since is None:
+            self._down_since = now
+        return now - self._down_since
 
     # -- cursors and the ledger ------------------------------------------------------------
 
@@ -432,6 +454,7 @@ class Delivery:
             self._next = self.head + 1
             if self._shared is not None:
                 await nursery.start(self._shared.follow, self.head, self._follow, self._log_state)
+                nursery.start_soon(self._retain_shared, self._shared)
         try:
             await self._commits.run(task_status=task_status)
         finally:
@@ -604,9 +627,30 @@ class Delivery:
         self._after_commit(_entries(stored), {})
 
     def _log_state(self, problem: str | None) -> None:
+        if problem is None:
+            self._down_since = None
         if problem is None and not self.congested:
             self._room.set()  # publishers held while the log was unreachable go on
             self._room = trio.Event()
+
+    async def _retain_shared(self, log: SharedEventLog) -> None:
+        """Retention of the shared log: every node runs it (a pass is idempotent, and
+        a loss is recorded once across nodes), first at start-up."""
+        config = self.config
+        while True:
+            retained = await log.retain(
+                max_age=config.retention_days * 86400,
+                max_rows=config.retention_rows,
+                now=self._wall(),
+            )
+            if retained is not None and retained.lost:
+                self.lost_to_retention += retained.lost
+                logger.warning(
+                    "event log: %d events were trimmed from Redis before every durable"
+                    " recipient had them (recorded in the ledger)",
+                    retained.lost,
+                )
+            await trio.sleep(SHARED_RETENTION_EVERY)
 
     def _prune(self, db: sqlite_utils.Database, now: float) -> int:
         # In a worker thread, under the writer's lock; the counter is only read

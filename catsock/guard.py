@@ -67,6 +67,8 @@ WARN_EVERY: Final = 60.0
 MAX_TRACKED: Final = 100_000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Clients whose counting key ``AddressGuard`` remembers at most.
+MAX_KEYS: Final = 4096
 
 
 class Slot:
@@ -133,6 +135,9 @@ class AddressGuard:
         self._failures: collections.OrderedDict[str, _Failures] = collections.OrderedDict()
         self._warned: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
         self._stats = GuardStatistics()
+        #: ``_key`` of recent clients: parsing an address was a few percent of a
+        #: connection's cost in a storm (issue 10). Emptied when full.
+        self._keys: dict[str, str | None] = {}
 
     # -- addresses ------------------------------------------------------------------
 
@@ -173,6 +178,16 @@ class AddressGuard:
 
     def _key(self, client: str) -> str | None:
         """What ``client`` is counted as, or None if it is exempt."""
+        try:
+            return self._keys[client]
+        except KeyError:
+            pass
+        if len(self._keys) >= MAX_KEYS:
+            self._keys.clear()
+        key = self._keys[client] = self._parse_key(client)
+        return key
+
+    def _parse_key(self, client: str) -> str | None:
         address = _address(client)
         if address is None:
             return client  # not an IP address ("?"): counted under its own name

@@ -50,6 +50,9 @@ MAX_MESSAGE_SIZE: Final = 64 * 1024
 
 #: The longest pause a rate limit may impose, whatever ``retry_after`` says.
 MAX_PAUSE: Final = 60.0
+#: Errors after which the named event is sent again after ``retry_after``: a rate
+#: limit, and a gateway whose event log is unreachable (nothing was published).
+RETRIED: Final = frozenset({"RATE_LIMIT_EXCEEDED", "OVERLOADED"})
 
 
 class TransientError(Exception):
@@ -399,9 +402,11 @@ class ClientProtocol:
         code, text = error_fields(message)
         payload = message.get("payload")
         message_id = payload.get("message_id") if isinstance(payload, dict) else None
-        if code == "RATE_LIMIT_EXCEEDED":
+        if code in RETRIED:
             retry_after = payload.get("retry_after") if isinstance(payload, dict) else None
-            self._rate_limited(message_id, retry_after, now)
+            # A rate limit also sets the pace; an unreachable log only a pause.
+            paced = code == "RATE_LIMIT_EXCEEDED"
+            self._rate_limited(message_id, retry_after, now, paced=paced)
             return
         pending = self._inflight.get(message_id) if isinstance(message_id, str) else None
         if pending is None or pending.answered:
@@ -410,13 +415,16 @@ class ClientProtocol:
         error = PublishError(code, text, pending.message_id)
         self._answer(pending, error, Settlement(pending.message_id, error=f"{code}: {text}"))
 
-    def _rate_limited(self, message_id: Any, retry_after: Any, now: float) -> None:
+    def _rate_limited(
+        self, message_id: Any, retry_after: Any, now: float, *, paced: bool = True
+    ) -> None:
         """Pause for ``retry_after``, then send at that pace until caught up. The refused
         frame is resent: the named event, or (when the error names none) every event sent
         on this connection and not answered yet. Resending is safe: the gateway dedups."""
         wait = retry_after if isinstance(retry_after, int | float) and retry_after > 0 else 1.0
         wait = min(float(wait), MAX_PAUSE)
-        self._pace = max(self._pace, wait)
+        if paced:
+            self._pace = max(self._pace, wait)
         self._pause_until = max(self._pause_until, now + wait)
         if isinstance(message_id, str):
             named = self._inflight.get(message_id)

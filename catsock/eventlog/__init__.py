@@ -30,6 +30,8 @@ import storage
 if TYPE_CHECKING:
     from catsock.groupcommit import GroupCommit
 
+    from .retention import Retained
+
 __all__ = ["Committed", "EventLog", "LogUnavailable", "SharedEventLog"]
 
 
@@ -114,6 +116,9 @@ class SharedEventLog(EventLog, Protocol):
     async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
         """Store ``positions`` as ``identity``'s cursors where it has none yet: where
         its log starts (the shared log's ``LOG_START``), before it is sent anything."""
+
+    async def retain(self, *, max_age: float, max_rows: int, now: float) -> Retained | None:
+        """One retention pass (soft limits, recorded losses); None if it failed."""
 
     async def probe(self) -> str | None:
         """Why the log cannot be reached (None: it answers); for start-up."""

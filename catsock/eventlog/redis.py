@@ -36,7 +36,9 @@ import trio
 import storage
 from catsock.config import ClusterConfig, redacted_url
 
-from . import Committed, LogUnavailable
+from . import Committed, LogUnavailable, reads
+from .packing import pack, seq_of, unpack
+from .retention import Retained, retain
 
 if TYPE_CHECKING:
     from catsock.groupcommit import GroupCommit
@@ -53,7 +55,6 @@ READ_COUNT = 1000
 RECONNECT_DELAY = 0.25
 
 
-
 class TooFewReplicas(Exception):
     """Redis ``WAIT`` saw fewer replicas take the batch than ``cluster.wait_replicas``."""
 
@@ -61,7 +62,8 @@ class TooFewReplicas(Exception):
 _ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, TooFewReplicas)
 
 # ARGV: floor, log maxlen, dedup ttl, ledger maxlen, dedup prefix, cursor prefix,
-# then n events (10 values each), n cursor moves (3 each), n ledger rows (7 each).
+# then n events (4 values each: sender, message_id, attempt, the rest packed, see
+# ``pack``), n cursor moves (3 each), n ledger rows (7 each).
 # Returns the seq of each event, negative (-earlier) for a duplicate. The dedup
 # key holds "seq attempt": a batch sent again after its answer was lost (same
 # attempt) gets its own seqs back, not "duplicate of itself".
@@ -73,7 +75,7 @@ local i = 7
 local out = {}
 local n = tonumber(ARGV[i]); i = i + 1
 for r = 1, n do
-  local sender, mid, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 9]
+  local sender, mid, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = dedup .. sender .. '\\n' .. mid
   local stored = redis.call('GET', key)
   if stored then
@@ -88,12 +90,11 @@ for r = 1, n do
     end
     local id = string.format('%d-0', seq)
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id,
-      's', sender, 'm', mid, 't', ARGV[i + 2], 'c', ARGV[i + 3], 'p', ARGV[i + 4],
-      'x', ARGV[i + 5], 'b', ARGV[i + 6], 'n', ARGV[i + 7], 'a', ARGV[i + 8])
+      's', sender, 'm', mid, 'e', ARGV[i + 3])
     redis.call('SET', key, string.format('%d ', seq) .. attempt, 'EX', ttl)
     out[r] = seq
   end
-  i = i + 10
+  i = i + 4
 end
 n = tonumber(ARGV[i]); i = i + 1
 for r = 1, n do
@@ -216,7 +217,7 @@ class RedisEventLog:
         last = await self._guarded(
             functools.partial(self._redis().xrevrange, self._log_key, "+", "-", count=1)
         )
-        return _seq(str(last[0].identifier)) if last else 0
+        return seq_of(str(last[0].identifier)) if last else 0
 
     async def commit(
         self,
@@ -231,11 +232,7 @@ class RedisEventLog:
             self._cursor_prefix, len(rows),
         ]  # fmt: skip
         for e in rows:
-            args += (
-                e.sender, e.message_id, e.type, " ".join(e.channels), e.priority,
-                "" if e.expires_at is None else repr(e.expires_at), e.body,
-                e.connection_id or "", repr(e.created_at), f"{self._node}.{e.seq}",
-            )  # fmt: skip
+            args += (e.sender, e.message_id, f"{self._node}.{e.seq}", pack(e))
         args.append(len(cursors))
         for (identity, channel), seq in cursors.items():
             args += (identity, channel, seq)
@@ -281,7 +278,7 @@ class RedisEventLog:
 
     async def first_seq(self) -> int | None:
         first = await self._guarded(lambda: self._redis().xrange(self._log_key, "-", "+", count=1))
-        return _seq(str(first[0].identifier)) if first else None
+        return seq_of(str(first[0].identifier)) if first else None
 
     async def read_after(
         self,
@@ -319,140 +316,61 @@ class RedisEventLog:
                         break
         return found, scanned
 
+    async def retain(self, *, max_age: float, max_rows: int, now: float) -> Retained | None:
+        """Apply the soft retention limits and record losses (catsock/eventlog/
+        retention.py); None if Redis did not answer (the next pass tries again)."""
+        try:
+            with trio.fail_after(10 * (self._timeout + 1)):
+                return await retain(
+                    self,
+                    max_age=max_age,
+                    max_rows=max_rows,
+                    ledger_maxlen=int(self._maxlen),
+                    now=now,
+                )
+        except (*_ERRORS, LogUnavailable) as exc:
+            # Not an outage of its own: commits and reads notice those.
+            logger.info("event log: retention pass skipped: %s", _why(exc))
+            return None
+
     async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
         # HSETNX: a cursor that exists (moved by another node meanwhile) stays.
         key = self._cursor_prefix + identity
         for channel, seq in positions.items():
             await self._guarded(functools.partial(self._redis().hsetnx, key, channel, seq))
 
-    # -- reads for the console and the CLI (catsock/views.py), not for delivery ------
+    # -- reads for the console and the CLI (catsock/eventlog/reads.py) --------------
 
     async def recent(
         self, channels: Collection[str], since: float, limit: int, scan: int
     ) -> tuple[list[storage.Recent], bool]:
-        """As ``storage.recent_events``, over the stream: newest first by seq."""
-        wanted = set(channels)
-        found: list[storage.Recent] = []
-        top, looked = "+", 0
-        while looked < scan:
-            entries = await self._guarded(
-                functools.partial(
-                    self._redis().xrevrange,
-                    self._log_key,
-                    top,
-                    "-",
-                    count=min(READ_COUNT, scan - looked),
-                )
-            )
-            if not entries:
-                return found[::-1], False
-            for entry in entries:
-                looked += 1
-                f = entry.field_values
-                created_at = float(f["a"])
-                if created_at < since:
-                    return found[::-1], False
-                if wanted.intersection(f["c"].split()):
-                    found.append(storage.Recent(_seq(entry.identifier), created_at, f["t"], f["b"]))
-                    if len(found) >= limit:
-                        return found[::-1], True
-            top = f"({entries[-1].identifier}"
-        return found[::-1], True
+        return await reads.recent(self, channels, since, limit, scan)
 
     async def events_by_message_id(self, message_id: str) -> list[storage.EventRow]:
-        """Every event in the log with ``message_id`` (one per sender), found through
-        the dedup index, so only events younger than ``delivery.retention_days``."""
-        pattern = self._dedup_prefix + "*\n" + _glob_escape(message_id)
-        keys = await self._guarded(functools.partial(self._scan, pattern))
-        rows = []
-        for key in keys:
-            stored = await self._guarded(functools.partial(self._redis().get, key))
-            if not stored:
-                continue
-            seq = stored.partition(" ")[0]
-            entries = await self._guarded(
-                functools.partial(self._redis().xrange, self._log_key, f"{seq}-0", f"{seq}-0")
-            )
-            rows += [_row(entry) for entry in entries]
-        return sorted(rows, key=lambda r: r.seq)
+        return await reads.events_by_message_id(self, message_id)
 
     async def ledger_since(self, at: float, cap: int) -> list[storage.LedgerRow]:
-        """Ledger rows stored from about ``at`` (unix time; a minute earlier, for
-        nodes' clocks that differ), at most ``cap`` of them, oldest first."""
-        start = f"{max(int((at - 60) * 1000), 0)}-0"
-        rows: list[storage.LedgerRow] = []
-        while len(rows) < cap:
-            entries = await self._guarded(
-                functools.partial(
-                    self._redis().xrange,
-                    self._ledger_key,
-                    start,
-                    "+",
-                    count=min(READ_COUNT, cap - len(rows)),
-                )
-            )
-            if not entries:
-                break
-            rows += [_ledger_row(entry) for entry in entries]
-            start = f"({entries[-1].identifier}"
-        return rows
+        return await reads.ledger_since(self, at, cap)
+
+    async def ledger_newest(self, count: int) -> list[storage.LedgerRow]:
+        return await reads.ledger_newest(self, count)
+
+    async def cursors_all(self) -> dict[str, dict[str, int]]:
+        return await reads.cursors_all(self)
 
     async def behind(
         self, positions: Mapping[str, int], exclude_sender: str, cap: int, scan: int
     ) -> storage.Behind:
-        """As ``storage.behind`` over the stream, looking at no more than ``scan``
-        events after the lowest position (past it the count is "at least")."""
-        if not positions:
-            return storage.Behind(0, None, False)
-        after, count, oldest = f"{min(positions.values())}-0", 0, None
-        looked = 0
-        while looked < scan:
-            entries = await self._guarded(
-                functools.partial(
-                    self._redis().xrange,
-                    self._log_key,
-                    f"({after}",
-                    "+",
-                    count=min(READ_COUNT, scan - looked),
-                )
-            )
-            if not entries:
-                return storage.Behind(count, oldest, False)
-            for entry in entries:
-                looked += 1
-                f, seq = entry.field_values, _seq(entry.identifier)
-                if f["s"] != exclude_sender and any(
-                    seq > positions.get(c, seq) for c in f["c"].split()
-                ):
-                    count += 1
-                    oldest = float(f["a"]) if oldest is None else oldest
-                    if count > cap:
-                        return storage.Behind(cap, oldest, True)
-            after = entries[-1].identifier
-        return storage.Behind(count, oldest, True)
+        return await reads.behind(self, positions, exclude_sender, cap, scan)
 
-    async def ledger_newest(self, count: int) -> list[storage.LedgerRow]:
-        """The newest ``count`` ledger rows of the cluster, oldest first."""
-        entries = await self._guarded(
-            functools.partial(self._redis().xrevrange, self._ledger_key, "+", "-", count=count)
-        )
-        return [_ledger_row(entry) for entry in reversed(entries)]
-
-    async def cursors_all(self) -> dict[str, dict[str, int]]:
-        """Every identity's cursors, ``{identity: {channel: seq}}``."""
-        keys = await self._guarded(functools.partial(self._scan, self._cursor_prefix + "*"))
-        out = {}
-        for key in keys:
-            identity = key[len(self._cursor_prefix) :]
-            out[identity] = await self.load_cursors(identity)
-        return out
-
-    async def _scan(self, pattern: str) -> list[str]:
-        return [key async for key in self._redis().scan_iter(match=pattern, count=1000)]
+    async def guarded(self, request: Callable[[], Any]) -> Any:
+        """``request()`` as the log's own reads run it (``_guarded``)."""
+        return await self._guarded(request)
 
     async def _guarded(self, request: Callable[[], Any]) -> Any:
         """A read (or a login's cursor write): while Redis does not answer, it waits
-        and tries again, as a publish waits; a login or a catch-up resumes then."""
+        and tries again, as a publish waits; a login or a catch-up resumes then.
+        Not ``patient`` (the CLI's log): raises LogUnavailable instead."""
         while True:
             try:
                 with trio.fail_after(self._timeout + 1):
@@ -518,38 +436,15 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _row(entry: Any) -> storage.EventRow:
-    f = entry.field_values
-    return storage.EventRow(
-        _seq(entry.identifier), f["m"], f["s"], f["n"] or None, f["t"], tuple(f["c"].split()),
-        int(f["p"]), float(f["a"]), float(f["x"]) if f["x"] else None, f["b"],
-    )  # fmt: skip
-
-
-def _ledger_row(entry: Any) -> storage.LedgerRow:
-    f = entry.field_values
-    return storage.LedgerRow(
-        f["i"], f["k"], int(f["f"]), int(f["l"]), f["n"] or None, float(f["a"]), f["d"] or None
-    )
-
-
-def _seq(identifier: str) -> int:
-    return int(identifier.partition("-")[0])
-
-
 def _stored(entry: Any) -> storage.StoredEvent:
     f = entry.field_values
-    expires = f["x"]
+    kind, channels, priority, expires, _, _, body = unpack(f["e"])
     return storage.StoredEvent(
-        _seq(entry.identifier),
-        f["t"],
+        seq_of(entry.identifier),
+        kind,
         f["s"],
-        tuple(f["c"].split()),
-        int(f["p"]),
+        tuple(channels.split()),
+        priority,
         float(expires) if expires else None,
-        f["b"],
+        body,
     )

@@ -174,6 +174,20 @@ def test_a_rate_limit_pauses_resends_and_paces() -> None:
     assert proto.next_frame(6.0) == "text2"
 
 
+def test_an_unreachable_log_pauses_and_resends_the_named_event_without_pacing() -> None:
+    proto = connected()
+    for n in range(3):
+        proto.track(f"p{n}", "conversion", f"text{n}")
+    assert drain(proto, 0.0) == ["text0", "text1", "text2"]
+    payload = {"error_code": "OVERLOADED", "message_id": "p1", "retry_after": 2}
+    overloaded = {"type": "error", "payload": {**payload, "error_message": "log unreachable"}}
+    proto.receive_frame(json.dumps(overloaded), 0.0)
+    assert proto.events() == []  # not a failure: it goes again
+    assert proto.next_frame(1.0) is None
+    proto.track("p3", "conversion", "text3")
+    assert drain(proto, 2.0) == ["text1", "text3"]  # the refused one first, then no pace
+
+
 def test_acks_are_cumulative_batched_and_delayed() -> None:
     proto = connected(ack_delay=0.5, ack_batch=3)
     proto.handled(11, 0.0)

@@ -1,9 +1,10 @@
 """A cluster node whose Redis goes away and comes back (docs/scaling.md, "Failures").
 
 The test stops the real redis-server under a running node: publishes are not
-acknowledged (HTTP: 503 with a clear error; WebSocket: held, the publisher's
-pong waits behind its publish), connections stay up, ``/health`` says why, and
-when redis-server is started again the node recovers by itself: the held publish
+acknowledged (HTTP: 503 with a clear error; WebSocket: held for the outage's first
+``UNREACHABLE_HOLD`` seconds, then refused with ``OVERLOADED`` and kept as
+refused), connections stay up, ``/health`` says why, and when redis-server is
+started again the node recovers by itself. A publish held across a short outage
 is stored once, acknowledged, and delivered.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from catsock.connection import UNREACHABLE_HOLD
 from tests.catsock.harness import CONVERSION, GatewayFactory, envelope
 from tests.catsock.test_delivery import ACKS, ACKS_RESUME, conversion, until_pong
 from tests.catsock.test_guard_gateway import wait_until
@@ -40,6 +42,7 @@ async def test_redis_down_refuses_publishes_keeps_connections_and_recovers(
             assert json.loads(await afad.recv_text())["message_id"] == "before"
 
             await redis.stop()
+            outage = trio.current_time()
             await wait_until(lambda: delivery.unavailable is not None)
             health = await http(node.port, "GET", "/health")
             assert health.status == 503
@@ -55,21 +58,31 @@ async def test_redis_down_refuses_publishes_keeps_connections_and_recovers(
 
             # Connections stay up: a recipient still answers pings.
             assert await until_pong(afad) == []
-            # A WebSocket publish is held, not acknowledged: the pong of the ping
-            # sent after it comes only after its answer.
+            # Past the first UNREACHABLE_HOLD seconds of the outage (the HTTP
+            # publish above waited 2 s), a WebSocket publish is refused, not held
+            # and never acknowledged; the publisher is read on, so its pong comes.
+            await trio.sleep_until(outage + UNREACHABLE_HOLD)
             await cats.send(conversion("during"))
             await cats.send({"type": "ping"})
+            error = await cats.recv()
+            assert error["type"] == "error", error
+            assert error["payload"]["error_code"] == "OVERLOADED"
+            assert error["payload"]["message_id"] == "during"
+            assert "event log is unreachable" in error["payload"]["error_message"]
+            assert (await cats.recv())["type"] == "pong"
+            # Kept among the refused events (the seed's clients never read errors).
+            assert node.gateway.stats.refused.get("OVERLOADED") == 2  # HTTP and WebSocket
 
             await redis.start()
-            during = await cats.recv()
-            assert during["type"] == "accepted", during
+            await wait_until(lambda: delivery.unavailable is None)
+            # Sent again, it is taken: once, after the event before the outage.
+            await cats.send(conversion("during"))
+            (during,) = await accepted(cats, 1)
             assert (during["message_id"], during["duplicate"]) == ("during", False)
             assert during["seq"] > before["seq"]
-            assert (await cats.recv())["type"] == "pong"
             got = json.loads(await afad.recv_text())
             assert (got["message_id"], got["seq"]) == ("during", during["seq"])
             assert await until_pong(afad) == []
 
-            await wait_until(lambda: delivery.unavailable is None)
             health = await http(node.port, "GET", "/health")
             assert health.status == 200, health.json()

@@ -3,9 +3,11 @@
 Two in-process nodes share a redis-server with AOF on. CATS streams 3,000 acked
 publishes into node A with ``catsock.client`` (outbox, acks) while a durable AFAD
 listens on node B. After 1,000 answers redis-server is stopped; both nodes notice,
-the outage lasts 5 s while the publisher keeps trying, then redis-server starts
-again on the same data. Every publish is answered, and AFAD ends with every one of
-them, in seq order, on the connection it had all along.
+the outage lasts 5 s while the publisher keeps trying (what node A holds for more
+than 2 s is refused with ``OVERLOADED``, and the client sends it again after
+``retry_after``), then redis-server starts again on the same data. Every publish
+is answered, and AFAD ends with every one of them, in seq order, on the
+connection it had all along.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ async def test_redis_down_5_s_under_load_loses_no_acked_event(
             await recipient.barrier()
             nursery.cancel_scope.cancel()
     assert noticed == [True]
+    # Publishes held past the first UNREACHABLE_HOLD seconds were refused
+    # (OVERLOADED) and the client sent them again once Redis was back.
+    assert a.gateway.stats.refused.get("OVERLOADED", 0) > 0
     assert at_stop[0] < total  # the outage came in the middle of the stream
     assert set(accepted) == set(ids)
     assert len({x.seq for x in accepted.values()}) == total  # one seq each

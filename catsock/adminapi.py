@@ -26,9 +26,12 @@ from protocol import ErrorCode, Principal, subscriptions_for
 
 from . import params
 from .entries import events_json
+from .eventlog import LogUnavailable
 from .lag import SORTS, read_aside
 from .ledger import explain, refusals
+from .refused_sink import refused_store
 from .transport.frontdoor import Request, Response, error_response, json_response
+from .views import cluster_snapshot, recent
 
 if TYPE_CHECKING:
     from .httpapi import Endpoint, HttpApi
@@ -60,6 +63,8 @@ class AdminApi:
         self.http = http
         self.gateway = http.gateway
         self._write_lock = trio.Lock()
+        #: The node's file, or in cluster mode the cluster's Redis (every node's).
+        self.refused = refused_store(self.gateway.config, self.gateway.shared_log)
         self.routes: dict[str, dict[str, Endpoint]] = {
             "/api/admin/recipients": {"GET": self._recipients},
             "/api/admin/ledger": {"GET": self._ledger},
@@ -117,7 +122,10 @@ class AdminApi:
             sort = params.choice(query, "sort", "lag_seconds", SORTS)
         except params.BadRequest as exc:
             return params.bad(str(exc))
-        rows = [dict(row) for row in await self.http.lag.refresh(0.0)]
+        try:
+            rows = [dict(row) for row in await self.http.lag.refresh(0.0)]
+        except LogUnavailable as exc:
+            return _unreachable(exc)
         rows.sort(key=SORTS[sort])
         for row in rows:
             row["lagging"] = row["lag_seconds"] is not None and row["lag_seconds"] > threshold
@@ -141,7 +149,21 @@ class AdminApi:
         if not message_id:
             return params.bad("send ?message_id=<the event's message_id>[&recipient=<token name>]")
         durable = self.gateway.config.delivery.durable_types
-        stories, refused = await self._read(_ledger_of, message_id, recipient, durable)
+        try:
+            if self.gateway.shared_log is None:
+                stories, refused = await self._read(_ledger_of, message_id, recipient, durable)
+            else:
+                snapshot = await cluster_snapshot(
+                    self.gateway.shared_log, self.refused, self.gateway.config.database, message_id
+                )
+                try:
+                    stories, refused = await trio.to_thread.run_sync(
+                        _ledger_of, snapshot, message_id, recipient, durable
+                    )
+                finally:
+                    snapshot.close()
+        except LogUnavailable as exc:
+            return _unreachable(exc)
         return json_response(
             200, {"message_id": message_id, "refusals": refused, "events": stories}
         )
@@ -158,7 +180,10 @@ class AdminApi:
         filters = {
             name: params.text(query, name) for name in ("reason", "identity", "message_id", "since")
         }
-        rows = await self._read(_list_refused, filters, limit)
+        try:
+            rows = await self.refused.find(limit=limit, **filters)
+        except LogUnavailable as exc:
+            return _unreachable(exc)
         return json_response(200, {"refused": rows})
 
     async def _connections(self, request: Request) -> Response:
@@ -238,9 +263,16 @@ class AdminApi:
             return params.bad(str(exc))
         now = self.gateway.wall_clock()
         channels = subscriptions_for(caller.client_type, caller.user_id)
+        shared = self.gateway.shared_log
         if not self.gateway.delivery.enabled:
             found: list[storage.Recent] = []
             more = False
+        elif shared is not None:
+            # Cluster mode: the shared log, so every node shows every node's events.
+            try:
+                found, more = await recent(shared, channels, now - seconds, limit, HISTORY_SCAN)
+            except LogUnavailable as exc:
+                return _unreachable(exc)
         else:
             found, more = await self._read(
                 storage.recent_events, channels, now - seconds, limit, HISTORY_SCAN
@@ -269,7 +301,10 @@ class AdminApi:
         id_ = body.get("id") if body is not None else None
         if not isinstance(id_, int) or isinstance(id_, bool):
             return params.bad('send {"id": <refused event id>}')
-        row = await self._read(storage.get_refused, id_)
+        try:
+            row = await self.refused.get(id_)
+        except LogUnavailable as exc:
+            return _unreachable(exc)
         if row is None:
             response = error_response(
                 404,
@@ -293,7 +328,7 @@ class AdminApi:
         else:
             result = str(answer.get("error_code", response.status))
         if row is not None:
-            gateway.log.record(
+            gateway.record_log(
                 storage.RefusedRetried(id_, gateway.wall_clock(), result, answer.get("seq"))
             )
         seq = answer.get("seq")
@@ -475,10 +510,8 @@ def _ledger_of(
     return stories, refusals(db, message_id)
 
 
-def _list_refused(
-    db: sqlite_utils.Database, filters: dict[str, str | None], limit: int
-) -> list[dict[str, Any]]:
-    return storage.list_refused(db, limit=limit, **filters)
+def _unreachable(exc: LogUnavailable) -> Response:
+    return error_response(503, ErrorCode.OVERLOADED, str(exc))
 
 
 def _list_audit(db: sqlite_utils.Database, limit: int) -> list[dict[str, Any]]:

@@ -266,8 +266,20 @@ async def _serve(config: Config, given: list[str], supervisor: int | None = None
 @main.command("config")
 @_config_option
 def show_config(config_path: str | None) -> None:
-    """Print the effective configuration as TOML."""
-    click.echo(to_toml(_load(config_path)))
+    """Print the effective configuration as TOML (passwords and secrets hidden).
+
+    In cluster mode, a last comment line says which Redis the node uses and
+    whether it answers now."""
+    config = _load(config_path)
+    click.echo(to_toml(config))
+    if config.cluster.redis:
+        from .cli_cluster import reachable, where
+
+        at, problem = where(config), reachable(config)
+        state = "reachable"
+        if problem is not None:
+            state = "NOT reachable: " + problem.removeprefix(f"cannot reach Redis at {at}: ")
+        click.echo(f"\n# cluster mode: Redis at {at}, {state}")
 
 
 @main.group()
@@ -469,8 +481,16 @@ def logs(
     limit: int,
     as_json: bool,
 ) -> None:
-    """Show recent connections or messages from the log, newest first."""
+    """Show recent connections or messages from the log, newest first.
+
+    In cluster mode too these are one node's: each node logs its own
+    connections and messages in its own file (the one named on stderr)."""
     config = _load(config_path, _flags(database=database))
+    if config.cluster.redis:
+        click.echo(
+            f"cluster mode: logs are each node's own; these are from {config.database} only",
+            err=True,
+        )
     db = _open(config_path, database)
     if connections:
         rows = storage.recent_connections(db, limit=limit, client_type=type_, identity=identity)
@@ -518,12 +538,16 @@ def ledger(
 ) -> None:
     """What happened to MESSAGE_ID: accepted, routed, written, acked, expired, dropped.
 
-    Exits 1 when the event log has no such message.
+    Exits 1 when the event log has no such message. In cluster mode it reads the
+    cluster's Redis (the shared log, ledger, cursors and refused events; tokens
+    from this node's file).
     """
     from .ledger import explain, refusals
 
     config = _load(config_path, _flags(database=database))
     db = _open(config_path, database)
+    if config.cluster.redis:
+        db = _cluster_snapshot(config, message_id)
     stories = explain(
         db, message_id, recipient=recipient, durable_types=config.delivery.durable_types
     )
@@ -548,6 +572,20 @@ def ledger(
             click.echo(f"  {name}:")
             for fact in facts:
                 click.echo(f"    {fact}")
+
+
+def _cluster_snapshot(config: Config, message_id: str) -> Any:
+    """What the cluster's Redis knows of ``message_id``, as a database ``explain`` reads."""
+    from .cli_cluster import on_redis, where
+    from .refused_sink import refused_store
+    from .views import cluster_snapshot
+
+    snapshot = on_redis(
+        config,
+        lambda log: cluster_snapshot(log, refused_store(config, log), config.database, message_id),
+    )
+    click.echo(f"cluster mode: the shared log at Redis {where(config)}", err=True)
+    return snapshot
 
 
 @main.command()

@@ -1,6 +1,7 @@
 """``python -m catsock refused``: list the events the gateway refused, retry one.
 
-Listing reads the database like ``logs`` and ``ledger``; a retry goes through a
+Listing reads the database like ``logs`` and ``ledger`` (in cluster mode the
+cluster's Redis, catsock/refused_store.py); a retry goes through a
 running gateway (``POST /api/refused/retry``), because only the gateway can
 number, route and deliver an event (docs/operations.md, "Refused events").
 """
@@ -19,7 +20,9 @@ import orjson
 
 import storage
 
-from .cli import _config_option, _database_option, _open, main
+from .cli import _config_option, _database_option, _flags, _load, _open, main
+from .cli_cluster import on_redis, where
+from .refused_sink import refused_store
 
 __all__ = ["refused"]
 
@@ -37,6 +40,11 @@ _COLUMNS = ("id", "at", "reason", "identity", "transport", "type", "message_id",
 @click.option("--message-id", help="Only this message_id.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with bodies.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Cluster mode: this node's file, not Redis (refusals kept while Redis was down).",
+)
 @click.pass_context
 def refused(
     ctx: click.Context,
@@ -48,20 +56,34 @@ def refused(
     message_id: str | None,
     limit: int,
     as_json: bool,
+    local: bool,
 ) -> None:
     """Events refused from publishers (rate limit, validation, rights, overload),
-    newest first. ``refused retry ID`` submits one again."""
+    newest first. ``refused retry ID`` submits one again. In cluster mode every
+    node's, from the cluster's Redis."""
     if ctx.invoked_subcommand is not None:
         return
+    filters = {
+        "since": None if since is None else _since(since),
+        "reason": reason,
+        "identity": identity,
+        "message_id": message_id,
+    }
+    config = _load(config_path, _flags(database=database))
     db = _open(config_path, database)
-    rows = storage.list_refused(
-        db,
-        since=None if since is None else _since(since),
-        reason=reason,
-        identity=identity,
-        message_id=message_id,
-        limit=limit,
-    )
+    if config.cluster.redis and not local:
+        rows = on_redis(config, lambda log: refused_store(config, log).find(limit=limit, **filters))
+        click.echo(f"refused events of every node, from Redis at {where(config)}", err=True)
+        kept = storage.list_refused(db, limit=1)
+        if kept:
+            # Refusals a node could not store in Redis stay in its own file.
+            click.echo(
+                f"this node's file {config.database} also keeps refused events (Redis was"
+                " unreachable when they were refused): --local lists them",
+                err=True,
+            )
+    else:
+        rows = storage.list_refused(db, limit=limit, **filters)
     if as_json:
         for row in rows:
             click.echo(orjson.dumps(row).decode())

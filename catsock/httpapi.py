@@ -10,6 +10,7 @@ throttled per client address (catsock/guard.py). Every error is JSON,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import secrets
@@ -38,6 +39,7 @@ from protocol.codec import json_object
 from . import metrics, params
 from .adminapi import AdminApi
 from .entries import events_json, keys_in_front
+from .eventlog import LogUnavailable
 from .lag import LagWatch
 from .refusals import refusal
 from .static_files import static_response
@@ -230,7 +232,8 @@ class HttpApi:
             return problem
 
     async def _get_metrics(self, request: Request) -> Response:
-        await self.lag.refresh(LAG_METRICS_AGE, patience=LAG_METRICS_PATIENCE)
+        with contextlib.suppress(LogUnavailable):  # cluster mode, Redis down: the last lag
+            await self.lag.refresh(LAG_METRICS_AGE, patience=LAG_METRICS_PATIENCE)
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
 
     # -- the API ---------------------------------------------------------------------
@@ -361,7 +364,7 @@ class HttpApi:
             max_body=gateway.codec.max_size,
         )
         if row is not None:
-            gateway.log.record(row)
+            gateway.record_log(row)
             gateway.stats.count_refused(row.reason)
 
     async def _publish(

@@ -22,6 +22,7 @@ import trio
 
 import storage
 
+from . import views
 from .delivery import durable_wants
 
 if TYPE_CHECKING:
@@ -108,43 +109,81 @@ class LagWatch:
         durable = gateway.config.delivery.durable_types
         now = gateway.wall_clock()
 
+        def positions_of(identity: str, stored: dict[str, int]) -> dict[str, int]:
+            return {
+                channel: max(seq, delivery.cursor(identity, channel) or 0)
+                for channel, seq in stored.items()
+            }
+
         def read(db: sqlite_utils.Database) -> list[LagRow]:
             rows = []
             credentials = {c.name: c for c in storage.list_tokens(db)}
             for identity, stored in durable_wants(db, durable).items():
-                positions = {
-                    channel: max(seq, delivery.cursor(identity, channel) or 0)
-                    for channel, seq in stored.items()
-                }
+                positions = positions_of(identity, stored)
                 behind = storage.behind(db, positions, identity, LAG_CAP)
                 ledger = storage.ledger_summary(db, identity)
-                credential = credentials[identity]
-                oldest = behind.oldest_at
-                rows.append(
-                    {
-                        "identity": identity,
-                        "client_type": credential.client_type,
-                        "user_id": credential.user_id,
-                        "cursor": min(positions.values()),
-                        "positions": positions,
-                        "lag_events": behind.events,
-                        "lag_capped": behind.capped,
-                        "lag_seconds": None if oldest is None else round(now - oldest, 3),
-                        "oldest_unacked_at": _iso(oldest),
-                        "last_ack_at": _iso(ledger.last_ack_at),
-                        "last_written_at": _iso(ledger.last_written_at),
-                        "redelivered": ledger.redelivered,
-                    }
-                )
+                rows.append(_row(credentials[identity], positions, behind, ledger, now))
             return rows
 
         if not delivery.enabled:
             return []
-        rows = await read_aside(gateway.config.database, read)
+        shared = gateway.shared_log
+        if shared is None:
+            rows = await read_aside(gateway.config.database, read)
+        else:
+            # Cluster mode: cursors, ledger and log are Redis's (catsock/views.py).
+            snapshot = await views.lag_snapshot(shared, gateway.config.database)
+            try:
+                credentials, wants, ledgers = await trio.to_thread.run_sync(
+                    _plan, snapshot, durable
+                )
+            finally:
+                snapshot.close()
+            rows = []
+            for identity, stored in wants.items():
+                positions = positions_of(identity, stored)
+                behind = await views.behind(shared, positions, identity, LAG_CAP)
+                rows.append(_row(credentials[identity], positions, behind, ledgers[identity], now))
         for row in rows:
             row["connections"] = gateway.connections_of(row["identity"])
             row["online"] = row["connections"] > 0
         return rows
+
+
+def _plan(
+    db: sqlite_utils.Database, durable: list[str]
+) -> tuple[
+    dict[str, storage.Credential], dict[str, dict[str, int]], dict[str, storage.LedgerSummary]
+]:
+    """From a cluster snapshot: the tokens, each durable recipient's stored
+    positions, and its ledger summary."""
+    wants = durable_wants(db, durable)
+    credentials = {c.name: c for c in storage.list_tokens(db)}
+    return credentials, wants, {i: storage.ledger_summary(db, i) for i in wants}
+
+
+def _row(
+    credential: storage.Credential,
+    positions: dict[str, int],
+    behind: storage.Behind,
+    ledger: storage.LedgerSummary,
+    now: float,
+) -> LagRow:
+    oldest = behind.oldest_at
+    return {
+        "identity": credential.name,
+        "client_type": credential.client_type,
+        "user_id": credential.user_id,
+        "cursor": min(positions.values()),
+        "positions": positions,
+        "lag_events": behind.events,
+        "lag_capped": behind.capped,
+        "lag_seconds": None if oldest is None else round(now - oldest, 3),
+        "oldest_unacked_at": _iso(oldest),
+        "last_ack_at": _iso(ledger.last_ack_at),
+        "last_written_at": _iso(ledger.last_written_at),
+        "redelivered": ledger.redelivered,
+    }
 
 
 def _iso(at: float | None) -> str | None:

@@ -53,6 +53,7 @@ from .httpapi import HttpApi
 from .hub import Hub
 from .jwtauth import JwtConfigError, JwtVerifier
 from .logsink import LogSink
+from .refused_sink import cluster_refusals
 from .services import ConnectionContext
 from .transport.frontdoor import Response, Upgrade, error_response
 from .transport.handshake import accept_response, check_upgrade
@@ -178,6 +179,11 @@ class Gateway:
         self.hub = Hub()
         #: Cluster mode: the event log every node shares (docs/scaling.md).
         self.shared_log = _shared_log(config)
+        #: Cluster mode: refused events go to the cluster's store (None: embedded,
+        #: the log writer keeps them in the node's file).
+        self.refusals = cluster_refusals(config, self.shared_log, self.log.record)
+        #: Where connections and the HTTP API record log rows (refusals included).
+        self.record_log = self.log.record if self.refusals is None else self.refusals.record
         self.delivery = Delivery(
             config.delivery,
             self.hub,
@@ -197,7 +203,7 @@ class Gateway:
             machine_config=self.machine_config,
             wall_clock=wall_clock,
             stats=self.stats,
-            record_log=self.log.record,
+            record_log=self.record_log,
             auth_timeout=config.auth_timeout,
             send_queue=limits.send_queue,
             send_queue_bytes=limits.send_queue_bytes,
@@ -275,6 +281,8 @@ class Gateway:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.log.run)
                     await nursery.start(self.delivery.run)
+                    if self.refusals is not None:
+                        await nursery.start(self.refusals.run)
                     nursery.start_soon(self._watch_credentials)
                     await nursery.start(self._accept, listeners, nursery)
                     task_status.started((host, port))
@@ -309,6 +317,8 @@ class Gateway:
             if self.connections:
                 await self._drained.wait()
             await self.delivery.flush()
+            if self.refusals is not None:
+                await self.refusals.flush()
             await self.log.flush()
         self._serve_scope.cancel()
 

@@ -18,7 +18,7 @@ cannot take events right now, or None). docs/scaling.md states what is shared.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
@@ -122,3 +122,29 @@ class SharedEventLog(EventLog, Protocol):
 
     async def probe(self) -> str | None:
         """Why the log cannot be reached (None: it answers); for start-up."""
+
+    # Reads for the console and the CLI (catsock/views.py), never on delivery's
+    # path. The embedded log needs none: its views query the SQLite file on
+    # connections of their own (catsock/lag.py ``read_aside``), as they always did.
+
+    async def recent(
+        self, channels: Collection[str], since: float, limit: int, scan: int
+    ) -> tuple[list[storage.Recent], bool]:
+        """As ``storage.recent_events``: ``GET /api/history``'s window."""
+
+    async def events_by_message_id(self, message_id: str) -> list[storage.EventRow]:
+        """As ``storage.events_by_message_id``, for the ledger's explanation."""
+
+    async def ledger_since(self, at: float, cap: int) -> list[storage.LedgerRow]:
+        """Ledger rows stored from about ``at`` (unix time) on, at most ``cap``."""
+
+    async def ledger_newest(self, count: int) -> list[storage.LedgerRow]:
+        """The newest ``count`` ledger rows, oldest first."""
+
+    async def cursors_all(self) -> dict[str, dict[str, int]]:
+        """Every identity's cursors, ``{identity: {channel: seq}}``."""
+
+    async def behind(
+        self, positions: Mapping[str, int], exclude_sender: str, cap: int, scan: int
+    ) -> storage.Behind:
+        """As ``storage.behind``, looking at no more than ``scan`` events."""

@@ -25,7 +25,7 @@ import functools
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import coredis
@@ -36,7 +36,7 @@ import trio
 import storage
 from catsock.config import ClusterConfig, redacted_url
 
-from . import Committed, LogUnavailable
+from . import Committed, LogUnavailable, reads
 from .packing import pack, seq_of, unpack
 from .retention import Retained, retain
 
@@ -126,8 +126,11 @@ class RedisEventLog:
         *,
         retention_rows: int,
         retention_days: float,
+        patient: bool = True,
     ) -> None:
         self._url = cluster.redis
+        # A gateway's reads wait for Redis to come back; a CLI's fail (LogUnavailable).
+        self._patient = patient
         self._timeout = cluster.timeout
         self._wait_replicas = cluster.wait_replicas
         self._wait_timeout_ms = cluster.wait_timeout_ms
@@ -336,15 +339,46 @@ class RedisEventLog:
         for channel, seq in positions.items():
             await self._guarded(functools.partial(self._redis().hsetnx, key, channel, seq))
 
+    # -- reads for the console and the CLI (catsock/eventlog/reads.py) --------------
+
+    async def recent(
+        self, channels: Collection[str], since: float, limit: int, scan: int
+    ) -> tuple[list[storage.Recent], bool]:
+        return await reads.recent(self, channels, since, limit, scan)
+
+    async def events_by_message_id(self, message_id: str) -> list[storage.EventRow]:
+        return await reads.events_by_message_id(self, message_id)
+
+    async def ledger_since(self, at: float, cap: int) -> list[storage.LedgerRow]:
+        return await reads.ledger_since(self, at, cap)
+
+    async def ledger_newest(self, count: int) -> list[storage.LedgerRow]:
+        return await reads.ledger_newest(self, count)
+
+    async def cursors_all(self) -> dict[str, dict[str, int]]:
+        return await reads.cursors_all(self)
+
+    async def behind(
+        self, positions: Mapping[str, int], exclude_sender: str, cap: int, scan: int
+    ) -> storage.Behind:
+        return await reads.behind(self, positions, exclude_sender, cap, scan)
+
+    async def guarded(self, request: Callable[[], Any]) -> Any:
+        """``request()`` as the log's own reads run it (``_guarded``)."""
+        return await self._guarded(request)
+
     async def _guarded(self, request: Callable[[], Any]) -> Any:
         """A read (or a login's cursor write): while Redis does not answer, it waits
-        and tries again, as a publish waits; a login or a catch-up resumes then."""
+        and tries again, as a publish waits; a login or a catch-up resumes then.
+        Not ``patient`` (the CLI's log): raises LogUnavailable instead."""
         while True:
             try:
                 with trio.fail_after(self._timeout + 1):
                     return await request()
             except _ERRORS as exc:
                 self._down(exc)
+                if not self._patient:
+                    raise LogUnavailable(self._problem) from None
             await trio.sleep(RECONNECT_DELAY)
 
     async def follow(

@@ -1,0 +1,85 @@
+"""The CLI against a cluster's Redis (``cluster.redis`` set): ``refused``,
+``ledger`` and ``config`` read the store every node shares, not the node's file.
+
+``on_redis`` opens the cluster's log for one command, with reads that fail
+rather than wait, and turns an unreachable Redis into a one-line error (exit 1),
+never a traceback or a command that hangs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+import trio
+
+from .config import Config, redacted_url
+from .eventlog import LogUnavailable
+
+if TYPE_CHECKING:
+    from .eventlog.redis import RedisEventLog
+
+__all__ = ["on_redis", "reachable", "where"]
+
+T = TypeVar("T")
+
+
+def _log(config: Config) -> RedisEventLog:
+    try:
+        from .eventlog.redis import RedisEventLog
+    except ImportError as exc:
+        raise click.ClickException(
+            f"cluster.redis is set but the Redis client is missing ({exc}):"
+            " pip install 'catsock[cluster]'"
+        ) from None
+    return RedisEventLog(
+        config.cluster,
+        retention_rows=config.delivery.retention_hard_rows,
+        retention_days=config.delivery.retention_days,
+        patient=False,
+    )
+
+
+def on_redis(config: Config, func: Callable[[RedisEventLog], Awaitable[T]]) -> T:
+    """``func(log)`` with the cluster's log open; exits 1 with a clear message if
+    Redis does not answer."""
+    log = _log(config)
+
+    async def run() -> T:
+        problem = await log.probe()
+        if problem is not None:
+            raise LogUnavailable(problem)
+        async with log.open():
+            return await func(log)
+
+    try:
+        return trio.run(run)
+    except BaseException as exc:
+        unreachable = _unreachable(exc)
+        if unreachable is None:
+            raise
+        raise click.ClickException(f"cluster.redis: {unreachable}") from None
+
+
+def reachable(config: Config) -> str | None:
+    """Why the cluster's Redis cannot be reached (None: it answers)."""
+    return trio.run(_log(config).probe)
+
+
+def where(config: Config) -> str:
+    """The cluster's Redis, printable (no password)."""
+    return redacted_url(config.cluster.redis)
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """The message of a ``LogUnavailable`` in ``exc`` (the Redis client's task
+    group may wrap it), else None."""
+    if isinstance(exc, LogUnavailable):
+        return str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _unreachable(inner)
+            if found is not None:
+                return found
+    return None

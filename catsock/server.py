@@ -22,6 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -56,6 +57,9 @@ from .services import ConnectionContext
 from .transport.frontdoor import Response, Upgrade, error_response
 from .transport.handshake import accept_response, check_upgrade
 from .transport.link import Link
+
+if TYPE_CHECKING:
+    from .eventlog.credentials import RedisCredentials
 
 __all__ = ["Gateway", "GatewayStats", "StartupError"]
 
@@ -161,13 +165,15 @@ class Gateway:
             raise StartupError(str(exc)) from None
         #: Cluster mode: the event log every node shares (docs/scaling.md).
         self.shared_log = _shared_log(config)
+        #: Cluster mode: the tokens every node shares (catsock/eventlog/credentials.py).
+        self.credential_store = _credential_store(config, self.shared_log)
         self.auth = Authenticator(
             config.database,
             shared_token=shared or None,
             shared_client_types=known_types,
             jwt=verifier,
             wall_clock=wall_clock,
-            source=_shared_credentials(config, self.shared_log),
+            source=_shared_credentials(config, self.credential_store),
         )
         self._log_db = storage.open_db(config.database)
         db_lock = trio.Lock()
@@ -740,15 +746,24 @@ def _shared_log(config: Config) -> SharedEventLog | None:
     )
 
 
-def _shared_credentials(config: Config, log: SharedEventLog | None) -> Credentials | None:
-    """Cluster mode's credential source: the store in ``log``'s Redis (None: embedded)."""
+def _credential_store(config: Config, log: SharedEventLog | None) -> RedisCredentials | None:
+    """Cluster mode's credential store, on ``log``'s Redis pool (None: embedded)."""
     if log is None:
         return None
-    from .eventlog.credentials import RedisCredentials, SharedCredentials
+    from .eventlog.credentials import RedisCredentials
     from .eventlog.redis import RedisEventLog
 
     assert isinstance(log, RedisEventLog)
-    return SharedCredentials(RedisCredentials.of(log, config.cluster.timeout), config.database)
+    return RedisCredentials.of(log, config.cluster.timeout)
+
+
+def _shared_credentials(config: Config, store: RedisCredentials | None) -> Credentials | None:
+    """The Authenticator's source in cluster mode (None: the SQLite file)."""
+    if store is None:
+        return None
+    from .eventlog.credentials import SharedCredentials
+
+    return SharedCredentials(store, config.database)
 
 
 def _socket_of(stream: trio.abc.Stream) -> socket.socket | None:

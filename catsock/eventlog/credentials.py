@@ -130,6 +130,8 @@ def _dump(row: storage.Credential) -> str:
 
 def _parse(text: str) -> storage.Credential:
     fields = orjson.loads(text)
+    if not isinstance(fields.get("name"), str) or not isinstance(fields.get("token_hash"), str):
+        raise TypeError("no name or token_hash")
     return storage.Credential(**{k: fields.get(k) for k in _FIELDS})
 
 
@@ -186,8 +188,15 @@ class RedisCredentials:
             return None
         if len(found) == 1:  # the store does not exist, and the caller knew one
             return CredentialSet("")
-        rows = tuple(sorted((_parse(t) for _, t in _pairs(found[1])), key=_order))
-        return CredentialSet(version, rows, dict(_pairs(found[2])))
+        rows = []
+        for name, text in _pairs(found[1]):
+            try:
+                rows.append(_parse(text))
+            except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                # Written by something else than catsock: skipped, not a crash.
+                logger.warning("credential store: skipped the malformed row %r: %s", name, exc)
+        rows.sort(key=_order)
+        return CredentialSet(version, tuple(rows), dict(_pairs(found[2])))
 
     async def create(self, row: storage.Credential) -> None:
         """Store a new credential; ``CredentialError`` if its name is taken."""
@@ -201,7 +210,10 @@ class RedisCredentials:
             text = await self._guarded(lambda client: client.hget(rows, name))
             if text is None:
                 return False
-            row = _parse(text)
+            try:
+                row = _parse(text)
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                raise storage.CredentialError(f"the stored row of {name!r} is malformed") from None
             if row.revoked_at is not None:
                 return False
             revoked = attrs.evolve(row, revoked_at=revoked_at)

@@ -18,6 +18,7 @@ import trio
 import storage
 from catsock.jwtauth import mint
 from tests.catsock.harness import Client, GatewayFactory, RunningGateway
+from tests.catsock.test_adminapi import call
 from tests.catsock.test_guard_gateway import wait_until
 from tests.catsock.test_serve import cli_env, run_cli
 from tests.cluster.nodes import cluster_nodes, shared_tokens
@@ -39,7 +40,7 @@ async def login(node: RunningGateway, token: str, client_type: str) -> dict[str,
 
 async def cut(client: Client, started: float, where: str) -> None:
     code = await client.closed_code()
-    print(f"{where}: closed {code} {time.monotonic() - started:.2f} s after the CLI returned")
+    print(f"{where}: closed {code} {time.monotonic() - started:.2f} s after the revoke returned")
     assert code == 1008
     assert client.ws.closed is not None
     assert client.ws.closed.reason == "token revoked"
@@ -211,3 +212,25 @@ async def test_a_node_imports_its_local_tokens_into_an_empty_store(
     assert any("second-only" in r.getMessage() for r in caplog.records)  # told, not imported
     more = await shared_tokens(redis, {"later": "CATS"})
     assert more["later"].startswith("cs_")
+
+
+async def test_the_console_creates_on_one_node_and_revokes_on_the_other(
+    start_gateway: GatewayFactory, redis: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await cluster_nodes(start_gateway, redis, tmp_path)
+    admin = a.tokens["dashboard"]  # a DASHBOARD token bound to no user is an admin
+    with trio.fail_after(60):
+        body = {"name": "console-afad", "client_type": "AFAD"}
+        reply = await call(a, admin, "POST", "/api/admin/tokens", body)
+        assert reply.status == 201, reply.body
+        a.tokens["console-afad"] = b.tokens["console-afad"] = reply.json()["token"]
+        listed = await call(b, admin, "GET", "/api/admin/tokens")
+        assert "console-afad" in {t["name"] for t in listed.json()["tokens"]}
+        async with a.client("AFAD", "console-afad") as on_a:
+            revoke = {"name": "console-afad"}
+            reply = await call(b, admin, "POST", "/api/admin/tokens/revoke", revoke)
+            assert reply.status == 200, reply.body
+            started = time.monotonic()
+            await cut(on_a, started, "node a")
+        reply = await call(a, admin, "POST", "/api/admin/tokens/revoke", {"name": "console-afad"})
+        assert reply.status == 404

@@ -129,10 +129,14 @@ def _dump(row: storage.Credential) -> str:
 
 
 def _parse(text: str) -> storage.Credential:
+    """A stored row; ``ValueError`` if it is not one catsock wrote."""
     fields = orjson.loads(text)
-    if not isinstance(fields.get("name"), str) or not isinstance(fields.get("token_hash"), str):
-        raise TypeError("no name or token_hash")
-    return storage.Credential(**{k: fields.get(k) for k in _FIELDS})
+    if not isinstance(fields, dict) or not all(
+        isinstance(fields.get(k), str) for k in ("name", "client_type", "token_hash")
+    ):
+        raise ValueError("not a credential row")
+    values: dict[str, Any] = {k: fields.get(k) for k in _FIELDS}
+    return storage.Credential(**values)
 
 
 def _pairs(flat: list[Any]) -> Iterable[tuple[str, str]]:
@@ -192,7 +196,7 @@ class RedisCredentials:
         for name, text in _pairs(found[1]):
             try:
                 rows.append(_parse(text))
-            except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            except ValueError as exc:  # orjson's JSONDecodeError is one too
                 # Written by something else than catsock: skipped, not a crash.
                 logger.warning("credential store: skipped the malformed row %r: %s", name, exc)
         rows.sort(key=_order)
@@ -212,7 +216,7 @@ class RedisCredentials:
                 return False
             try:
                 row = _parse(text)
-            except (orjson.JSONDecodeError, AttributeError, TypeError):
+            except ValueError:
                 raise storage.CredentialError(f"the stored row of {name!r} is malformed") from None
             if row.revoked_at is not None:
                 return False

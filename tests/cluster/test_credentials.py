@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import coredis
 import pytest
 import trio
 
@@ -21,7 +22,7 @@ from tests.catsock.harness import Client, GatewayFactory, RunningGateway
 from tests.catsock.test_adminapi import call
 from tests.catsock.test_guard_gateway import wait_until
 from tests.catsock.test_serve import cli_env, run_cli
-from tests.cluster.nodes import cluster_nodes, shared_tokens
+from tests.cluster.nodes import cluster_nodes
 from tests.cluster.redisserver import RedisServer
 
 SECRET = "s" * 40
@@ -196,7 +197,7 @@ async def test_a_node_imports_its_local_tokens_into_an_empty_store(
         db.close()
     db = storage.open_db(second)
     try:
-        storage.create_token(db, name="second-only", client_type="CATS")
+        second_only = storage.create_token(db, name="second-only", client_type="CATS")
     finally:
         db.close()
     cluster = {"redis": redis.url}
@@ -207,11 +208,18 @@ async def test_a_node_imports_its_local_tokens_into_an_empty_store(
             reply = await login(node, old, "AFAD")
             assert reply["type"] == "auth_success", reply
         listed = await run_cli("token", "list", cwd=tmp_path, env=cli(tmp_path, redis))
-    names = {line.split()[0] for line in listed.out.splitlines()[1:]}
-    assert names == {"old-afad", "gone"}  # the revoked row too: names stay taken
-    assert any("second-only" in r.getMessage() for r in caplog.records)  # told, not imported
-    more = await shared_tokens(redis, {"later": "CATS"})
-    assert more["later"].startswith("cs_")
+        names = {line.split()[0] for line in listed.out.splitlines()[1:]}
+        assert names == {"old-afad", "gone"}  # the revoked row too: names stay taken
+        assert any("second-only" in r.getMessage() for r in caplog.records)  # told
+        env = cli_env(second, CATSOCK_CLUSTER__REDIS=redis.url)
+        imported = await run_cli("token", "import", cwd=tmp_path, env=env)
+        assert imported.code == 0, imported
+        assert "1 new in the cluster's store" in imported.err
+        reply = await login(a, second_only, "CATS")
+        assert reply["type"] == "auth_success", reply
+        embedded = await run_cli("token", "import", cwd=tmp_path, env=cli_env(second))
+        assert embedded.code == 1
+        assert "set cluster.redis" in embedded.err
 
 
 async def test_the_console_creates_on_one_node_and_revokes_on_the_other(
@@ -234,3 +242,31 @@ async def test_the_console_creates_on_one_node_and_revokes_on_the_other(
             await cut(on_a, started, "node a")
         reply = await call(a, admin, "POST", "/api/admin/tokens/revoke", {"name": "console-afad"})
         assert reply.status == 404
+
+
+async def test_a_malformed_row_in_the_store_is_skipped_and_the_rest_still_works(
+    start_gateway: GatewayFactory,
+    redis: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (node,) = await cluster_nodes(start_gateway, redis, tmp_path, count=1)
+    env = cli(tmp_path, redis)
+    with trio.fail_after(60):
+        async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+            await client.hset("{catsock}:credentials", {"junk": "not json", "odd": "[1, 2]"})
+        made = await run_cli(
+            "token", "create", "--client-type", "CATS", "--name", "after", cwd=tmp_path, env=env
+        )
+        assert made.code == 0, made
+        reply = await login(node, made.out.strip(), "CATS")
+        assert reply["type"] == "auth_success", reply
+        reply = await login(node, node.tokens["afad"], "AFAD")
+        assert reply["type"] == "auth_success", reply
+        revoke = await run_cli("token", "revoke", "junk", cwd=tmp_path, env=env)
+        assert revoke.code == 1
+        assert "malformed" in revoke.err
+        assert "Traceback" not in revoke.err
+    skipped = [r.getMessage() for r in caplog.records if "malformed row" in r.getMessage()]
+    assert any("'junk'" in m for m in skipped)
+    assert any("'odd'" in m for m in skipped)

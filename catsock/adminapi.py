@@ -25,6 +25,7 @@ import storage
 from protocol import ErrorCode, Principal, subscriptions_for
 
 from . import params
+from .auth import CredentialsUnavailable
 from .entries import events_json
 from .eventlog import LogUnavailable
 from .lag import SORTS, read_aside
@@ -219,7 +220,15 @@ class AdminApi:
         limit = await self._listing(request)
         if isinstance(limit, Response):
             return limit
-        tokens = await self._read(storage.list_tokens)
+        store = self.gateway.credential_store
+        try:
+            tokens = (
+                await self._read(storage.list_tokens)
+                if store is None
+                else list(getattr(await store.load(), "rows", ()))
+            )
+        except CredentialsUnavailable as exc:
+            return _store_down(exc)
         rows = [
             {
                 "name": t.name,
@@ -372,17 +381,30 @@ class AdminApi:
             return params.bad("publish_only must be true or false")
         if not isinstance(name, str) or not isinstance(client_type, str):
             return params.bad("name and client_type must be strings")
+        store = self.gateway.credential_store
         try:
-            token = await self._write(
-                lambda db: storage.create_token(
-                    db,
+            if store is None:
+                token = await self._write(
+                    lambda db: storage.create_token(
+                        db,
+                        name=name,
+                        client_type=client_type,
+                        user_id=user_id or None,
+                        publish_only=publish_only,
+                        now=self.gateway.wall_clock(),
+                    )
+                )
+            else:  # cluster mode: in the store every node reads
+                token, row = storage.new_credential(
                     name=name,
                     client_type=client_type,
                     user_id=user_id or None,
                     publish_only=publish_only,
                     now=self.gateway.wall_clock(),
                 )
-            )
+                await store.create(row)
+        except CredentialsUnavailable as exc:
+            return _store_down(exc)
         except storage.CredentialError as exc:
             result = str(exc)
             await self._audit_write(caller, request, "create_token", name[:64], "", result)
@@ -411,7 +433,16 @@ class AdminApi:
         if not isinstance(name, str) or not name:
             return params.bad('send {"name": <token name>}')
         now = self.gateway.wall_clock()
-        revoked = await self._write(lambda db: storage.revoke_token(db, name, now))
+        store = self.gateway.credential_store
+        try:
+            if store is None:
+                revoked = await self._write(lambda db: storage.revoke_token(db, name, now))
+            else:  # cluster mode: the other nodes cut it at their next poll
+                revoked = await store.revoke(name, storage.iso(now))
+        except CredentialsUnavailable as exc:
+            return _store_down(exc)
+        except storage.CredentialError as exc:
+            return error_response(400, ErrorCode.INVALID_MESSAGE, str(exc))
         if not revoked:
             await self._audit_write(caller, request, "revoke", name[:64], "", "not found")
             return error_response(
@@ -516,6 +547,11 @@ def _unreachable(exc: LogUnavailable) -> Response:
 
 def _list_audit(db: sqlite_utils.Database, limit: int) -> list[dict[str, Any]]:
     return storage.list_audit(db, limit=limit)
+
+
+def _store_down(exc: CredentialsUnavailable) -> Response:
+    """Cluster mode, Redis not answering: nothing was changed."""
+    return error_response(503, ErrorCode.OVERLOADED, f"the token store is unreachable: {exc}")
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -1,13 +1,23 @@
-"""Token checks for the gateway, served from memory and kept fresh from SQLite.
+"""Token checks for the gateway, served from memory and kept fresh from their store.
 
 The active credentials are held in memory so an auth never waits on the
-database. ``PRAGMA data_version`` tells cheaply when another process (the
+database. They come from a ``Credentials`` source: embedded, the SQLite file
+(``SqliteCredentials``); in cluster mode, Redis (catsock/eventlog/credentials.py).
+
+SQLite: ``PRAGMA data_version`` tells cheaply when another process (the
 ``token`` CLI) changed the table; then the set is reloaded off the event loop.
 Every check (``verify``, ``identify``) first makes sure that any change committed
 before it was loaded (``sync``: one cheap ``data_version`` read off the event
 loop, shared by concurrent callers), so a token created a moment ago works at
-once and a revoked one is refused at once. If the database cannot be read, the
-credentials already in memory are used.
+once and a revoked one is refused at once.
+
+Cluster mode (a ``followed`` source): the gateway's watcher reloads the set when
+the store's version moved (every ``CLUSTER_CREDENTIAL_REFRESH``, catsock/server.py),
+so a check costs no round trip to Redis; only a token not in memory makes the
+check look again first (a token created a moment ago works at once).
+
+If the store cannot be read (``CREDENTIALS_UNAVAILABLE``), the credentials
+already in memory are used.
 
 With ``[jwt]`` configured (``jwt``: a ``JwtVerifier``), a token shaped like a JWT
 is checked as one (catsock/jwtauth.py) and its ``jti`` against the deny-list
@@ -25,6 +35,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Set
+from typing import Protocol
 
 import attrs
 import trio
@@ -34,7 +45,14 @@ from protocol import Principal
 
 from .jwtauth import MAX_TOKEN_LENGTH, JwtRefusal, JwtVerifier, looks_like_jwt
 
-__all__ = ["AuthRefusal", "Authenticator"]
+__all__ = [
+    "CREDENTIALS_UNAVAILABLE",
+    "AuthRefusal",
+    "Authenticator",
+    "Credentials",
+    "CredentialsUnavailable",
+    "SqliteCredentials",
+]
 
 logger = logging.getLogger("catsock.auth")
 
@@ -55,6 +73,71 @@ class AuthRefusal:
 _INVALID = AuthRefusal()
 
 
+class CredentialsUnavailable(Exception):
+    """The credential store cannot be read now (cluster mode: Redis does not answer)."""
+
+
+#: What a source raises when it cannot be read; the credentials in memory stay in use.
+CREDENTIALS_UNAVAILABLE = (sqlite3.Error, CredentialsUnavailable)
+
+#: The active credentials by token hash, and the JWT deny-list.
+Loaded = tuple[dict[str, storage.Credential], frozenset[str]]
+
+
+class Credentials(Protocol):
+    """Where the Authenticator's credentials come from."""
+
+    #: True: the gateway's watcher keeps the set current, so a check does not look
+    #: for changes first (only for a token it does not know).
+    followed: bool
+
+    def unchanged(self) -> bool:
+        """Cheap, on the event loop: nothing changed since the last ``reload``."""
+
+    async def reload(self) -> Loaded | None:
+        """The set, if it may have changed since the last call (else None).
+        Raises one of ``CREDENTIALS_UNAVAILABLE``."""
+
+    def close(self) -> None: ...
+
+
+class SqliteCredentials:
+    """The embedded source: the ``credentials`` and ``revoked_jtis`` tables."""
+
+    followed = False
+
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+        self._db = storage.open_db(db_path)
+        self._version: int | None = None
+
+    def unchanged(self) -> bool:
+        """Nothing was committed since the last load: ``PRAGMA data_version``, read on
+        the event loop. It is a look at the WAL index in shared memory, microseconds
+        and no lock to wait for; a login then needs no worker thread (the round trip
+        was most of an auth's cost in a connection storm, issue 10). Only while no
+        reload is using the connection."""
+        try:
+            return storage.data_version(self._db) == self._version
+        except sqlite3.Error:
+            return False
+
+    async def reload(self) -> Loaded | None:
+        return await trio.to_thread.run_sync(self._reload)
+
+    def _reload(self) -> Loaded | None:
+        version = storage.data_version(self._db)
+        if version == self._version:
+            return None
+        with self._db.atomic():  # one snapshot of both tables
+            active = storage.load_active(self._db)
+            revoked = storage.load_revoked_jtis(self._db)
+        self._version = version
+        return active, revoked
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class Authenticator:
     def __init__(
         self,
@@ -64,36 +147,43 @@ class Authenticator:
         shared_client_types: Set[str] = frozenset(),
         jwt: JwtVerifier | None = None,
         wall_clock: Callable[[], float] = time.time,
+        source: Credentials | None = None,
     ) -> None:
+        """``source``: where the credentials come from (default: the SQLite file
+        ``db_path``)."""
         if shared_token is not None and len(shared_token) < MIN_SHARED_TOKEN_LENGTH:
             raise ValueError(
                 f"the shared token must be at least {MIN_SHARED_TOKEN_LENGTH} characters"
             )
-        self._db = storage.open_db(db_path)
+        self._source = source if source is not None else SqliteCredentials(db_path)
+        self._failing = False
         self._shared = shared_token
         self._shared_types = shared_client_types
         self.jwt = jwt
         self.wall_clock = wall_clock
         self._active: dict[str, storage.Credential] = {}
         self._revoked_jtis: frozenset[str] = frozenset()
-        self._version: int | None = None
         self._lock = trio.Lock()
         # The check that callers arriving now will share: not started yet (its owner
         # waits for the lock); None: the next caller starts one.
         self._next: trio.Event | None = None
 
     async def refresh(self) -> bool:
-        """Reload the credentials if the table may have changed; True if it did.
+        """Reload the credentials if the store may have changed; True if it did.
 
-        Raises ``sqlite3.Error`` if the database cannot be read."""
+        Raises one of ``CREDENTIALS_UNAVAILABLE`` if the store cannot be read."""
         async with self._lock:
             return await self._check()
 
-    async def sync(self) -> None:
-        """Return once every change committed before this call is loaded. Callers
-        that arrive together share one check; a database error is logged (DEBUG)
-        and the credentials in memory stay in use."""
-        if self._next is None and not self._lock.locked() and self._unchanged():
+    async def sync(self, *, fresh: bool = False) -> None:
+        """Return once every change committed before this call is loaded (a
+        ``followed`` source: at once, unless ``fresh``). Callers that arrive
+        together share one check; a store error is logged (DEBUG) and the
+        credentials in memory stay in use."""
+        if not fresh and (
+            self._source.followed
+            or (self._next is None and not self._lock.locked() and self._source.unchanged())
+        ):
             return
         ticket = self._next
         if ticket is not None:
@@ -110,34 +200,21 @@ class Authenticator:
                 self._next = None
                 try:
                     await self._check()
-                except sqlite3.Error as exc:
+                except CREDENTIALS_UNAVAILABLE as exc:
                     logger.debug("credential check failed, using the cached set: %s", exc)
                 finally:
                     ticket.set()
 
-    def _unchanged(self) -> bool:
-        """Nothing was committed since the last load: ``PRAGMA data_version``, read on
-        the event loop. It is a look at the WAL index in shared memory, microseconds
-        and no lock to wait for; a login then needs no worker thread (the round trip
-        was most of an auth's cost in a connection storm, issue 10). Only while no
-        reload is using the connection."""
-        try:
-            return storage.data_version(self._db) == self._version
-        except sqlite3.Error:
-            return False
-
     async def _check(self) -> bool:
-        return await trio.to_thread.run_sync(self._reload)
-
-    def _reload(self) -> bool:
-        version = storage.data_version(self._db)
-        if version == self._version:
+        try:
+            loaded = await self._source.reload()
+        except CREDENTIALS_UNAVAILABLE:
+            self._failing = True
+            raise
+        self._failing = False
+        if loaded is None:
             return False
-        with self._db.atomic():  # one snapshot of both tables
-            active = storage.load_active(self._db)
-            revoked = storage.load_revoked_jtis(self._db)
-        self._active, self._revoked_jtis = active, revoked
-        self._version = version
+        self._active, self._revoked_jtis = loaded
         return True
 
     async def check(
@@ -155,6 +232,16 @@ class Authenticator:
         if self.jwt is not None and looks_like_jwt(token):
             return self._check_jwt(self.jwt, token, client_type)
         credential = storage.verify(self._active, token)
+        if (
+            credential is None
+            and self._source.followed
+            and not self._failing
+            and not self.is_shared(token)
+        ):
+            # Perhaps created on another node a moment ago: look once (an outage
+            # skips this, so unknown tokens cannot make logins wait on Redis).
+            await self.sync(fresh=True)
+            credential = storage.verify(self._active, token)
         if credential is not None:
             if client_type is not None and credential.client_type != client_type:
                 return _INVALID
@@ -230,4 +317,4 @@ class Authenticator:
         return bool(self._active) or self._shared is not None or self.jwt is not None
 
     def close(self) -> None:
-        self._db.close()
+        self._source.close()

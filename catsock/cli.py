@@ -16,8 +16,8 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -26,6 +26,9 @@ import trio
 import storage
 
 from .config import Config, ConfigError, load_config, to_toml
+
+if TYPE_CHECKING:
+    from .eventlog.credentials import RedisCredentials
 
 __all__ = ["main"]
 
@@ -284,7 +287,40 @@ def show_config(config_path: str | None) -> None:
 
 @main.group()
 def token() -> None:
-    """Create, list and revoke client tokens."""
+    """Create, list and revoke client tokens (in cluster mode, in the cluster's Redis)."""
+
+
+T = TypeVar("T")
+
+
+def _in_cluster(config: Config, work: Callable[[RedisCredentials], Awaitable[T]]) -> T:
+    """Run ``work(store)`` against the cluster's credential store (cluster.redis);
+    Redis unreachable is a one-line error."""
+    from .auth import CredentialsUnavailable
+
+    try:
+        from .eventlog.credentials import open_credentials
+    except ImportError as exc:
+        raise click.ClickException(
+            f"cluster.redis is set but the Redis client is missing ({exc}):"
+            " pip install 'catsock[cluster]'"
+        ) from None
+
+    async def run() -> T:
+        async with open_credentials(config.cluster) as store:
+            return await work(store)
+
+    try:
+        return trio.run(run)
+    except Exception as exc:
+        # The Redis client's task group wraps what its body raises.
+        while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if isinstance(exc, CredentialsUnavailable):
+            raise click.ClickException(f"cluster.redis: {exc}") from None
+        if isinstance(exc, storage.CredentialError):
+            raise click.ClickException(str(exc)) from None
+        raise
 
 
 def _open(config_path: str | None, database: str | None) -> Any:
@@ -343,16 +379,26 @@ def token_create(
     expires_in: float | None,
 ) -> None:
     """Create a token and print it once (only its hash is stored)."""
-    db = _open(config_path, database)
+    config = _load(config_path, _flags(database=database))
     try:
-        plain = storage.create_token(
-            db,
-            name=name,
-            client_type=client_type,
-            user_id=user_id,
-            publish_only=publish_only,
-            expires_in=expires_in,
-        )
+        if config.cluster.redis:
+            plain, row = storage.new_credential(
+                name=name,
+                client_type=client_type,
+                user_id=user_id,
+                publish_only=publish_only,
+                expires_in=expires_in,
+            )
+            _in_cluster(config, lambda store: store.create(row))
+        else:
+            plain = storage.create_token(
+                _open(config_path, database),
+                name=name,
+                client_type=client_type,
+                user_id=user_id,
+                publish_only=publish_only,
+                expires_in=expires_in,
+            )
     except storage.CredentialError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(plain)
@@ -367,7 +413,16 @@ def token_create(
 @_database_option
 def token_list(config_path: str | None, database: str | None) -> None:
     """List tokens (names and types; never the tokens themselves)."""
-    rows = storage.list_tokens(_open(config_path, database))
+    config = _load(config_path, _flags(database=database))
+    if config.cluster.redis:
+
+        async def load(store: RedisCredentials) -> list[storage.Credential]:
+            found = await store.load()
+            return [] if found is None else list(found.rows)
+
+        rows = _in_cluster(config, load)
+    else:
+        rows = storage.list_tokens(_open(config_path, database))
     click.echo(
         f"{'NAME':<24} {'TYPE':<10} {'USER':<10} {'CREATED':<25} {'REVOKED':<25} "
         f"{'RECEIVES':<8} EXPIRES"
@@ -392,18 +447,54 @@ def token_revoke(
     connections within seconds and refuses them from then on."""
     if (name is None) == (jti is None):
         raise click.UsageError("name a token, or give --jti (not both)")
-    db = _open(config_path, database)
+    config = _load(config_path, _flags(database=database))
+    cluster = bool(config.cluster.redis)
+    now = storage.iso(time.time())
     if jti is not None:
         try:
-            added = storage.revoke_jti(db, jti)
+            if cluster:
+                added = _in_cluster(config, lambda store: store.revoke_jti(jti, now))
+            else:
+                added = storage.revoke_jti(_open(config_path, database), jti)
         except storage.CredentialError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"revoked jti {jti}" if added else f"jti {jti} was revoked already", err=True)
         return
     assert name is not None
-    if not storage.revoke_token(db, name):
+    if cluster:
+        revoked = _in_cluster(config, lambda store: store.revoke(name, now))
+    else:
+        revoked = storage.revoke_token(_open(config_path, database), name)
+    if not revoked:
         raise click.ClickException(f"no active token named {name!r}")
     click.echo(f"revoked {name}", err=True)
+
+
+@token.command("import")
+@_config_option
+@_database_option
+def token_import(config_path: str | None, database: str | None) -> None:
+    """Cluster mode: copy the tokens and revoked JWT ids of a node's SQLite file
+    (--db) into the cluster's store; names the store knows already stay as they are."""
+    config = _load(config_path, _flags(database=database))
+    if not config.cluster.redis:
+        raise click.ClickException(
+            "token import copies into the cluster's store: set cluster.redis"
+            " (CATSOCK_CLUSTER__REDIS)"
+        )
+    db = _open(config_path, database)
+    try:
+        rows, jtis = storage.list_tokens(db), storage.list_revoked_jtis(db)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read {config.database!r}: {exc}") from None
+    finally:
+        db.close()
+    added = _in_cluster(config, lambda store: store.import_rows(rows, jtis, only_if_empty=False))
+    click.echo(
+        f"{added} new in the cluster's store, of the {len(rows)} token(s) and"
+        f" {len(jtis)} revoked jti(s) of {config.database}",
+        err=True,
+    )
 
 
 @token.command("jwt")

@@ -19,10 +19,10 @@ import math
 import os
 import secrets
 import socket
-import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -43,7 +43,7 @@ from protocol import messages as m
 from storage.backup import DatabaseHeld
 from storage.backup import hold as hold_database
 
-from .auth import Authenticator, AuthRefusal
+from .auth import CREDENTIALS_UNAVAILABLE, Authenticator, AuthRefusal, Credentials
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
 from .delivery import PRIORITY_NAMES, Delivery
@@ -59,12 +59,18 @@ from .transport.frontdoor import Response, Upgrade, error_response
 from .transport.handshake import accept_response, check_upgrade
 from .transport.link import Link
 
+if TYPE_CHECKING:
+    from .eventlog.credentials import RedisCredentials
+
 __all__ = ["Gateway", "GatewayStats", "StartupError"]
 
 logger = logging.getLogger("catsock.server")
 
 HANDSHAKE_TIMEOUT = 10.0
 CREDENTIAL_REFRESH = 2.0
+#: Cluster mode polls the credential store's version this often, so a token
+#: revoked on any node is cut on every node within about this long.
+CLUSTER_CREDENTIAL_REFRESH = 0.5
 #: Identities whose rate-limit bucket is remembered after they disconnect, so
 #: reconnecting is no way around the limiter.
 MAX_REMEMBERED_BUCKETS = 10_000
@@ -158,12 +164,17 @@ class Gateway:
                 verifier = JwtVerifier(config.jwt, wall_clock=wall_clock)
         except JwtConfigError as exc:
             raise StartupError(str(exc)) from None
+        #: Cluster mode: the event log every node shares (docs/scaling.md).
+        self.shared_log = _shared_log(config)
+        #: Cluster mode: the tokens every node shares (catsock/eventlog/credentials.py).
+        self.credential_store = _credential_store(config, self.shared_log)
         self.auth = Authenticator(
             config.database,
             shared_token=shared or None,
             shared_client_types=known_types,
             jwt=verifier,
             wall_clock=wall_clock,
+            source=_shared_credentials(config, self.credential_store),
         )
         self._log_db = storage.open_db(config.database)
         db_lock = trio.Lock()
@@ -177,8 +188,6 @@ class Gateway:
             wall_clock=wall_clock,
         )
         self.hub = Hub()
-        #: Cluster mode: the event log every node shares (docs/scaling.md).
-        self.shared_log = _shared_log(config)
         #: Cluster mode: refused events go to the cluster's store (None: embedded,
         #: the log writer keeps them in the node's file).
         self.refusals = cluster_refusals(config, self.shared_log, self.log.record)
@@ -269,8 +278,9 @@ class Gateway:
         if self._ssl_context is not None:
             context = self._ssl_context
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
-        await self.auth.refresh()
-        if self.shared_log is not None:
+        if self.shared_log is None:
+            await self.auth.refresh()
+        else:
             problem = await self.shared_log.probe()
             if problem is not None:
                 raise StartupError(f"cluster.redis: {problem}")
@@ -283,6 +293,8 @@ class Gateway:
                     await nursery.start(self.delivery.run)
                     if self.refusals is not None:
                         await nursery.start(self.refusals.run)
+                    if self.shared_log is not None:
+                        await self._load_shared_credentials()
                     nursery.start_soon(self._watch_credentials)
                     await nursery.start(self._accept, listeners, nursery)
                     task_status.started((host, port))
@@ -334,23 +346,32 @@ class Gateway:
             ) from None
         return context
 
+    async def _load_shared_credentials(self) -> None:
+        """Cluster mode: the tokens come from Redis, which is open once delivery runs."""
+        try:
+            await self.auth.refresh()
+        except CREDENTIALS_UNAVAILABLE as exc:
+            raise StartupError(f"cluster.redis: cannot read the tokens: {exc}") from None
+
     async def _watch_credentials(self) -> None:
         """Pick up tokens created or revoked by the CLI; revoked ones are cut off.
 
-        A database that cannot be read is logged once per outage and tried again
-        every ``CREDENTIAL_REFRESH`` seconds; the tokens in memory stay in use."""
+        A store that cannot be read is logged once per outage and tried again
+        every ``CREDENTIAL_REFRESH`` seconds (cluster mode:
+        ``CLUSTER_CREDENTIAL_REFRESH``); the tokens in memory stay in use."""
         failing = False
         while True:
-            await trio.sleep(CREDENTIAL_REFRESH)
+            interval = CREDENTIAL_REFRESH if self.shared_log is None else CLUSTER_CREDENTIAL_REFRESH
+            await trio.sleep(interval)
             try:
                 changed = await self.auth.refresh()
-            except sqlite3.Error as exc:
+            except CREDENTIALS_UNAVAILABLE as exc:
                 if not failing:
                     logger.warning(
                         "cannot read the tokens (%s); trying again every %gs, "
                         "with the tokens read before",
                         exc,
-                        CREDENTIAL_REFRESH,
+                        interval,
                     )
                 failing = True
                 continue
@@ -733,6 +754,26 @@ def _shared_log(config: Config) -> SharedEventLog | None:
         retention_rows=config.delivery.retention_hard_rows,
         retention_days=config.delivery.retention_days,
     )
+
+
+def _credential_store(config: Config, log: SharedEventLog | None) -> RedisCredentials | None:
+    """Cluster mode's credential store, on ``log``'s Redis pool (None: embedded)."""
+    if log is None:
+        return None
+    from .eventlog.credentials import RedisCredentials
+    from .eventlog.redis import RedisEventLog
+
+    assert isinstance(log, RedisEventLog)
+    return RedisCredentials.of(log, config.cluster.timeout)
+
+
+def _shared_credentials(config: Config, store: RedisCredentials | None) -> Credentials | None:
+    """The Authenticator's source in cluster mode (None: the SQLite file)."""
+    if store is None:
+        return None
+    from .eventlog.credentials import SharedCredentials
+
+    return SharedCredentials(store, config.database)
 
 
 def _socket_of(stream: trio.abc.Stream) -> socket.socket | None:

@@ -23,13 +23,16 @@ from storage.db import iso
 __all__ = [
     "Credential",
     "CredentialError",
+    "check_jti",
     "create_token",
     "data_version",
     "generate_token",
     "hash_token",
+    "list_revoked_jtis",
     "list_tokens",
     "load_active",
     "load_revoked_jtis",
+    "new_credential",
     "revoke_jti",
     "revoke_token",
     "verify",
@@ -88,6 +91,36 @@ def _row_to_credential(
     return Credential(*row[:6], publish_only=bool(row[6]), expires_at=row[7])
 
 
+def new_credential(
+    *,
+    name: str,
+    client_type: str,
+    user_id: str | None = None,
+    publish_only: bool = False,
+    expires_in: float | None = None,
+    now: float | None = None,
+) -> tuple[str, Credential]:
+    """A new plain token and the row that stores it (hashed), checked but not stored:
+    ``create_token`` stores it in SQLite, cluster mode in Redis
+    (catsock/eventlog/credentials.py). Raises ``CredentialError`` for bad input."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise CredentialError(f"invalid credential name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    if not isinstance(client_type, str) or not _CLIENT_TYPE_RE.fullmatch(client_type):
+        raise CredentialError(
+            f"invalid client type {client_type!r}: use A-Z, 0-9 and _, starting with a letter,"
+            " at most 32 characters"
+        )
+    if expires_in is not None and not (0 < expires_in < float("inf")):
+        raise CredentialError(f"invalid expiry {expires_in!r}: use a positive number of seconds")
+    token = generate_token()
+    at = time.time() if now is None else now
+    expires_at = None if expires_in is None else at + expires_in
+    row = Credential(
+        name, client_type, user_id, hash_token(token), iso(at), None, publish_only, expires_at
+    )
+    return token, row
+
+
 def create_token(
     db: sqlite_utils.Database,
     *,
@@ -100,31 +133,26 @@ def create_token(
 ) -> str:
     """Create a credential and return its plain token; this is the only time it exists.
     ``expires_in`` (seconds, positive): the token stops working that long after now."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise CredentialError(f"invalid credential name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
-    if not isinstance(client_type, str) or not _CLIENT_TYPE_RE.fullmatch(client_type):
-        raise CredentialError(
-            f"invalid client type {client_type!r}: use A-Z, 0-9 and _, starting with a letter,"
-            " at most 32 characters"
-        )
-    if expires_in is not None and not (0 < expires_in < float("inf")):
-        raise CredentialError(f"invalid expiry {expires_in!r}: use a positive number of seconds")
-    token = generate_token()
-    at = time.time() if now is None else now
-    created_at = iso(at)
-    expires_at = None if expires_in is None else at + expires_in
+    token, row = new_credential(
+        name=name,
+        client_type=client_type,
+        user_id=user_id,
+        publish_only=publish_only,
+        expires_in=expires_in,
+        now=now,
+    )
     try:
         with db.atomic():
             db.conn.execute(
                 f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
                 (
-                    name,
-                    client_type,
-                    user_id,
-                    hash_token(token),
-                    created_at,
-                    int(publish_only),
-                    expires_at,
+                    row.name,
+                    row.client_type,
+                    row.user_id,
+                    row.token_hash,
+                    row.created_at,
+                    int(row.publish_only),
+                    row.expires_at,
                 ),
             )
             # A durable identity is kept every event from now on, even before it
@@ -159,8 +187,7 @@ def revoke_token(db: sqlite_utils.Database, name: str, now: float | None = None)
 
 def revoke_jti(db: sqlite_utils.Database, jti: str, now: float | None = None) -> bool:
     """Put a JWT's ``jti`` on the deny-list; False if it is there already."""
-    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
-        raise CredentialError(f"invalid jti: use 1-{MAX_JTI_LENGTH} characters")
+    check_jti(jti)
     revoked_at = iso(time.time() if now is None else now)
     with db.atomic():
         cursor = db.conn.execute(
@@ -168,6 +195,17 @@ def revoke_jti(db: sqlite_utils.Database, jti: str, now: float | None = None) ->
             (jti, revoked_at),
         )
     return cursor.rowcount == 1
+
+
+def check_jti(jti: str) -> None:
+    """Raise ``CredentialError`` unless ``jti`` can go on the deny-list."""
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
+        raise CredentialError(f"invalid jti: use 1-{MAX_JTI_LENGTH} characters")
+
+
+def list_revoked_jtis(db: sqlite_utils.Database) -> dict[str, str]:
+    """The deny-list with when each ``jti`` went on it."""
+    return dict(db.conn.execute("SELECT jti, revoked_at FROM revoked_jtis ORDER BY revoked_at"))
 
 
 def load_revoked_jtis(db: sqlite_utils.Database) -> frozenset[str]:

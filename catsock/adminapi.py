@@ -154,9 +154,7 @@ class AdminApi:
             if self.gateway.shared_log is None:
                 stories, refused = await self._read(_ledger_of, message_id, recipient, durable)
             else:
-                snapshot = await cluster_snapshot(
-                    self.gateway.shared_log, self.refused, self.gateway.config.database, message_id
-                )
+                snapshot = await cluster_snapshot(self.gateway.shared_log, self.refused, message_id)
                 try:
                     stories, refused = await trio.to_thread.run_sync(
                         _ledger_of, snapshot, message_id, recipient, durable

@@ -673,7 +673,7 @@ def _cluster_snapshot(config: Config, message_id: str) -> Any:
 
     snapshot = on_redis(
         config,
-        lambda log: cluster_snapshot(log, refused_store(config, log), config.database, message_id),
+        lambda log: cluster_snapshot(log, refused_store(config, log), message_id),
     )
     click.echo(f"cluster mode: the shared log at Redis {where(config)}", err=True)
     return snapshot

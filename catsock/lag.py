@@ -132,7 +132,7 @@ class LagWatch:
             rows = await read_aside(gateway.config.database, read)
         else:
             # Cluster mode: cursors, ledger and log are Redis's (catsock/views.py).
-            snapshot = await views.lag_snapshot(shared, gateway.config.database)
+            snapshot = await views.lag_snapshot(shared)
             try:
                 credentials, wants, ledgers = await trio.to_thread.run_sync(
                     _plan, snapshot, durable

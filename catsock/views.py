@@ -6,7 +6,7 @@ these read them from Redis through the shared log's read methods
 ``GET /api/history``'s window; ``lag_snapshot`` and ``behind`` are the Recipients
 view's and the lag gauges'. ``cluster_snapshot`` copies what the ledger
 explanation of one message_id needs (its events, the ledger rows since, every
-cursor, the refusals of it, and the node's tokens) into an in-memory SQLite
+cursor, the refusals of it, and the cluster's tokens) into an in-memory SQLite
 database, so ``catsock/ledger.py`` explains it with the same code as in embedded
 mode. Each raises ``LogUnavailable`` when Redis does not answer: at once for the
 CLI's log (not ``patient``), after ``PATIENCE`` seconds for a gateway's (whose
@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import sqlite_utils
 import trio
 
@@ -55,10 +56,10 @@ async def recent(
 
 
 async def cluster_snapshot(
-    log: SharedEventLog, refused: RefusedStore, database: str, message_id: str
+    log: SharedEventLog, refused: RefusedStore, message_id: str
 ) -> sqlite_utils.Database:
     """An in-memory database holding what Redis knows of ``message_id``, for
-    ``ledger.explain`` and ``ledger.refusals``; tokens come from ``database``."""
+    ``ledger.explain`` and ``ledger.refusals``, with the cluster's tokens."""
     shared = log
     with _patience(log):
         events = await shared.events_by_message_id(message_id)
@@ -71,12 +72,13 @@ async def cluster_snapshot(
             for channel, seq in positions.items()
         }
         refusals = await refused.find(limit=REFUSALS_CAP, message_id=message_id)
-    return await trio.to_thread.run_sync(_build, database, events, cursors, ledger, refusals)
+        tokens = await _tokens(log)
+    return await trio.to_thread.run_sync(_build, tokens, events, cursors, ledger, refusals)
 
 
-async def lag_snapshot(log: SharedEventLog, database: str) -> sqlite_utils.Database:
+async def lag_snapshot(log: SharedEventLog) -> sqlite_utils.Database:
     """An in-memory database with every cursor, the newest ``LAG_LEDGER_ROWS``
-    ledger rows and the node's tokens: what ``durable_wants`` and
+    ledger rows and the cluster's tokens: what ``durable_wants`` and
     ``storage.ledger_summary`` read for the Recipients view."""
     shared = log
     with _patience(log):
@@ -86,7 +88,8 @@ async def lag_snapshot(log: SharedEventLog, database: str) -> sqlite_utils.Datab
             for channel, seq in positions.items()
         }
         ledger = await shared.ledger_newest(LAG_LEDGER_ROWS)
-    return await trio.to_thread.run_sync(_build, database, [], cursors, ledger, [])
+        tokens = await _tokens(log)
+    return await trio.to_thread.run_sync(_build, tokens, [], cursors, ledger, [])
 
 
 async def behind(
@@ -97,18 +100,28 @@ async def behind(
         return await log.behind(positions, identity, cap, LAG_SCAN)
 
 
+async def _tokens(log: SharedEventLog) -> list[dict[str, Any]]:
+    """The cluster's tokens, as rows of the credentials table (cluster mode keeps
+    them in Redis: catsock/eventlog/credentials.py)."""
+    from .auth import CredentialsUnavailable
+    from .eventlog.credentials import RedisCredentials
+    from .eventlog.redis import RedisEventLog
+
+    assert isinstance(log, RedisEventLog)
+    try:
+        found = await RedisCredentials.of(log, PATIENCE).load()
+    except CredentialsUnavailable as exc:
+        raise LogUnavailable(str(exc)) from None
+    return [] if found is None else [attrs.asdict(c) for c in found.rows]
+
+
 def _build(
-    database: str,
+    credentials: list[dict[str, Any]],
     events: list[storage.EventRow],
     cursors: dict[tuple[str, str], int],
     ledger: list[storage.LedgerRow],
     refusals: list[dict[str, Any]],
 ) -> sqlite_utils.Database:
-    node = storage.open_db(database)
-    try:
-        credentials = list(node["credentials"].rows)
-    finally:
-        node.close()
     db = storage.open_db(":memory:")
     storage.commit_events(db, events, cursors, ledger)
     with db.conn:

@@ -109,15 +109,24 @@ class SqliteCredentials:
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self._db = storage.open_db(db_path)
         self._version: int | None = None
+        self._tokens_version: int | None = None
 
     def unchanged(self) -> bool:
         """Nothing was committed since the last load: ``PRAGMA data_version``, read on
         the event loop. It is a look at the WAL index in shared memory, microseconds
         and no lock to wait for; a login then needs no worker thread (the round trip
-        was most of an auth's cost in a connection storm, issue 10). Only while no
-        reload is using the connection."""
+        was most of an auth's cost in a connection storm, issue 10). The gateway's
+        own log writers move it with every commit, so when it moved, the tokens'
+        own counter (one row, read on the loop too) says whether they did. Only
+        while no reload is using the connection."""
         try:
-            return storage.data_version(self._db) == self._version
+            version = storage.data_version(self._db)
+            if version == self._version:
+                return True
+            if storage.credentials_version(self._db) != self._tokens_version:
+                return False
+            self._version = version
+            return True
         except sqlite3.Error:
             return False
 
@@ -128,10 +137,14 @@ class SqliteCredentials:
         version = storage.data_version(self._db)
         if version == self._version:
             return None
-        with self._db.atomic():  # one snapshot of both tables
+        with self._db.atomic():  # one snapshot of both tables and their counter
+            tokens_version = storage.credentials_version(self._db)
+            if tokens_version == self._tokens_version:
+                self._version = version
+                return None
             active = storage.load_active(self._db)
             revoked = storage.load_revoked_jtis(self._db)
-        self._version = version
+        self._version, self._tokens_version = version, tokens_version
         return active, revoked
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "CredentialError",
     "check_jti",
     "create_token",
+    "credentials_version",
     "data_version",
     "generate_token",
     "hash_token",
@@ -239,3 +240,10 @@ def data_version(db: sqlite_utils.Database) -> int:
     # Cheap enough to poll: the gateway reloads credentials only when this number moves.
     row = db.conn.execute("PRAGMA data_version").fetchone()
     return int(row[0])
+
+
+def credentials_version(db: sqlite_utils.Database) -> int:
+    """A number that changes with every change to the tokens or the jti deny-list
+    (triggers keep it; storage/db.py migration 9), and with nothing else."""
+    row = db.conn.execute("SELECT version FROM credentials_version WHERE id = 1").fetchone()
+    return 0 if row is None else int(row[0])

@@ -42,6 +42,8 @@ def _add_column(table: str, column: str, declaration: str) -> Step:
 
 # One entry per schema version; entry N moves a database from user_version N to N + 1.
 # Statements use IF NOT EXISTS so a half-applied or hand-created schema still converges.
+_BUMP = "UPDATE credentials_version SET version = version + 1 WHERE id = 1;"
+
 _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (
         """
@@ -200,6 +202,24 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             revoked_at TEXT NOT NULL
         ) WITHOUT ROWID
         """,
+    ),
+    # 9: a counter that only changes with the tokens, so a gateway can tell "the
+    # tokens changed" from "something was written" (PRAGMA data_version moves with
+    # every commit of the log writers) without reloading the tokens (issue 10).
+    (
+        """
+        CREATE TABLE IF NOT EXISTS credentials_version (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL
+        )
+        """,
+        "INSERT OR IGNORE INTO credentials_version (id, version) VALUES (1, 0)",
+        *(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_{when.lower()}_bumps_version"
+            f" AFTER {when} ON {table} BEGIN {_BUMP} END"
+            for table in ("credentials", "revoked_jtis")
+            for when in ("INSERT", "UPDATE", "DELETE")
+        ),
     ),
 )
 

@@ -247,3 +247,34 @@ async def test_a_rate_limit_that_makes_no_bucket_refuses_login_without_a_leak(
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(logged) == 1
     assert "limits.rate.CATS" in logged[0]
+
+
+async def test_other_writes_to_the_file_do_not_reload_the_tokens(tmp_path: Path) -> None:
+    """The log writers commit to the same file all the time: ``PRAGMA data_version``
+    moves with each, so only the tokens' own counter may send a login to a reload."""
+    from catsock.auth import SqliteCredentials
+
+    path = tmp_path / "gw.db"
+    other = storage.open_db(path)
+    storage.create_token(other, name="first", client_type="CATS")
+    source = SqliteCredentials(path)
+    try:
+        loaded = await source.reload()
+        assert loaded is not None
+        assert [c.name for c in loaded[0].values()] == ["first"]
+        assert source.unchanged()
+        # Any commit by another connection, as the log writers make all the time.
+        other["audit"].insert({"at": "", "actor": "", "remote": "", "action": "x",
+                               "target": "", "detail": "", "result": ""})  # fmt: skip
+        assert source.unchanged()  # data_version moved, the tokens did not
+        assert await source.reload() is None
+        storage.create_token(other, name="second", client_type="AFAD")
+        assert not source.unchanged()
+        loaded = await source.reload()
+        assert loaded is not None
+        assert sorted(c.name for c in loaded[0].values()) == ["first", "second"]
+        storage.revoke_token(other, "first")
+        assert not source.unchanged()
+    finally:
+        source.close()
+        other.close()

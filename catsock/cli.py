@@ -297,14 +297,12 @@ def _in_cluster(config: Config, work: Callable[[RedisCredentials], Awaitable[T]]
     """Run ``work(store)`` against the cluster's credential store (cluster.redis);
     Redis unreachable is a one-line error."""
     from .auth import CredentialsUnavailable
+    from .eventlog import client_missing
 
     try:
         from .eventlog.credentials import open_credentials
     except ImportError as exc:
-        raise click.ClickException(
-            f"cluster.redis is set but the Redis client is missing ({exc}):"
-            " pip install 'catsock[cluster]'"
-        ) from None
+        raise click.ClickException(str(client_missing(exc))) from None
 
     async def run() -> T:
         async with open_credentials(config.cluster) as store:

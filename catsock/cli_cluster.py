@@ -15,7 +15,7 @@ import click
 import trio
 
 from .config import Config, redacted_url
-from .eventlog import LogUnavailable
+from .eventlog import ClientMissing, LogUnavailable, cluster_log
 
 if TYPE_CHECKING:
     from .eventlog.redis import RedisEventLog
@@ -27,18 +27,9 @@ T = TypeVar("T")
 
 def _log(config: Config) -> RedisEventLog:
     try:
-        from .eventlog.redis import RedisEventLog
-    except ImportError as exc:
-        raise click.ClickException(
-            f"cluster.redis is set but the Redis client is missing ({exc}):"
-            " pip install 'catsock[cluster]'"
-        ) from None
-    return RedisEventLog(
-        config.cluster,
-        retention_rows=config.delivery.retention_hard_rows,
-        retention_days=config.delivery.retention_days,
-        patient=False,
-    )
+        return cluster_log(config, patient=False)
+    except ClientMissing as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def on_redis(config: Config, func: Callable[[RedisEventLog], Awaitable[T]]) -> T:

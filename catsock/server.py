@@ -47,7 +47,7 @@ from .auth import CREDENTIALS_UNAVAILABLE, Authenticator, AuthRefusal, Credentia
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
 from .delivery import PRIORITY_NAMES, Delivery
-from .eventlog import SharedEventLog
+from .eventlog import ClientMissing, SharedEventLog, cluster_log
 from .guard import RETRY_AFTER, UNCOUNTED, AddressGuard, Slot
 from .httpapi import HttpApi
 from .hub import Hub
@@ -743,17 +743,9 @@ def _shared_log(config: Config) -> SharedEventLog | None:
     if not config.delivery.log:
         raise StartupError("cluster.redis needs delivery.log = true (the log is what is shared)")
     try:
-        from .eventlog.redis import RedisEventLog
-    except ImportError as exc:
-        raise StartupError(
-            f"cluster.redis is set but the Redis client is missing ({exc}):"
-            " pip install 'catsock[cluster]'"
-        ) from None
-    return RedisEventLog(
-        config.cluster,
-        retention_rows=config.delivery.retention_hard_rows,
-        retention_days=config.delivery.retention_days,
-    )
+        return cluster_log(config)
+    except ClientMissing as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _credential_store(config: Config, log: SharedEventLog | None) -> RedisCredentials | None:

@@ -28,11 +28,21 @@ import trio
 import storage
 
 if TYPE_CHECKING:
+    from catsock.config import Config
     from catsock.groupcommit import GroupCommit
 
+    from .redis import RedisEventLog
     from .retention import Retained
 
-__all__ = ["Committed", "EventLog", "LogUnavailable", "SharedEventLog"]
+__all__ = [
+    "ClientMissing",
+    "Committed",
+    "EventLog",
+    "LogUnavailable",
+    "SharedEventLog",
+    "client_missing",
+    "cluster_log",
+]
 
 
 class LogUnavailable(Exception):
@@ -148,3 +158,31 @@ class SharedEventLog(EventLog, Protocol):
         self, positions: Mapping[str, int], exclude_sender: str, cap: int, scan: int
     ) -> storage.Behind:
         """As ``storage.behind``, looking at no more than ``scan`` events."""
+
+
+class ClientMissing(Exception):
+    """``cluster.redis`` is set but the Redis client (coredis) is not installed."""
+
+
+def client_missing(exc: ImportError) -> ClientMissing:
+    """The error for ``cluster.redis`` set while importing the client failed."""
+    return ClientMissing(
+        f"cluster.redis is set but the Redis client is missing ({exc}):"
+        " pip install 'catsock[cluster]'"
+    )
+
+
+def cluster_log(config: Config, *, patient: bool = True) -> RedisEventLog:
+    """The cluster's log for ``config`` (``cluster.redis`` set), not yet open.
+    Imported here, late, so that embedded mode never needs the Redis client."""
+    try:
+        from .redis import RedisEventLog
+    except ImportError as exc:
+        raise client_missing(exc) from None
+    return RedisEventLog(
+        config.cluster,
+        retention_rows=config.delivery.retention_hard_rows,
+        retention_days=config.delivery.retention_days,
+        patient=patient,
+    )
+

@@ -6,8 +6,10 @@ cluster's hash tag:
 
 - ``{prefix}:presence:<node>``: a hash ``identity -> connections`` this node holds.
   It expires ``PRESENCE_TTL`` seconds after the node's last heartbeat (one every
-  ``HEARTBEAT`` seconds), so a node killed with -9 stops counting within
-  ``PRESENCE_TTL`` seconds;
+  ``HEARTBEAT`` seconds): the bound for a node whose machine vanished;
+- ``{prefix}:alive:<node>``: a pub/sub channel the node stays subscribed to. Redis
+  drops the subscription as soon as the process's connection closes, kill -9
+  included, and from then on the node's connections do not count;
 - ``{prefix}:nodes``: the nodes that may hold connections; a member whose hash has
   expired is dropped by the next login that looks.
 
@@ -53,7 +55,9 @@ RETRY_AFTER = 1.0
 _ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, LogUnavailable)
 
 # KEYS: the node set, this node's hash. ARGV: identity, limit, this node's count
-# with the new connection, ttl, the hash prefix, this node. Returns {taken, others}.
+# with the new connection, ttl, the hash prefix, this node, the alive channel
+# prefix. Returns {taken, others}. A node counts while its hash lives and it is
+# subscribed to its alive channel (a process that died has no subscription).
 _TAKE = """
 local identity, limit, mine = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local others = 0
@@ -62,7 +66,7 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     local key = ARGV[5] .. node
     if redis.call('EXISTS', key) == 0 then
       redis.call('SREM', KEYS[1], node)
-    else
+    elseif redis.call('PUBSUB', 'NUMSUB', ARGV[7] .. node)[2] > 0 then
       others = others + tonumber(redis.call('HGET', key, identity) or '0')
     end
   end
@@ -103,6 +107,7 @@ class Presence:
         self._nodes_key = log.key("nodes")
         self._prefix = log.key("presence:")
         self._mine = self._prefix + self._node
+        self._alive = log.key("alive:")
         #: This node's authenticated connections, by identity (the truth about them).
         self._local: dict[str, int] = {}
         #: Other nodes' connections of an identity, as the latest login here saw them.
@@ -166,7 +171,7 @@ class Presence:
         with trio.fail_after(self._timeout + 1):
             taken, others = await take(
                 keys=[self._nodes_key, self._mine],
-                args=[identity, limit, mine, PRESENCE_TTL, self._prefix, self._node],
+                args=[identity, limit, mine, PRESENCE_TTL, self._prefix, self._node, self._alive],
             )
         return bool(int(taken)), int(others)
 
@@ -177,9 +182,43 @@ class Presence:
         return self._scripts
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Heartbeat and write what changed, until cancelled. A node that stops
-        leaves its hash to expire (``flush`` first writes what its ends changed)."""
-        task_status.started()
+        """Stay subscribed to this node's alive channel, heartbeat and write what
+        changed, until cancelled. A node that stops leaves its hash to expire
+        (``flush`` first writes what its ends changed)."""
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(self._timeout + 1):
+                await nursery.start(self._stay_alive)
+            task_status.started()
+            await self._beat()
+
+    async def _stay_alive(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold a subscription to ``alive:<node>`` for as long as the node runs: Redis
+        drops it the moment the process's connection closes (kill -9 included), so
+        the other nodes stop counting this node's connections at once. The client
+        subscribes again by itself after an outage."""
+        channel = self._alive + self._node
+        while True:
+            try:
+                async with self._log.client.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True
+                ):
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    await trio.sleep_forever()
+            except BaseException as exc:
+                # Cancelled while the pool closes, the client's task group wraps the
+                # cancellation with its failure to unsubscribe: only the first goes on.
+                cancelled = _cancellation(exc)
+                if cancelled is not None:
+                    raise cancelled from None
+                if not isinstance(exc, Exception):
+                    raise
+                self._down(exc)
+            await trio.sleep(RETRY_AFTER)
+
+    async def _beat(self) -> None:
         while True:
             with trio.move_on_after(HEARTBEAT):
                 await self._wake.wait()
@@ -230,3 +269,13 @@ class Presence:
         if self._problem is not None:
             self._problem = None
             logger.warning("presence: Redis at %s answers again", self._log.where)
+
+
+def _cancellation(exc: BaseException) -> BaseException | None:
+    """The cancellation in ``exc`` (alone, or the group of them), or None."""
+    if isinstance(exc, trio.Cancelled):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, _ = exc.split(trio.Cancelled)
+        return cancelled
+    return None

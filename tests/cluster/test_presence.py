@@ -29,6 +29,7 @@ from tests.faults.conftest import GatewayProcess
 from tests.internal_errors import InternalErrors
 
 ONE_CATS: dict[str, Any] = {"limits": {"per_identity": {"CATS": 1}}}
+TWO_DASHBOARDS: dict[str, Any] = {"limits": {"per_identity": {"DASHBOARD": 2}}}
 
 
 async def login(url: str, token: str, client_type: str = "CATS") -> dict[str, Any]:
@@ -45,12 +46,12 @@ def refused_for_the_limit(reply: dict[str, Any]) -> bool:
     return reply["type"] == "error" and reply["payload"]["error_code"] == "CONNECTION_LIMIT"
 
 
-async def until_accepted(url: str, token: str) -> int:
+async def until_accepted(url: str, token: str, client_type: str = "CATS") -> int:
     """Log in again and again until ``auth_success``; how many were refused first
     (each for the connection limit)."""
     refused = 0
     while True:
-        reply = await login(url, token)
+        reply = await login(url, token, client_type)
         if reply["type"] == "auth_success":
             return refused
         assert refused_for_the_limit(reply), reply
@@ -58,10 +59,10 @@ async def until_accepted(url: str, token: str) -> int:
         await trio.sleep(0.1)
 
 
-async def until_refused(url: str, token: str) -> None:
+async def until_refused(url: str, token: str, client_type: str = "CATS") -> None:
     """Log in again and again until a login is refused for the connection limit."""
     while True:
-        reply = await login(url, token)
+        reply = await login(url, token, client_type)
         if reply["type"] != "auth_success":
             assert refused_for_the_limit(reply), reply
             return
@@ -239,3 +240,25 @@ async def test_a_stopped_node_stops_counting_after_the_presence_ttl_and_counts_a
     finally:
         await a.close()
         await b.close()
+
+
+async def test_with_redis_down_each_node_counts_its_own_and_shares_again_when_it_is_back(
+    start_gateway: GatewayFactory, redis: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await cluster_nodes(
+        start_gateway, redis, tmp_path, cluster={"timeout": 1.0}, **TWO_DASHBOARDS
+    )
+    token = a.tokens["dashboard"]
+    with trio.fail_after(60):
+        await redis.stop()
+        # Logins go on (DASHBOARD is not durable: it reads no cursor), each node
+        # limiting on its own: two here and two there.
+        async with a.client("DASHBOARD", "dashboard"), a.client("DASHBOARD", "dashboard"):
+            reply = await login(a.url, token, "DASHBOARD")
+            assert refused_for_the_limit(reply), reply
+            async with b.client("DASHBOARD", "dashboard"), b.client("DASHBOARD", "dashboard"):
+                pass
+            await redis.start()
+            # A writes what it holds once Redis answers: B counts it again.
+            await until_refused(b.url, token, "DASHBOARD")
+        await until_accepted(b.url, token, "DASHBOARD")

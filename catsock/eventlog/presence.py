@@ -223,16 +223,16 @@ class Presence:
             with trio.move_on_after(HEARTBEAT):
                 await self._wake.wait()
             self._wake = trio.Event()
-            await self._write()
-            if self._dirty:
-                await trio.sleep(RETRY_AFTER)  # Redis did not answer
+            if not await self._write():
+                await trio.sleep(RETRY_AFTER)
 
     async def flush(self) -> None:
         """Write what changed now (at shutdown, once the connections have ended)."""
         if self._dirty:
             await self._write()
 
-    async def _write(self) -> None:
+    async def _write(self) -> bool:
+        """Heartbeat and write the counts that changed; False if Redis did not answer."""
         dirty, self._dirty = self._dirty, set()
         args: list[str | int] = [PRESENCE_TTL, self._node]
         for identity in dirty:
@@ -244,12 +244,13 @@ class Presence:
         except _ERRORS as exc:
             self._dirty |= dirty
             self._down(exc)
-            return
+            return False
         self._up()
         if not int(existed) and self._local.keys() - dirty:
             # The hash had expired (this node stalled, or Redis lost it): all again.
             self._dirty |= self._local.keys()
             self._wake.set()
+        return True
 
     def _down(self, exc: BaseException) -> None:
         self._skip_until = trio.current_time() + RETRY_AFTER

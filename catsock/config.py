@@ -323,6 +323,9 @@ class ClusterConfig:
     wait_timeout_ms: int = 1000
     #: Seconds a Redis command may take before Redis counts as unreachable.
     timeout: float = 2.0
+    #: This node's ``node`` label on /metrics; empty: ``hostname:port`` (with
+    #: ``#pid`` added for a worker of ``serve --workers``).
+    node_name: str = ""
 
 
 @attrs.frozen

@@ -9,7 +9,8 @@ when ``/metrics`` is scraped. Each gateway has its own ``CollectorRegistry``
 Every label value comes from a closed set: client types the configuration
 knows, event types in the registry plus control types, ``ErrorCode`` values,
 HTTP endpoints in the route table. Anything else is counted as ``other``, so no
-peer can grow the number of series (seed 004 leaked memory that way).
+peer can grow the number of series (seed 004 leaked memory that way). In cluster
+mode every series also carries ``node`` (``Gateway.node_name``), one value per process.
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ class GatewayCollector(Collector):
         self.gateway = gateway
 
     def collect(self) -> Iterator[Metric]:
+        # Cluster mode: every series says which node it counts (docs/operations.md).
+        node = getattr(self.gateway, "node_name", None)
+        for family in self._collect():
+            if node is not None:
+                family.samples = [
+                    sample._replace(labels={**sample.labels, "node": node})
+                    for sample in family.samples
+                ]
+            yield family
+
+    def _collect(self) -> Iterator[Metric]:
         gateway = self.gateway
         stats = gateway.statistics()
         yield from self._connections()

@@ -61,6 +61,8 @@ from .transport.link import Link
 
 if TYPE_CHECKING:
     from .eventlog.credentials import RedisCredentials
+    from .eventlog.presence import Presence
+    from .eventlog.rates import RateSync
 
 __all__ = ["Gateway", "GatewayStats", "StartupError"]
 
@@ -193,6 +195,10 @@ class Gateway:
         self.refusals = cluster_refusals(config, self.shared_log, self.log.record)
         #: Where connections and the HTTP API record log rows (refusals included).
         self.record_log = self.log.record if self.refusals is None else self.refusals.record
+        #: Cluster mode: connections per identity and rate buckets across nodes.
+        self.presence, self.rates = _cluster_services(self.shared_log, config)
+        #: Cluster mode: the ``node`` label of /metrics (set once the port is bound).
+        self.node_name: str | None = None
         self.delivery = Delivery(
             config.delivery,
             self.hub,
@@ -275,6 +281,8 @@ class Gateway:
         )
         sock = listeners[0].socket  # type: ignore[attr-defined]
         host, port = sock.getsockname()[:2]
+        if self.shared_log is not None:
+            self.node_name = _node_name(self.config, port)
         if self._ssl_context is not None:
             context = self._ssl_context
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
@@ -295,6 +303,9 @@ class Gateway:
                         await nursery.start(self.refusals.run)
                     if self.shared_log is not None:
                         await self._load_shared_credentials()
+                    if self.presence is not None and self.rates is not None:
+                        await nursery.start(self.presence.run)
+                        await nursery.start(self.rates.run)
                     nursery.start_soon(self._watch_credentials)
                     await nursery.start(self._accept, listeners, nursery)
                     task_status.started((host, port))
@@ -332,6 +343,8 @@ class Gateway:
             if self.refusals is not None:
                 await self.refusals.flush()
             await self.log.flush()
+            if self.presence is not None:
+                await self.presence.flush()  # the other nodes need not wait for the expiry
         self._serve_scope.cancel()
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -571,7 +584,13 @@ class Gateway:
         limits = self.config.limits
         allowed = limits.per_identity.get(principal.client_type, limits.per_identity_default)
         held = self._identities.get(principal.identity, set())
-        if len(held) >= allowed:
+        if self.presence is None:
+            taken = len(held) < allowed
+        else:
+            # Cluster mode: counted on every node (one Redis round trip).
+            taken = await self.presence.take(principal.identity, allowed)
+            held = self._identities.get(principal.identity, set())
+        if not taken:
             return (f"this token already holds {allowed} connections", ErrorCode.CONNECTION_LIMIT)
         self._identities[principal.identity] = held
         held.add(conn)
@@ -649,7 +668,10 @@ class Gateway:
         return None
 
     def connections_of(self, identity: str) -> int:
-        """How many authenticated connections ``identity`` holds now."""
+        """How many authenticated connections ``identity`` holds now. Cluster mode:
+        on every node (the other nodes' as counted at its latest login here)."""
+        if self.presence is not None:
+            return self.presence.online(identity)
         return len(self._identities.get(identity, ()))
 
     def identity_bucket(self, principal: Principal) -> TokenBucket | None:
@@ -660,8 +682,15 @@ class Gateway:
             return None
         bucket = self._buckets.get(principal.identity)
         if bucket is None:
+            now = trio.current_time()
             try:
-                bucket = limit.bucket(trio.current_time())
+                if self.rates is None:
+                    bucket = limit.bucket(now)
+                else:
+                    # Cluster mode: synced with the other nodes' spending (docs/scaling.md).
+                    bucket = self.rates.bucket(
+                        limit.per_minute / 60.0, limit.burst, now, principal.identity
+                    )
             except ValueError:
                 return None
             self._buckets[principal.identity] = bucket
@@ -697,6 +726,8 @@ class Gateway:
                 held.discard(conn)
                 if not held:
                     del self._identities[identity]
+            if self.presence is not None:
+                self.presence.release(identity)
         entry = self._clients.pop(conn, None)
         if entry is not None:
             entry[1].release()
@@ -766,6 +797,30 @@ def _shared_credentials(config: Config, store: RedisCredentials | None) -> Crede
     from .eventlog.credentials import SharedCredentials
 
     return SharedCredentials(store, config.database)
+
+
+def _cluster_services(
+    log: SharedEventLog | None, config: Config
+) -> tuple[Presence | None, RateSync | None]:
+    """Presence and rate sync over the shared log's Redis (None, None: embedded)."""
+    if log is None:
+        return None, None
+    from .eventlog.presence import Presence
+    from .eventlog.rates import RateSync
+    from .eventlog.redis import RedisEventLog
+
+    assert isinstance(log, RedisEventLog)
+    timeout = config.cluster.timeout
+    return Presence(log, timeout=timeout), RateSync(log, timeout=timeout)
+
+
+def _node_name(config: Config, port: int) -> str:
+    """``cluster.node_name``, or ``host:port`` (``host:port#pid`` for one of several
+    workers sharing the port)."""
+    if config.cluster.node_name:
+        return config.cluster.node_name
+    name = f"{socket.gethostname()}:{port}"
+    return f"{name}#{os.getpid()}" if config.reuse_port else name
 
 
 def _socket_of(stream: trio.abc.Stream) -> socket.socket | None:

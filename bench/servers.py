@@ -10,6 +10,7 @@ read ``/proc/PID/stat`` and ``/proc/PID/status`` (Linux only).
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import resource
 import shutil
@@ -131,11 +132,11 @@ def rss_kib(pid: int) -> int:
 def descendants(pid: int) -> list[int]:
     """``pid``'s children, theirs, and so on (``serve --workers`` runs its nodes so)."""
     out: list[int] = []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = [int(c) for c in f.read().split()]
-    except OSError:
-        return out
+    children: list[int] = []
+    # Per thread: trio starts a process from a worker thread, whose child it is.
+    for task in glob.glob(f"/proc/{pid}/task/*/children"):
+        with contextlib.suppress(OSError), open(task) as f:
+            children += [int(c) for c in f.read().split()]
     for child in children:
         out += [child, *descendants(child)]
     return out

@@ -44,6 +44,7 @@ from storage.backup import DatabaseHeld
 from storage.backup import hold as hold_database
 
 from .auth import CREDENTIALS_UNAVAILABLE, Authenticator, AuthRefusal, Credentials
+from .checkpoints import run_checkpoints
 from .config import SHARED_TOKEN_ENV, Config
 from .connection import Connection
 from .delivery import PRIORITY_NAMES, Delivery
@@ -178,7 +179,8 @@ class Gateway:
             wall_clock=wall_clock,
             source=_shared_credentials(config, self.credential_store),
         )
-        self._log_db = storage.open_db(config.database)
+        # Its commits never checkpoint the WAL: run_checkpoints does (catsock/checkpoints.py).
+        self._log_db = storage.open_db(config.database, checkpoints=False)
         db_lock = trio.Lock()
         self.log = LogSink(
             self._log_db,
@@ -307,6 +309,7 @@ class Gateway:
                         await nursery.start(self.presence.run)
                         await nursery.start(self.rates.run)
                     nursery.start_soon(self._watch_credentials)
+                    await nursery.start(run_checkpoints, self.config.database)
                     await nursery.start(self._accept, listeners, nursery)
                     task_status.started((host, port))
         finally:

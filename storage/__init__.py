@@ -22,7 +22,7 @@ from storage.credentials import (
     revoke_token,
     verify,
 )
-from storage.db import SCHEMA_VERSION, SchemaVersionError, iso, migrate, open_db
+from storage.db import SCHEMA_VERSION, SchemaVersionError, checkpoint, iso, migrate, open_db
 from storage.events import (
     LOG_START,
     EventRow,
@@ -90,6 +90,7 @@ __all__ = [
     "StoredEvent",
     "behind",
     "check_jti",
+    "checkpoint",
     "close_dangling",
     "commit_events",
     "create_token",

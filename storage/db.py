@@ -17,6 +17,7 @@ import sqlite_utils
 __all__ = [
     "SCHEMA_VERSION",
     "SchemaVersionError",
+    "checkpoint",
     "immediate",
     "insert_rows",
     "iso",
@@ -271,8 +272,13 @@ def migrate(db: sqlite_utils.Database) -> None:
     conn.execute("COMMIT")
 
 
-def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
-    """Open (creating if needed) the database at `path`, tuned for one writer and many readers."""
+def open_db(path: str | os.PathLike[str], *, checkpoints: bool = True) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at `path`, tuned for one writer and many readers.
+
+    ``checkpoints=False``: this connection's commits never checkpoint the WAL (SQLite
+    does it by default in the commit that crosses 1,000 pages, a copy and an fsync
+    that then delay that commit by milliseconds). Its owner must call ``checkpoint``
+    from another connection, or the WAL grows without bound."""
     # check_same_thread=False: the log writer runs its transactions in trio worker threads,
     # one at a time, and its callers serialize access to the connection.
     conn = sqlite3.connect(os.fspath(path), check_same_thread=False)
@@ -284,6 +290,8 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
         # NORMAL is durable across application crashes in WAL mode; only an OS crash or power
         # loss can drop the last commits, which is an acceptable trade for log throughput.
         conn.execute("PRAGMA synchronous = NORMAL")
+        if not checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         db = sqlite_utils.Database(conn)
         migrate(db)
     except BaseException:
@@ -352,3 +360,11 @@ def keep_newest(conn: sqlite3.Connection, table: str, key: str, rows: int) -> in
         f" (SELECT {key} FROM {table} ORDER BY {key} DESC LIMIT 1 OFFSET ?)",
         (rows,),
     ).rowcount
+
+
+def checkpoint(db: sqlite_utils.Database) -> int:
+    """Copy what the WAL holds into the database file without waiting for or
+    blocking anyone (``PASSIVE``); returns the frames the WAL holds."""
+    row = db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(row[1])
+

@@ -143,6 +143,8 @@ class AddressGuard:
 
     def is_proxy(self, peer: str) -> bool:
         """Whether ``peer`` (a socket's address) is a trusted proxy."""
+        if not self._proxies:
+            return False  # the usual case, without parsing ``peer``
         address = _address(peer)
         return address is not None and _within(address, self._proxies)
 

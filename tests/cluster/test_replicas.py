@@ -51,3 +51,37 @@ async def test_wait_replicas_answers_only_what_a_replica_has(
                 assert "cluster.wait_replicas" in log.unavailable
     finally:
         await replica.stop()
+
+
+async def test_a_promoted_replica_has_every_batch_wait_confirmed(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A failover: the primary is killed (-9) after 20 batches were answered with
+    ``wait_replicas = 1``; the replica, promoted (``REPLICAOF NO ONE``), holds every
+    answered event and their dedup entries, and numbers the next one after them."""
+    replica = RedisServer(
+        redis.binary, tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(redis.port))
+    )
+    await replica.start()
+    try:
+        with trio.fail_after(60):
+            await in_sync(redis)
+            answered: list[int] = []
+            async with opened(redis.url, wait_replicas=1, wait_timeout_ms=3000) as log:
+                for batch in range(20):
+                    rows = [row(f"f{batch}-{i}") for i in range(25)]
+                    done = await log.commit(commits(), rows, {}, [], 0)
+                    answered += list(done.seqs or ())
+                await redis.kill()
+            async with coredis.Redis.from_url(replica.url, decode_responses=True) as client:
+                await client.replicaof(None, None)  # promote it: REPLICAOF NO ONE
+            async with opened(replica.url) as promoted:
+                found, _ = await promoted.read_after(
+                    {"type:AFAD": 0}, upto=10**6, exclude_sender=None, limit=10_000
+                )
+                assert [e.seq for e in found] == answered == list(range(1, 501))
+                again = await promoted.commit(commits(), [row("f3-7"), row("after")], {}, [], 0)
+                # The dedup index came over too; the counter goes on after 500.
+                assert list(again.seqs or ()) == [-(3 * 25 + 7 + 1), 501]
+    finally:
+        await replica.stop()

@@ -106,10 +106,11 @@ def lazy_clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
 
     The plain ``autojump_clock`` jumps whenever every task waits, which includes
     waiting for the gateway's worker threads (SQLite), so fake time could race
-    to a test's own deadline mid-exchange. The periodic credential refresh is
-    stretched so hours of fake idleness take a handful of jumps.
+    to a test's own deadline mid-exchange. The periodic credential refresh and WAL
+    checkpoint are stretched so hours of fake idleness take a handful of jumps.
     """
     monkeypatch.setattr("catsock.server.CREDENTIAL_REFRESH", 24 * 3600.0)
+    monkeypatch.setattr("catsock.checkpoints.CHECKPOINT_EVERY", 24 * 3600.0)
     return thread_aware_clock(0.1)
 
 

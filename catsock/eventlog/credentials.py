@@ -30,7 +30,6 @@ from typing import Any
 
 import attrs
 import coredis
-import coredis.exceptions
 import orjson
 import trio
 
@@ -39,13 +38,13 @@ from catsock.auth import CredentialsUnavailable
 from catsock.config import ClusterConfig
 
 from . import LogUnavailable
-from .redis import RedisEventLog
+from .redis import CALL_ERRORS, RedisEventLog
 
 __all__ = ["CredentialSet", "RedisCredentials", "SharedCredentials", "open_credentials"]
 
 logger = logging.getLogger("catsock.eventlog.credentials")
 
-_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, LogUnavailable)
+_ERRORS = (*CALL_ERRORS, LogUnavailable)
 _FIELDS = tuple(f.name for f in attrs.fields(storage.Credential))
 
 # Every script that changes the store starts the counter at ARGV[1] (a random

@@ -30,10 +30,10 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-import coredis.exceptions
 import trio
 
 from . import LogUnavailable
+from .redis import CALL_ERRORS
 
 if TYPE_CHECKING:
     from .redis import RedisEventLog
@@ -52,7 +52,7 @@ HEARTBEAT = 1.0
 #: timeout) and count this node's connections only.
 RETRY_AFTER = 1.0
 
-_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, LogUnavailable)
+_ERRORS = (*CALL_ERRORS, LogUnavailable)
 
 # KEYS: the node set, this node's hash. ARGV: identity, limit, this node's count
 # with the new connection, ttl, the hash prefix, this node, the alive channel

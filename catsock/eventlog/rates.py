@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import coredis.exceptions
 import trio
 
 from protocol import TokenBucket
 
 from . import LogUnavailable
+from .redis import CALL_ERRORS
 
 if TYPE_CHECKING:
     from .redis import RedisEventLog
@@ -44,7 +44,7 @@ TOTAL_TTL = 3600
 #: Seconds between two attempts while Redis does not answer.
 RETRY_AFTER = 1.0
 
-_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, LogUnavailable)
+_ERRORS = (*CALL_ERRORS, LogUnavailable)
 
 # ARGV: ttl, key prefix, then identity/spent pairs. Returns each identity's new total.
 _SYNC = """

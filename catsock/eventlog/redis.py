@@ -59,7 +59,10 @@ class TooFewReplicas(Exception):
     """Redis ``WAIT`` saw fewer replicas take the batch than ``cluster.wait_replicas``."""
 
 
-_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError, TooFewReplicas)
+#: What a call to Redis that failed raises (the other shared stores catch these too,
+#: with ``LogUnavailable`` for a pool not open).
+CALL_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+_ERRORS = (*CALL_ERRORS, TooFewReplicas)
 
 # ARGV: floor, log maxlen, dedup ttl, ledger maxlen, dedup prefix, cursor prefix,
 # then n events (4 values each: sender, message_id, attempt, the rest packed, see

@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from storage.events import RETENTION
+from catsock.eventlog.redis import RedisEventLog
 from tests.cluster.redisserver import RedisServer
 from tests.cluster.test_redis_log import commits, opened, row
 
@@ -18,14 +19,15 @@ NEVER = 1e12  # a max_age no event reaches
 _ids = itertools.count()
 
 
-async def publish(log: object, count: int, cursors: dict[tuple[str, str], int] | None = None,
+async def publish(log: RedisEventLog, count: int,
+                  cursors: dict[tuple[str, str], int] | None = None,
                   created_at: float = 1.5) -> None:  # fmt: skip
     rows = [attrs.evolve(row(f"m{next(_ids)}"), created_at=created_at) for _ in range(count)]
-    await log.commit(commits(), rows, cursors or {}, [], 0)  # type: ignore[attr-defined]
+    await log.commit(commits(), rows, cursors or {}, [], 0)
 
 
-async def ledger(redis: RedisServer, log: object) -> list[dict[str, str]]:
-    entries = await log.client.xrange(log.key("ledger"), "-", "+")  # type: ignore[attr-defined]
+async def ledger(log: RedisEventLog) -> list[dict[str, str]]:
+    entries = await log.client.xrange(log.key("ledger"), "-", "+")
     return [dict(e.field_values) for e in entries]
 
 
@@ -43,7 +45,7 @@ async def test_soft_limits_keep_what_a_cursor_still_needs(redis: RedisServer) ->
             assert done is not None
             assert done.trimmed == 150
             assert await log.first_seq() == 251
-            assert await ledger(redis, log) == []
+            assert await ledger(log) == []
 
 
 async def test_age_limit_trims_by_creation_time(redis: RedisServer) -> None:
@@ -79,7 +81,7 @@ async def test_a_hard_trim_past_a_cursor_is_recorded_once_across_nodes(
             again = await b.retain(max_age=NEVER, max_rows=10**6, now=4.0)  # another node
             assert again is not None
             assert again.lost == 0
-            rows = await ledger(redis, a)
+            rows = await ledger(a)
             assert len(rows) == 1
             assert rows[0] == {"i": "afad", "k": "dropped", "f": "11", "l": str(first - 1),
                                "n": "", "a": "3.0", "d": RETENTION}  # fmt: skip

@@ -10,8 +10,8 @@ import itertools
 import attrs
 import trio
 
-from storage.events import RETENTION
 from catsock.eventlog.redis import RedisEventLog
+from storage.events import RETENTION
 from tests.cluster.redisserver import RedisServer
 from tests.cluster.test_redis_log import commits, opened, row
 

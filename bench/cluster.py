@@ -165,10 +165,14 @@ async def measured(
     return result
 
 
-def markdown(records: list[dict[str, Any]], fan_out_cells: Callable[[dict[str, Any]], list[str]],
-             header: tuple[str, ...]) -> list[str]:  # fmt: skip
+def markdown(records: list[dict[str, Any]]) -> list[str]:
     """Section 6 of the report: each mode's fan-out, its ratio to the embedded node
     at the same S, and what Redis did per event."""
+    # Late: report imports this module for the section.
+    from .report import _FAN_OUT_HEADER as header
+    from .report import _fan_out_cells as fan_out_cells
+    from .report import _table
+
     embedded = {
         r["params"]["subscribers"]: r["metrics"]
         for r in records
@@ -203,14 +207,12 @@ def markdown(records: list[dict[str, Any]], fan_out_cells: Callable[[dict[str, A
         "Redis memory / event (B)",
         "redis-server CPU",
     ]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return [
         "## 6. Cluster mode (catsock embedded, one node over Redis, `--workers 2`)",
         "",
         "redis-server runs pinned to the load generator's core (AOF, `everysec`);",
         "`workers-2` is not pinned and shares both cores with the generator and Redis.",
         "",
-        "\n".join(lines),
+        _table(columns, rows),
         "",
     ]

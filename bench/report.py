@@ -613,7 +613,7 @@ def to_markdown(run: dict[str, Any]) -> str:
             "",
         ]
     if by.get("cluster"):
-        out += cluster_markdown(by["cluster"], _fan_out_cells, _FAN_OUT_HEADER)
+        out += cluster_markdown(by["cluster"])
     if by.get("soak"):
         out += soak_markdown(by["soak"])
     plots = run.get("plots") or []

@@ -4,8 +4,9 @@ SQLite checkpoints the write-ahead log in the commit that takes it past 1,000
 pages: a copy of the WAL into the database file and an fsync, in the log
 writer's thread, so that one commit (and every event waiting on it) was late by
 milliseconds every few seconds. That was catsock's p99 at 1,000 and 5,000
-events a second (6.9 and 8.3 ms; 3.8 and 4.0 with the checkpoints moved, in
-``python -m bench --peers catsock --scenarios latency``). The gateway's writing
+events a second: 6.7–6.9 and 8.3–9.0 ms with it, 4.0–4.2 and 4.2 ms with this
+task (``python -m bench --peers catsock --scenarios latency``, two runs each;
+docs/benchmarks.md, "The evening of 2026-12-05"). The gateway's writing
 connection therefore never checkpoints (``storage.open_db(checkpoints=False)``),
 and this task does it from a connection of its own, ``PASSIVE``: it waits for
 nobody and nobody waits for it.

@@ -192,13 +192,23 @@ class FrameReader:
             while budget > 0 and n - pos >= 2 and not self._closed:
                 b0 = buf[pos]
                 b1 = buf[pos + 1]
-                # Decided by the first two bytes: fail at once, not after waiting for an
+                # Decided by the first two bytes (reserved bits, mask, opcode, a control
+                # frame's length and FIN): fail at once, not after waiting for an
                 # extended length and a mask key that a bad peer may never send.
                 if b0 & 0x70:
                     raise FrameError(_PROTOCOL_ERROR, "reserved bits set (no extension in use)")
                 if not b1 & 0x80:
                     raise FrameError(_PROTOCOL_ERROR, "server received unexpected unmasked frame")
+                opcode = b0 & 0x0F
+                fin = b0 & 0x80
                 length = b1 & 0x7F
+                if opcode >= CLOSE:
+                    if length > _MAX_CONTROL or not fin:
+                        raise FrameError(_PROTOCOL_ERROR, "control frame too long or fragmented")
+                    if opcode > PONG:
+                        raise FrameError(_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+                else:
+                    self._check_opcode(opcode)
                 if length < 126:
                     start = pos + 6
                 elif length == 126:
@@ -217,15 +227,8 @@ class FrameReader:
                     if length < 65536:
                         raise FrameError(_PROTOCOL_ERROR, "length not minimally encoded")
                     start = pos + 14
-                opcode = b0 & 0x0F
-                fin = b0 & 0x80
-                if opcode >= CLOSE:
-                    if length > _MAX_CONTROL or not fin:
-                        raise FrameError(_PROTOCOL_ERROR, "control frame too long or fragmented")
-                    if opcode > PONG:
-                        raise FrameError(_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-                else:
-                    self._admit(opcode, length)
+                if opcode < CLOSE:
+                    self._admit(length)
                 end = start + length
                 if end > n:
                     break
@@ -263,8 +266,8 @@ class FrameReader:
         return events
 
 
-    def _admit(self, opcode: int, length: int) -> None:
-        """Check a data frame's header before its payload is buffered."""
+    def _check_opcode(self, opcode: int) -> None:
+        """A data frame's opcode, against the message in progress (first two bytes)."""
         if opcode == CONTINUATION:
             if not self._fragments:
                 raise FrameError(_PROTOCOL_ERROR, "continuation frame with no message to continue")
@@ -273,6 +276,9 @@ class FrameReader:
                 raise FrameError(_PROTOCOL_ERROR, "new message before the last one finished")
         else:
             raise FrameError(_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+
+    def _admit(self, length: int) -> None:
+        """Check a data frame's size before its payload is buffered."""
         extra = FRAGMENT_OVERHEAD if self._fragments else 0
         if self._size + extra + length > self.max_size:
             raise FrameError(_TOO_BIG, f"message over {self.max_size} bytes")

@@ -211,19 +211,21 @@ class FrameReader:
                     self._check_opcode(opcode)
                 if length < 126:
                     start = pos + 6
+                # An extended length is judged once its own bytes are in, not after
+                # the mask key that follows it.
                 elif length == 126:
-                    if n - pos < 8:
+                    if n - pos < 4:
                         break
                     length = (buf[pos + 2] << 8) | buf[pos + 3]
                     if length < 126:
                         raise FrameError(_PROTOCOL_ERROR, "length not minimally encoded")
                     start = pos + 8
                 else:
-                    if n - pos < 14:
+                    if n - pos > 2 and buf[pos + 2] & 0x80:
+                        raise FrameError(_PROTOCOL_ERROR, "64-bit length with its top bit set")
+                    if n - pos < 10:
                         break
                     length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                    if length >> 63:
-                        raise FrameError(_PROTOCOL_ERROR, "64-bit length with its top bit set")
                     if length < 65536:
                         raise FrameError(_PROTOCOL_ERROR, "length not minimally encoded")
                     start = pos + 14

@@ -988,6 +988,10 @@ async def _run_case(
     "a close frame announcing a 16-bit length: 1002 at once, not after the extended"
     " length that never comes (found by CI: the gateway waited for it)"
 )
+@example(case=Case("ws", b"\x82\xff\x80", "length-top-bit+truncated", None), cuts=[]).via(
+    "a 64-bit length with its top bit set, completed without a mask key: 1002 at once,"
+    " not after the mask key (found by CI: the gateway waited for it)"
+)
 @given(case=cases(), cuts=cut_points)
 def test_bad_framing_ends_only_the_bad_connection(
     gateways: GatewayPool, internal_errors: InternalErrors, case: Case, cuts: list[int]

@@ -175,6 +175,11 @@ def test_good_frames_before_a_bad_one_are_returned_first() -> None:
         (client_frame(CLOSE, struct.pack("!H", 1005)), 1002),
         (client_frame(CLOSE, struct.pack("!H", 999)), 1002),
         (client_frame(CLOSE, struct.pack("!H", 1000) + b"\xff"), 1007),
+        # Headers that stop before their mask key (or mid-length): the rule break is
+        # already in the bytes that came, and the peer may never send the rest.
+        (bytes([0x81, 0x80 | 126, 0, 5]), 1002),
+        (bytes([0x82, 0x80 | 127]) + (5).to_bytes(8, "big"), 1002),
+        (bytes([0x82, 0x80 | 127, 0x80]), 1002),
     ],
     ids=[
         "invalid-utf8",
@@ -189,6 +194,9 @@ def test_good_frames_before_a_bad_one_are_returned_first() -> None:
         "close-1005",
         "close-999",
         "close-reason-not-utf8",
+        "non-minimal-16-bit-length-without-mask",
+        "non-minimal-64-bit-length-without-mask",
+        "64-bit-length-top-bit-first-byte-only",
     ],
 )
 def test_rule_breaks_close_with_the_right_code(wire: bytes, code: int) -> None:

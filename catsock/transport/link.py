@@ -273,6 +273,10 @@ class Link:
         """Close the connection. With ``linger``, first stop sending and read (and drop)
         what the peer still sends, briefly, so it reads our last frames before the
         socket closes; without, close at once."""
+        # A closed link never drains: dropping the owner's callback also ends the
+        # reference cycle through it, so the connection is freed at once, not by a
+        # garbage collection that walks every live connection (issue 10's storm).
+        self.on_drained = _nothing
         sock, stream = self._sock, self._stream
         if sock is not None:
             self._sock = None

@@ -182,7 +182,7 @@ class FrameReader:
         returns nothing more after that.
         """
         if self._error is not None:
-            raise self._error
+            raise self._take_error()
         events: list[Event] = []
         self.more = False
         buf = self._buf
@@ -259,7 +259,8 @@ class FrameReader:
             self._closed = True
             if not events:
                 raise
-            self._error = error
+            # Kept without its traceback, whose frame holds this reader: a cycle.
+            self._error = error.with_traceback(None)
             self.more = True
         finally:
             self._buf = b"" if self._closed else buf[pos:]
@@ -267,6 +268,13 @@ class FrameReader:
             self.more = budget == 0 and len(self._buf) >= 2
         return events
 
+
+    def _take_error(self) -> FrameError:
+        """The error kept for the next read, given up: raised, its traceback holds the
+        raising frame, so neither this reader nor that frame may keep it (a cycle)."""
+        error, self._error = self._error, None
+        assert error is not None
+        return error
 
     def _check_opcode(self, opcode: int) -> None:
         """A data frame's opcode, against the message in progress (first two bytes)."""

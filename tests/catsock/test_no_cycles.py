@@ -61,6 +61,13 @@ async def test_closed_connections_leave_no_reference_cycle(start_gateway: Gatewa
                 await cats.send(text)
                 while await afad.recv_text() != text:  # earlier ones, replayed: no acks
                     pass
+            # Ends by the gateway, for a bad token and for an invalid event.
+            async with gw.connect() as bad:
+                await bad.send({"type": "auth", "token": "nope", "client_type": "AFAD"})
+                assert (await bad.recv())["type"] == "error"
+            async with gw.client("CATS", "cats") as cats:
+                await cats.send({"type": "event", "event_type": "click", "payload": {}})
+                assert (await cats.recv())["type"] == "error"
             # Ends by the gateway, for breaking the protocol (an unmasked frame).
             raw = await RawClient.connect(gw.port)
             await raw.send_text(json.dumps({"type": "ping"}))

@@ -58,7 +58,9 @@ HEALTH_CACHE_SECONDS = 1.0
 HEALTH_PROBE_TIMEOUT = 2.0
 #: A scrape reuses recipients' lag this many seconds old (catsock/lag.py).
 LAG_METRICS_AGE = 5.0
-#: How long a scrape waits for a lag read before answering with the last one.
+#: How long the first scrape waits for a lag read; later ones answer at once with the
+#: last reading (and start a new read if it is older than ``LAG_METRICS_AGE``): under
+#: overload a scrape must not queue behind a read of the database (issue 19).
 LAG_METRICS_PATIENCE = 0.5
 #: Events one GET /api/events returns unless ``limit`` says otherwise.
 DEFAULT_EVENTS_LIMIT = 100
@@ -233,7 +235,8 @@ class HttpApi:
 
     async def _get_metrics(self, request: Request) -> Response:
         with contextlib.suppress(LogUnavailable):  # cluster mode, Redis down: the last lag
-            await self.lag.refresh(LAG_METRICS_AGE, patience=LAG_METRICS_PATIENCE)
+            patience = 0.0 if self.lag.read_once else LAG_METRICS_PATIENCE
+            await self.lag.refresh(LAG_METRICS_AGE, patience=patience)
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
 
     # -- the API ---------------------------------------------------------------------

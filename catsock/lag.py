@@ -8,7 +8,8 @@ oldest. A scrape reuses a recent answer (``max_age``), so a busy Prometheus cost
 one read of the cursors every few seconds, not one per scrape; and a scrape waits
 for a read at most ``patience`` seconds: the read runs in a task of its own, so
 ``/metrics`` answers within a second however slow the database is under load
-(issue 19), with the previous answer until the new one is in.
+(issue 19), with the previous answer until the new one is in. Once it has one,
+``/metrics`` does not wait at all.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class LagWatch:
         self._reading: trio.Event | None = None
         self._error: Exception | None = None
 
+    @property
+    def read_once(self) -> bool:
+        """A read has finished: ``rows`` is an answer, not the empty start."""
+        return self._at > -math.inf
+
     async def refresh(self, max_age: float, *, patience: float = math.inf) -> list[LagRow]:
         """Every durable recipient with its lag, read again unless the last answer
         is younger than ``max_age`` seconds. Waits for the read at most ``patience``
@@ -87,10 +93,11 @@ class LagWatch:
             reading = self._reading = trio.Event()
             self._error = None
             trio.lowlevel.spawn_system_task(self._read_into_rows, reading)
-        with trio.move_on_after(patience):
-            await reading.wait()
-            if self._error is not None:
-                raise self._error
+        if patience > 0:
+            with trio.move_on_after(patience):
+                await reading.wait()
+                if self._error is not None:
+                    raise self._error
         return self.rows
 
     async def _read_into_rows(self, done: trio.Event) -> None:

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 import storage
+from catsock import httpapi
 from protocol import ErrorCode
 
 from .harness import CONVERSION, GatewayFactory, RunningGateway, envelope
@@ -269,3 +271,40 @@ async def test_a_slow_lag_read_does_not_hold_up_a_scrape(
         while not gw.gateway.http.lag.rows:  # noqa: ASYNC110 (the read's own task fills it)
             await trio.sleep(0.01)
     assert [row["identity"] for row in gw.gateway.http.lag.rows] == ["afad"]
+
+
+async def test_once_it_has_a_reading_a_scrape_never_waits_for_the_next(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first reading, a scrape answers with the last one at once and leaves
+    the new read running (issue 19: under overload a scrape that waited for the read
+    was over a second late). Every reading is made stale, and the next read slow."""
+    gw = await start_gateway()
+    gw.token("afad", "AFAD")
+    monkeypatch.setattr(httpapi, "LAG_METRICS_AGE", 0.0)
+    with trio.fail_after(10):
+        await scrape(gw)  # the first: waits for its reading
+    assert [row["identity"] for row in gw.gateway.http.lag.rows] == ["afad"]
+    release = threading.Event()
+    behind = storage.behind
+
+    def slow_behind(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return behind(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "behind", slow_behind)
+    answered: list[Samples] = []
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def scrape_once() -> None:
+                answered.append(await scrape(gw))
+
+            nursery.start_soon(scrape_once)
+            # Everything is blocked: the read on its thread, and the scrape, unless
+            # it was answered already.
+            await trio.testing.wait_all_tasks_blocked()
+            assert answered, "the scrape waited for the slow read"
+            assert value(answered[0], "catsock_recipients_behind") == 0  # the last reading
+    finally:
+        release.set()

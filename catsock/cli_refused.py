@@ -79,7 +79,8 @@ def refused(
             # Refusals a node could not store in Redis stay in its own file.
             click.echo(
                 f"this node's file {config.database} also keeps refused events (Redis was"
-                " unreachable when they were refused): --local lists them",
+                " unreachable when they were refused; a running node moves them to Redis"
+                " once it answers): --local lists them",
                 err=True,
             )
     else:

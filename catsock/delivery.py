@@ -624,7 +624,15 @@ class Delivery:
     def _follow(self, stored: list[storage.StoredEvent]) -> None:
         # Events of every node, read back from the shared log in seq order: fanned
         # out as the embedded log fans out a commit (head, runs, one write each).
-        self._after_commit(_entries(stored), {})
+        entries = _entries(stored)
+        # The latency histogram times from acceptance, on whichever node that was:
+        # its wall clock, kept in the stream, moved onto this node's trio clock (a
+        # clock behind the publisher's counts as no time since, never as negative).
+        now, wall = trio.current_time(), self._wall()
+        for entry, event in zip(entries, stored, strict=True):
+            if event.created_at is not None:
+                entry.appended_at = now - max(0.0, wall - event.created_at)
+        self._after_commit(entries, {})
 
     def _log_state(self, problem: str | None) -> None:
         if problem is None:

@@ -101,7 +101,9 @@ class Entry:
     publisher: Publisher | None = None
     connection_id: str | None = None
     created_at: float = 0.0
-    appended_at: float = math.nan  # trio time, for the latency histogram
+    # Trio time it was accepted, for the latency histogram (cluster mode: its
+    # created_at on this node's trio clock, Delivery._follow).
+    appended_at: float = math.nan
     duplicate_of: int | None = None
     committed: trio.Event | None = None
     _frame: bytes | None = None

@@ -6,14 +6,15 @@ records: refusals and retry outcomes are buffered for Redis
 before. ``run`` writes the buffer in batches. When Redis does not take a batch,
 its refusals are **kept in the node's SQLite file** instead (the log writer's
 ``refused`` table, listed by ``python -m catsock refused --local``) and a warning
-says so once per outage: a refusal is never dropped silently. A retry's outcome
-that Redis does not take is not kept (the audit table has it; logged).
+says so once per outage: a refusal is never dropped silently; once Redis answers
+they are handed over to it (catsock/refused_handover.py). A retry's outcome that
+Redis does not take is not kept (the audit table has it; logged).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -24,6 +25,7 @@ from storage.logs import _stored_payload as stored_payload
 
 from .config import Config
 from .eventlog import LogUnavailable
+from .refused_handover import Handover
 from .refused_store import RedisRefusedStore, RefusedStore, SqliteRefusedStore
 
 __all__ = ["ClusterRefusals", "RefusalStatistics", "cluster_refusals", "refused_store"]
@@ -41,17 +43,24 @@ class RefusalStatistics:
     stored: int  # refusals and retry outcomes Redis took
     kept_locally: int  # refusals written to the node's file because Redis did not take them
     lost_retries: int  # retry outcomes Redis did not take (the audit table has them)
+    handed_over: int  # refusals kept in the node's file, later moved to Redis
 
 
 class ClusterRefusals:
-    """``local`` records a row with the node's log writer; ``where_local`` names its file."""
+    """``local`` records a row with the node's log writer; ``where_local`` names its
+    file; ``handover`` (run by ``run``) moves what that file keeps back to Redis."""
 
     def __init__(
-        self, store: RefusedStore, local: Callable[[LogRow], None], where_local: str
+        self,
+        store: RefusedStore,
+        local: Callable[[LogRow], None],
+        where_local: str,
+        handover: Handover | None = None,
     ) -> None:
         self._store = store
         self._local = local
         self._where_local = where_local
+        self._handover = handover
         self._pending: list[EventRefused | RefusedRetried] = []
         self._wake = trio.Event()
         # One write at a time: ``flush`` (at shutdown) waits for the batch ``run``
@@ -72,19 +81,23 @@ class ClusterRefusals:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write what is recorded until cancelled."""
-        task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self._write_all()
+        """Write what is recorded, and hand over what the file keeps, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            if self._handover is not None:
+                await nursery.start(self._handover.run)
+            task_status.started()
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await self._write_all()
 
     async def flush(self) -> None:
         """Write (or keep locally) everything recorded so far."""
         await self._write_all()
 
     def statistics(self) -> RefusalStatistics:
-        return RefusalStatistics(self.stored, self.kept_locally, self.lost_retries)
+        handed_over = 0 if self._handover is None else self._handover.handed_over
+        return RefusalStatistics(self.stored, self.kept_locally, self.lost_retries, handed_over)
 
     async def _write_all(self) -> None:
         async with self._writing:
@@ -118,6 +131,8 @@ class ClusterRefusals:
             if isinstance(row, EventRefused):
                 self._local(row)
                 self.kept_locally += 1
+                if self._handover is not None:
+                    self._handover.poke()
             else:
                 self.lost_retries += 1
                 logger.warning(
@@ -131,6 +146,10 @@ class ClusterRefusals:
 def refused_store(config: Config, log: object) -> RefusedStore:
     """The store refused events are kept in: the cluster's when ``log`` is the
     shared Redis log, else the database file's."""
+    return _store(config, log)
+
+
+def _store(config: Config, log: object) -> SqliteRefusedStore | RedisRefusedStore:
     policy, fields = LogPolicy(config.log.policy), config.redact_fields()
 
     def body_of(body: str | None) -> str | None:
@@ -153,10 +172,18 @@ def refused_store(config: Config, log: object) -> RefusedStore:
 
 
 def cluster_refusals(
-    config: Config, log: object, local: Callable[[LogRow], None]
+    config: Config,
+    log: object,
+    local: Callable[[LogRow], None],
+    flush_local: Callable[[], Awaitable[None]],
+    wall_clock: Callable[[], float],
 ) -> ClusterRefusals | None:
     """Cluster mode's router of refusals (None in embedded mode: the log writer
-    keeps them, as it always did)."""
+    keeps them, as it always did). ``local`` and ``flush_local`` are the node's
+    log writer's ``record`` and ``flush``."""
     if log is None:
         return None
-    return ClusterRefusals(refused_store(config, log), local, config.database)
+    store = _store(config, log)
+    assert isinstance(store, RedisRefusedStore)
+    handover = Handover(config.database, store, flush_local, wall_clock=wall_clock)
+    return ClusterRefusals(store, local, config.database, handover)

@@ -11,6 +11,8 @@
   the ids, ``{prefix}:refused:<id>`` a hash with the row's columns. The same
   bounds as the SQLite table: each row expires after ``log.retention_days``, and
   the oldest go beyond ``log.retention_rows`` (trimmed as rows are added).
+  ``{prefix}:refused-moved:<mark>`` the id a row of a node's file got when it
+  was handed over (``move``, catsock/refused_handover.py), so it is stored once.
 
 Rows come back as the SQLite table's ``SELECT *`` gives them (same keys, ISO
 times), whichever store holds them. A Redis that does not answer raises
@@ -19,8 +21,11 @@ times), whichever store holds them. A Redis that does not answer raises
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -43,6 +48,9 @@ COLUMNS = (
     "detail", "type", "message_id", "size", "body", "retried_at", "retry_result", "retry_seq",
 )  # fmt: skip
 _INTS = frozenset({"id", "size", "retry_seq"})
+_RETRY = frozenset({"retried_at", "retry_result", "retry_seq"})
+#: How long a moved row's mark lives when rows do not expire (no ``log.retention_days``).
+MARK_TTL = 30 * 86400
 #: Rows one read of ``find`` fetches from Redis.
 PAGE = 500
 
@@ -116,6 +124,10 @@ for r = 1, n do
   end
   i = i + 4
 end
+"""
+
+# The bounds, kept after every write; needs the locals max_rows, index, prefix.
+_TRIM = """
 local over = redis.call('ZCARD', index) - max_rows
 if over > 0 then
   for _, id in ipairs(redis.call('ZRANGE', index, 0, over - 1)) do
@@ -128,8 +140,36 @@ for _, id in ipairs(redis.call('ZRANGE', index, 0, 99)) do
   if redis.call('EXISTS', prefix .. id) == 1 then break end
   redis.call('ZREM', index, id)
 end
-return 0
 """
+_ADD += _TRIM + "return 0"
+
+# ARGV: max rows, next key, index key, row prefix, mark prefix; n rows, each as
+# its mark, its ttl (0: none), its mark's ttl, m, then m field/value pairs. A row
+# whose mark exists was moved before and is skipped. Returns how many were stored.
+_MOVE = """
+local max_rows = tonumber(ARGV[1])
+local nextk, index, prefix, marks = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local i = 6
+local n = tonumber(ARGV[i]); i = i + 1
+local moved = 0
+for r = 1, n do
+  local mark, ttl, m = marks .. ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3])
+  local mark_ttl = ARGV[i + 2]
+  i = i + 4
+  if redis.call('EXISTS', mark) == 0 then
+    local id = redis.call('INCR', nextk)
+    local fields = {'id', id}
+    for f = 0, 2 * m - 1 do fields[#fields + 1] = ARGV[i + f] end
+    redis.call('HSET', prefix .. id, unpack(fields))
+    if ttl > 0 then redis.call('EXPIRE', prefix .. id, ttl) end
+    redis.call('SET', mark, id, 'EX', mark_ttl)
+    redis.call('ZADD', index, id, id)
+    moved = moved + 1
+  end
+  i = i + 2 * m
+end
+"""
+_MOVE += _TRIM + "return moved"
 
 # ARGV: index key, row prefix, the id to read below (exclusive, or +inf), count.
 # Returns id, then the hash's flat field/value list, for each id (empty if expired).
@@ -160,6 +200,7 @@ class RedisRefusedStore:
     ) -> None:
         self._client = client
         self._next, self._index, self._prefix = key("refused:next"), key("refused"), key("refused:")
+        self._marks = key("refused-moved:")
         self._body_of = body_of
         self._ttl = max(1, math.ceil(max_age)) if math.isfinite(max_age) else 0
         self._max_rows = max(max_rows, 0)
@@ -187,6 +228,25 @@ class RedisRefusedStore:
         for t in retried:
             args += (t.id, storage.iso(t.at), t.result, "" if t.seq is None else t.seq)
         await self._call(_ADD, [self._next, self._index], args)
+
+    async def move(self, rows: Sequence[dict[str, Any]], *, now: float) -> int:
+        """Store rows of a node's SQLite table (``SELECT *``, as kept there: body
+        already as the log's policy left it) under new ids, every other column as
+        it is; returns how many were new. Each row leaves a mark keyed on its
+        ``id`` and the columns that never change, so a row moved again (the file
+        not yet cleared when the node stopped) is stored once. A row lives on
+        for what is left of its ``log.retention_days``."""
+        args: list[str | int] = [
+            self._max_rows, self._next, self._index, self._prefix, self._marks, len(rows)
+        ]  # fmt: skip
+        for row in rows:
+            ttl = self._ttl and max(1, math.ceil(_time(row["at"], now) + self._ttl - now))
+            pairs = [(c, row[c]) for c in COLUMNS[1:] if row.get(c) is not None]
+            args += (_mark(row), ttl, ttl or MARK_TTL, len(pairs))
+            for k, v in pairs:
+                args += (k, v)
+        moved: int = await self._call(_MOVE, [self._next, self._index], args)
+        return moved
 
     async def find(self, *, limit: int, **filters: str | None) -> list[dict[str, Any]]:
         since = filters.pop("since", None)
@@ -227,6 +287,21 @@ class RedisRefusedStore:
         except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
             why = "no answer in time" if isinstance(exc, trio.TooSlowError) else str(exc)
             raise LogUnavailable(f"cannot reach Redis at {self.where}: {why}") from None
+
+
+def _mark(row: dict[str, Any]) -> str:
+    """A moved row's mark: its node-local id and the columns no retry changes. Two
+    files' rows share one only if they agree in every one, time to the millisecond."""
+    fixed = [row.get(c) for c in COLUMNS if c not in _RETRY]
+    return hashlib.sha256(json.dumps(fixed).encode()).hexdigest()[:32]
+
+
+def _time(at: object, now: float) -> float:
+    """A stored ISO time as a unix time (``now`` if it is not one)."""
+    try:
+        return datetime.fromisoformat(str(at)).timestamp()
+    except ValueError:
+        return now
 
 
 def _row(flat: list[str]) -> dict[str, Any] | None:

@@ -194,7 +194,9 @@ class Gateway:
         self.hub = Hub()
         #: Cluster mode: refused events go to the cluster's store (None: embedded,
         #: the log writer keeps them in the node's file).
-        self.refusals = cluster_refusals(config, self.shared_log, self.log.record)
+        self.refusals = cluster_refusals(
+            config, self.shared_log, self.log.record, self.log.flush, wall_clock
+        )
         #: Where connections and the HTTP API record log rows (refusals included).
         self.record_log = self.log.record if self.refusals is None else self.refusals.record
         #: Cluster mode: connections per identity and rate buckets across nodes.

@@ -84,6 +84,9 @@ class StoredEvent:
     priority: int
     expires_at: float | None
     body: str
+    #: When it was accepted (wall clock), where the log keeps it: the shared log's
+    #: stream does (catsock/eventlog/packing.py); None from this file's reads.
+    created_at: float | None = None
 
 
 def head(db: sqlite_utils.Database) -> int:

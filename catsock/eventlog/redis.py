@@ -441,7 +441,7 @@ def _why(exc: BaseException) -> str:
 
 def _stored(entry: Any) -> storage.StoredEvent:
     f = entry.field_values
-    kind, channels, priority, expires, _, _, body = unpack(f["e"])
+    kind, channels, priority, expires, _, created, body = unpack(f["e"])
     return storage.StoredEvent(
         seq_of(entry.identifier),
         kind,
@@ -450,4 +450,5 @@ def _stored(entry: Any) -> storage.StoredEvent:
         priority,
         float(expires) if expires else None,
         body,
+        created,
     )

@@ -31,6 +31,7 @@ import orjson
 import trio
 
 from ..config import HttpConfig
+from . import fasthead
 
 __all__ = [
     "CHUNK_COST",
@@ -340,6 +341,11 @@ class FrontDoor:
         end = await _read_head(stream, buf)
         if end == 0:
             return None
+        # The common case, a WebSocket client's upgrade, without h11 (fasthead.py).
+        fast = fasthead.parse(buf[:end])
+        if fast is not None and _is_websocket_upgrade(fast[1]):
+            path, _, query = fast[0].partition("?")
+            return self._upgrade(stream, "GET", "1.1", path, query, fast[1], bytes(buf[end:]))
         conn.receive_data(bytes(buf[:end]))
         try:
             event = conn.next_event()
@@ -357,20 +363,10 @@ class FrontDoor:
         path, _, query = target.partition("?")
         method = event.method.decode("ascii")
         if _is_websocket_upgrade(headers):
-            if not _ws_path(path):
-                raise RequestRefused(
-                    error_response(404, "NOT_FOUND", "the WebSocket endpoint is /ws")
-                )
-            if method == "GET":
-                if not origin_allowed(
-                    headers.get("origin"), headers.get("host"), self.config.allowed_origins
-                ):
-                    self._warn_origin(headers.get("origin", ""), headers.get("host"))
-                    raise RequestRefused(
-                        error_response(403, "ORIGIN_NOT_ALLOWED", "origin not allowed")
-                    )
-                version = event.http_version.decode("ascii")
-                return Upgrade(stream, method, version, path, query, headers, bytes(buf[end:]))
+            version = event.http_version.decode("ascii")
+            upgrade = self._upgrade(stream, method, version, path, query, headers, bytes(buf[end:]))
+            if upgrade is not None:
+                return upgrade
         if "content-length" in headers and "transfer-encoding" in headers:
             # RFC 9112 §6.1: a way to smuggle requests past a proxy; refused outright.
             raise RequestRefused(
@@ -386,6 +382,28 @@ class FrontDoor:
             return Request(method, path, query, headers, client=client)
         body = _Body(self, stream, conn, headers, deadline)
         return Request(method, path, query, headers, client=client, reader=body.read)
+
+    def _upgrade(
+        self,
+        stream: trio.abc.Stream,
+        method: str,
+        version: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        rest: bytes,
+    ) -> Upgrade | None:
+        """A request asking for a WebSocket: the ``Upgrade`` to answer, a refusal
+        raised (wrong path, foreign origin), or None: not a GET, served as HTTP."""
+        if not _ws_path(path):
+            raise RequestRefused(error_response(404, "NOT_FOUND", "the WebSocket endpoint is /ws"))
+        if method != "GET":
+            return None
+        origin, host = headers.get("origin"), headers.get("host")
+        if not origin_allowed(origin, host, self.config.allowed_origins):
+            self._warn_origin(origin or "", host)
+            raise RequestRefused(error_response(403, "ORIGIN_NOT_ALLOWED", "origin not allowed"))
+        return Upgrade(stream, method, version, path, query, headers, rest)
 
     async def _send(
         self,

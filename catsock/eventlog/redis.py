@@ -328,6 +328,18 @@ class RedisEventLog:
             logger.info("event log: retention pass skipped: %s", _why(exc))
             return None
 
+    async def strip_personal(self, fields: Collection[str], *, before: float) -> int | None:
+        """The personal fields' lifetime (catsock/eventlog/privacy.py): how many
+        events changed; None if Redis did not answer or another node ran it."""
+        from .privacy import strip_personal
+
+        try:
+            with trio.fail_after(100 * (self._timeout + 1)):
+                return await strip_personal(self, fields, before=before)
+        except (*_ERRORS, LogUnavailable) as exc:
+            logger.info("event log: personal-field lifetime skipped: %s", _why(exc))
+            return None
+
     async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
         # HSETNX: a cursor that exists (moved by another node meanwhile) stays.
         key = self._cursor_prefix + identity

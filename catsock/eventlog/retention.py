@@ -108,7 +108,7 @@ async def _hard_bound(log: RedisEventLog, cut: int) -> None:
     stream is cut at the same seq, so the log never has a hole (``MAXLEN`` counts
     entries, and with events moved out it may keep some older than the cut)."""
     client = log.client
-    if not await client.zcard(log.key(moved.REDACTED)):
+    if cut < 1 or not await client.zcard(log.key(moved.REDACTED)):
         return  # nothing moved: ``MAXLEN`` alone bounds the log, as it always did
     await client.zremrangebyscore(log.key(moved.REDACTED), 0, cut)
     await client.xtrim(log.key("log"), PureToken.MINID, cut + 1)

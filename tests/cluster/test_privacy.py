@@ -1,0 +1,241 @@
+"""Personal data in cluster mode's Redis (catsock/eventlog/privacy.py, docs/privacy.md).
+
+Real gateway nodes over a real redis-server. What Redis holds is read raw, every
+key of the cluster's prefix and every value in it, with a plain coredis client,
+not through catsock. ``forget`` runs as a real ``python -m catsock`` subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import coredis
+import pytest
+import trio
+
+from catsock.eventlog import moved
+from catsock.eventlog.redis import RedisEventLog
+from tests.catsock.harness import GatewayFactory, RunningGateway, envelope
+from tests.catsock.test_delivery import ACKS, ACKS_RESUME, until_pong
+from tests.catsock.test_serve import cli_env, run_cli
+from tests.cluster.nodes import cluster_nodes
+from tests.cluster.redisserver import RedisServer
+from tests.cluster.test_redis_log import commits, opened, row
+from tests.cluster.test_two_nodes import accepted
+
+VISITOR_IP = "198.51.100.77"
+OTHER_IP = "192.0.2.5"
+AGENT = "Mozilla/5.0 forget-me"
+REFERER = "https://ref.example/forget-me"
+EMAIL = "alice.visitor@example.com"
+
+
+def click(message_id: str, ip: str, sender: str = "CATS", **extra: Any) -> str:
+    payload = {
+        "access_id": 1, "adware_id": 100, "owner_id": 500,
+        "ipaddress": ip, "useragent": AGENT, "referer": REFERER, **extra,
+    }  # fmt: skip
+    return envelope("click", payload, sender, message_id)
+
+
+async def everything(url: str) -> str:
+    """Every key of the cluster's prefix and every value it holds, as one text."""
+    out: list[str] = []
+    async with coredis.Redis.from_url(url, decode_responses=True) as r:
+        async for key in r.scan_iter(match="{catsock}*", count=1000):
+            kind = await r.type(key)
+            if kind == "string":
+                out.append(str(await r.get(key)))
+            elif kind == "hash":
+                out.append(repr(await r.hgetall(key)))
+            elif kind == "stream":
+                out += [repr(dict(e.field_values)) for e in await r.xrange(key, "-", "+")]
+            elif kind == "zset":
+                out += [str(m) for m in await r.zrange(key, 0, -1)]
+            elif kind == "set":
+                out += [str(m) for m in await r.smembers(key)]
+            elif kind == "list":
+                out += [str(m) for m in await r.lrange(key, 0, -1)]
+            else:
+                raise AssertionError(f"{key}: a {kind} this test cannot read")
+            out.append(str(key))
+    return "\n".join(out)
+
+
+async def holds(url: str, *texts: str) -> bool:
+    """Whether any of ``texts`` is anywhere in the cluster's keys."""
+    raw = await everything(url)
+    return any(text in raw for text in texts)
+
+
+async def enrol(node: RunningGateway) -> None:
+    """Connect the durable AFAD once, so that its cursors protect what follows."""
+    async with node.client("AFAD", "afad", extensions=ACKS_RESUME) as afad:
+        assert await until_pong(afad) == []
+    await node.gateway.delivery.flush()
+
+
+async def publish(node: RunningGateway, texts: list[str]) -> list[int]:
+    async with node.client("CATS", "cats", extensions=ACKS) as cats:
+        for text in texts:
+            await cats.send(text)
+        return [a["seq"] for a in await accepted(cats, len(texts))]
+
+
+async def replay(node: RunningGateway, count: int) -> list[dict[str, Any]]:
+    """What the durable AFAD is sent when it comes back: ``count`` events, then nothing."""
+    async with node.client("AFAD", "afad", extensions=ACKS_RESUME) as afad:
+        got = [json.loads(await afad.recv_text()) for _ in range(count)]
+        assert await until_pong(afad) == []
+    return got
+
+
+async def test_personal_fields_leave_the_redis_log_after_their_lifetime(
+    start_gateway: GatewayFactory,
+    redis: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A lifetime of one second, and each node's pass every 0.2 s instead of a minute.
+    monkeypatch.setattr("catsock.delivery.SHARED_RETENTION_EVERY", 0.2)
+    a, b = await cluster_nodes(
+        start_gateway, redis, tmp_path, privacy={"personal_retention_hours": 1 / 3600}
+    )
+    texts = [click(f"c{i}", VISITOR_IP, Nested={"IPAddress": VISITOR_IP}) for i in range(30)]
+    with trio.fail_after(60):
+        await enrol(b)
+        seqs = await publish(a, texts)
+        # Both nodes run the pass; wait for it to have done every event.
+        while True:
+            if not await holds(redis.url, VISITOR_IP, AGENT, REFERER):
+                break
+            await trio.sleep(0.1)
+        raw = await everything(redis.url)
+        got = await replay(b, len(texts))
+    for field in ("ipaddress", "useragent", "referer"):
+        assert field not in raw.casefold()
+    # Every event is still there, moved out of the stream.
+    assert raw.count("click") >= len(texts)
+    assert [g["seq"] for g in got] == seqs
+    assert [g["message_id"] for g in got] == [f"c{i}" for i in range(30)]
+    assert got[0]["payload"] == {"access_id": 1, "adware_id": 100, "owner_id": 500, "Nested": {}}
+
+
+async def test_a_pass_of_the_lifetime_moves_each_event_once_and_retention_trims_both(
+    redis: RedisServer,
+) -> None:
+    with trio.fail_after(30):
+        async with opened(redis.url) as log, opened(redis.url) as other:
+            rows = [
+                attrs.evolve(row(f"m{i}"), body=json.dumps({"ipaddress": f"10.0.0.{i}", "n": i}))
+                for i in range(300)
+            ]
+            await log.commit(commits(), rows, {}, [], 0)
+            # Two nodes at once: one does the pass, the other is told so (None).
+            async with trio.open_nursery() as nursery:
+                results: list[int | None] = []
+
+                async def strip(node: RedisEventLog) -> None:
+                    results.append(await node.strip_personal(["IPADDRESS"], before=2.0))
+
+                nursery.start_soon(strip, log)
+                nursery.start_soon(strip, other)
+            assert sorted(results, key=str) == [300, None] or results == [300, 0]
+            assert await log.client.xlen(log.key("log")) == 0
+            assert await log.client.zcard(log.key(moved.REDACTED)) == 300
+            assert await log.strip_personal(["ipaddress"], before=2.0) == 0  # looked at once
+            assert (await log.head(), await log.first_seq()) == (300, 1)
+            found, scanned = await log.read_after(
+                {"type:AFAD": 0}, upto=300, exclude_sender=None, limit=1000
+            )
+            assert ([e.seq for e in found], scanned) == (list(range(1, 301)), 300)
+            assert json.loads(found[7].body) == {"n": 7}
+            # A newer event stays in the stream; reads see both in seq order.
+            await log.commit(commits(), [row("young")], {}, [], 0)
+            found, _ = await log.read_after(
+                {"type:AFAD": 298}, upto=301, exclude_sender=None, limit=10
+            )
+            assert [e.seq for e in found] == [299, 300, 301]
+            done = await log.retain(max_age=1e12, max_rows=50, now=2.0)
+            assert done is not None
+            assert done.trimmed == 251
+            assert await log.first_seq() == 252
+            assert await log.client.zcard(log.key(moved.REDACTED)) == 49
+
+
+async def test_forget_through_the_cli_leaves_no_trace_in_redis(
+    start_gateway: GatewayFactory, redis: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await cluster_nodes(start_gateway, redis, tmp_path)
+    texts = [
+        click("v1", VISITOR_IP),
+        click("o1", OTHER_IP),
+        click("v2", OTHER_IP, extra={"IPAddress": VISITOR_IP, "email": EMAIL}),
+    ]
+    env = cli_env(a.database, CATSOCK_CLUSTER__REDIS=redis.url)
+    with trio.fail_after(60):
+        await enrol(b)
+        seqs = await publish(a, texts)
+        # A refused event (a dashboard may not send clicks) goes to the refused
+        # store in Redis: its personal fields redacted already, the email not.
+        async with a.client("DASHBOARD", "dashboard") as dashboard:
+            await dashboard.send(click("refused", OTHER_IP, "DASHBOARD", Contact={"EMail": EMAIL}))
+            (error,) = await until_pong(dashboard)
+            assert error["payload"]["error_code"] == "EVENT_NOT_ALLOWED"
+        while True:  # the refusal is written to Redis shortly after
+            if await holds(redis.url, EMAIL):
+                break
+            await trio.sleep(0.05)
+        result = await run_cli(
+            "forget", "--field", f"ipaddress={VISITOR_IP}", "--field", f"email={EMAIL}",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert result.code == 0, result
+        raw = await everything(redis.url)
+        got = await replay(b, len(texts))
+    assert f"forgot in Redis at {redis.url}: 2 events, 1 refused-event rows redacted" in result.out
+    assert VISITOR_IP not in raw
+    assert EMAIL not in raw
+    assert OTHER_IP in raw  # the other visitor's event is untouched
+    # Delivery goes on: every event, in seq order, the forgotten ones without the
+    # visitor's fields.
+    assert [g["seq"] for g in got] == seqs
+    assert "ipaddress" not in got[0]["payload"]
+    assert got[1]["payload"]["ipaddress"] == OTHER_IP
+    assert got[2]["payload"]["extra"] == {}
+
+
+async def test_forget_with_redis_down_says_so_in_one_line(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path / "node.db", CATSOCK_CLUSTER__REDIS=redis.url)
+    with trio.fail_after(60):
+        await redis.stop()
+        result = await run_cli(
+            "forget", "--field", f"ipaddress={VISITOR_IP}", cwd=tmp_path, env=env
+        )
+    assert result.code == 1, result
+    assert "Traceback" not in result.err
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith("Error: cluster.redis: cannot reach Redis at "), line
+    assert line.endswith("; nothing was forgotten"), line
+
+
+async def test_the_hard_bound_counts_the_events_moved_out_of_the_stream(
+    redis: RedisServer,
+) -> None:
+    with trio.fail_after(30):
+        async with opened(redis.url) as log:  # retention_hard_rows: 1000
+            rows = [attrs.evolve(row(f"h{i}"), body='{"ipaddress":"10.0.0.1"}') for i in range(300)]
+            await log.commit(commits(), rows, {("afad", "type:AFAD"): 0}, [], 0)
+            assert await log.strip_personal(["ipaddress"], before=2.0) == 300
+            await log.commit(commits(), [row(f"n{i}") for i in range(1000)], {}, [], 0)
+            done = await log.retain(max_age=1e12, max_rows=10**9, now=2.0)
+            # 1,300 events, 1,000 kept: the 300 moved ones go, and afad is told.
+            assert done is not None
+            assert done.lost == 300
+            assert await log.client.zcard(log.key(moved.REDACTED)) == 0
+            assert (await log.first_seq(), await log.head()) == (301, 1300)

@@ -102,7 +102,7 @@ async def _strip(log: RedisEventLog, projection: Projection, before: float, batc
     upto = await last_created_before(log, lo, hi, before, stream_only=True)
     if upto is None:
         return 0
-    upto = min(upto, mark + batch)
+    upto = min(upto, lo - 1 + batch)  # from the first event left: trimmed seqs cost nothing
     changed = 0
     while lo <= upto:
         entries = list(await client.xrange(stream, f"{lo}-0", f"{upto}-0", count=PAGE))

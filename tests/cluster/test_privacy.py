@@ -21,7 +21,9 @@ import storage
 from catsock.eventlog import moved
 from catsock.eventlog.privacy import forget
 from catsock.eventlog.redis import RedisEventLog
+from catsock.refused_store import RedisRefusedStore
 from storage.privacy import Erasure
+from storage.refused import EventRefused
 from tests.catsock.harness import GatewayFactory, RunningGateway, envelope
 from tests.catsock.test_delivery import ACKS, ACKS_RESUME, until_pong
 from tests.catsock.test_serve import cli_env, run_cli
@@ -296,3 +298,37 @@ async def test_follow_fills_a_gap_left_by_an_event_moved_before_it_was_read(
                 await three.wait()
                 nursery.cancel_scope.cancel()
     assert [(e.seq, e.body) for e in got] == [(1, rows[0].body), (2, "{}"), (3, rows[2].body)]
+
+
+async def test_forget_a_user_in_redis(redis: RedisServer) -> None:
+    body = json.dumps({"owner_id": 500, "owner_name": "Ann", "ipaddress": "10.0.0.1", "n": 1})
+    rows = [
+        attrs.evolve(row("u1", channels=("user:500",)), body='{"n":1,"note":"routed"}'),
+        attrs.evolve(row("u2"), body=body),
+        attrs.evolve(row("u3"), body='{"owner_id":600,"n":3}'),
+    ]
+    refusal = EventRefused(
+        1.0, "dash-500", "DASHBOARD", "500", None, "websocket", "EVENT_NOT_ALLOWED", "",
+        "click", "r1", 10, '{"owner_name":"Ann","n":4}',
+    )  # fmt: skip
+    with trio.fail_after(30):
+        async with opened(redis.url) as log:
+            await log.commit(commits(), rows, {}, [], 0)
+            store = RedisRefusedStore(
+                lambda: log.client, log.key, body_of=lambda b: b,
+                max_age=3600, max_rows=100, timeout=2.0, where="test",
+            )  # fmt: skip
+            await store.add([refusal])
+            erasure = Erasure.of(["ipaddress"], user_id="500")
+            done = await forget(log, erasure)
+            found, _ = await log.read_after(
+                {"type:AFAD": 0, "user:500": 0}, upto=3, exclude_sender=None, limit=10
+            )
+            kept = await store.get(1)
+    # The routed event (nothing to remove in it), the one naming user 500; not 600's.
+    assert (done.events, done.refused) == (2, 1)
+    assert [json.loads(e.body) for e in found] == [
+        {"n": 1, "note": "routed"}, {"owner_id": 500, "n": 1}, {"owner_id": 600, "n": 3},
+    ]  # fmt: skip
+    assert kept is not None
+    assert json.loads(kept["body"]) == {"owner_name": "[redacted]", "n": 4}

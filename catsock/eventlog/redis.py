@@ -36,7 +36,7 @@ import trio
 import storage
 from catsock.config import ClusterConfig, redacted_url
 
-from . import Committed, LogUnavailable, moved, reads
+from . import Committed, LogUnavailable, moved, privacy, reads
 from .packing import pack, seq_of, unpack
 from .retention import Retained, retain
 
@@ -331,11 +331,9 @@ class RedisEventLog:
     async def strip_personal(self, fields: Collection[str], *, before: float) -> int | None:
         """The personal fields' lifetime (catsock/eventlog/privacy.py): how many
         events changed; None if Redis did not answer or another node ran it."""
-        from .privacy import strip_personal
-
         try:
             with trio.fail_after(100 * (self._timeout + 1)):
-                return await strip_personal(self, fields, before=before)
+                return await privacy.strip_personal(self, fields, before=before)
         except (*_ERRORS, LogUnavailable) as exc:
             logger.info("event log: personal-field lifetime skipped: %s", _why(exc))
             return None

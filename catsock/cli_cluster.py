@@ -62,10 +62,22 @@ def forget_in_redis(
     from storage.privacy import Erasure
 
     from .eventlog.privacy import ForgetIncomplete, forget
+    from .eventlog.redis import CALL_ERRORS
 
     erasure = Erasure.of(config.redact_fields(), fields, user_id)
+
+    async def run(log: RedisEventLog) -> ForgottenShared:
+        try:
+            return await forget(log, erasure)
+        except CALL_ERRORS as exc:
+            # Part-way: what was redacted stays so; a second run does the rest.
+            raise LogUnavailable(
+                f"cannot reach Redis at {log.where}: {exc or type(exc).__name__}"
+                " (the node's file is done; run forget again when Redis answers)"
+            ) from None
+
     try:
-        return on_redis(config, lambda log: forget(log, erasure))
+        return on_redis(config, run)
     except ForgetIncomplete as exc:
         raise click.ClickException(f"cluster.redis: {exc}") from None
 

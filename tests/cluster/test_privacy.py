@@ -16,6 +16,7 @@ import attrs
 import coredis
 import pytest
 import trio
+from coredis.tokens import PureToken
 
 import storage
 from catsock.eventlog import moved
@@ -332,3 +333,27 @@ async def test_forget_a_user_in_redis(redis: RedisServer) -> None:
     ]  # fmt: skip
     assert kept is not None
     assert json.loads(kept["body"]) == {"owner_name": "[redacted]", "n": 4}
+
+
+async def test_forget_when_redis_stops_taking_writes_part_way_says_so_in_one_line(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path / "node.db", CATSOCK_CLUSTER__REDIS=redis.url)
+    with trio.fail_after(60):
+        async with opened(redis.url) as log:
+            event = attrs.evolve(row("p1"), body=json.dumps({"ipaddress": VISITOR_IP}))
+            await log.commit(commits(), [event], {}, [], 0)
+            # Reads (the probe, the scan) still answer; the script that moves the
+            # event waits past the client's timeout.
+            await log.client.client_pause(15_000, PureToken.WRITE)
+            try:
+                result = await run_cli(
+                    "forget", "--field", f"ipaddress={VISITOR_IP}", cwd=tmp_path, env=env
+                )
+            finally:
+                await log.client.client_unpause()
+    assert result.code == 1, result
+    assert "Traceback" not in result.err
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith("Error: cluster.redis: cannot reach Redis at "), line
+    assert line.endswith("(the node's file is done; run forget again when Redis answers)"), line

@@ -696,7 +696,8 @@ def forget(
 ) -> None:
     """Erase one person's data: redact the matching events and log rows (docs/privacy.md).
 
-    Prints how many events, message-log and refused-event rows and connections were redacted.
+    Prints how many events, message-log and refused-event rows and connections were redacted;
+    with ``cluster.redis`` set, also how many events and refused events in the cluster's Redis.
     """
     fields = []
     for spec in field_specs:
@@ -709,6 +710,12 @@ def forget(
     if not fields and user_id is None:
         raise click.ClickException("say whom to forget: --field NAME=VALUE or --user-id N")
     config = _load(config_path, _flags(database=database))
+    if config.cluster.redis:
+        from .cli_cluster import reachable
+
+        problem = reachable(config)  # before anything is changed: all or, for now, nothing
+        if problem is not None:
+            raise click.ClickException(f"cluster.redis: {problem}; nothing was forgotten")
     db = _open(config_path, database)
     try:
         done = storage.forget(db, config.redact_fields(), fields=fields, user_id=user_id)
@@ -725,6 +732,14 @@ def forget(
             "catsock: a reader held the write-ahead log, so old copies may remain in"
             f" {config.database}-wal until the next checkpoint; run forget again later",
             err=True,
+        )
+    if config.cluster.redis:
+        from .cli_cluster import forget_in_redis, where
+
+        shared = forget_in_redis(config, fields, user_id)
+        click.echo(
+            f"forgot in Redis at {where(config)}: {shared.events} events,"
+            f" {shared.refused} refused-event rows redacted"
         )
 
 

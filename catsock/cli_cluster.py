@@ -1,5 +1,6 @@
 """The CLI against a cluster's Redis (``cluster.redis`` set): ``refused``,
-``ledger`` and ``config`` read the store every node shares, not the node's file.
+``ledger`` and ``config`` read the store every node shares, not the node's file;
+``forget`` redacts it as well as the node's file.
 
 ``on_redis`` opens the cluster's log for one command, with reads that fail
 rather than wait, and turns an unreachable Redis into a one-line error (exit 1),
@@ -8,7 +9,7 @@ never a traceback or a command that hangs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import click
@@ -18,9 +19,10 @@ from .config import Config, redacted_url
 from .eventlog import ClientMissing, LogUnavailable, cluster_log
 
 if TYPE_CHECKING:
+    from .eventlog.privacy import ForgottenShared
     from .eventlog.redis import RedisEventLog
 
-__all__ = ["on_redis", "reachable", "where"]
+__all__ = ["forget_in_redis", "on_redis", "reachable", "where"]
 
 T = TypeVar("T")
 
@@ -51,6 +53,33 @@ def on_redis(config: Config, func: Callable[[RedisEventLog], Awaitable[T]]) -> T
         if unreachable is None:
             raise
         raise click.ClickException(f"cluster.redis: {unreachable}") from None
+
+
+def forget_in_redis(
+    config: Config, fields: Sequence[tuple[str, str]], user_id: str | None
+) -> ForgottenShared:
+    """``forget`` in the cluster's Redis: its log and its refused events."""
+    from storage.privacy import Erasure
+
+    from .eventlog.privacy import ForgetIncomplete, forget
+    from .eventlog.redis import CALL_ERRORS
+
+    erasure = Erasure.of(config.redact_fields(), fields, user_id)
+
+    async def run(log: RedisEventLog) -> ForgottenShared:
+        try:
+            return await forget(log, erasure)
+        except CALL_ERRORS as exc:
+            # Part-way: what was redacted stays so; a second run does the rest.
+            raise LogUnavailable(
+                f"cannot reach Redis at {log.where}: {exc or type(exc).__name__}"
+                " (the node's file is done; run forget again when Redis answers)"
+            ) from None
+
+    try:
+        return on_redis(config, run)
+    except ForgetIncomplete as exc:
+        raise click.ClickException(f"cluster.redis: {exc}") from None
 
 
 def reachable(config: Config) -> str | None:

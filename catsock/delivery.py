@@ -642,8 +642,9 @@ class Delivery:
             self._room = trio.Event()
 
     async def _retain_shared(self, log: SharedEventLog) -> None:
-        """Retention of the shared log: every node runs it (a pass is idempotent, and
-        a loss is recorded once across nodes), first at start-up."""
+        """Retention of the shared log and its personal fields' lifetime: every node
+        runs it (a pass is idempotent, and a loss is recorded once across nodes), first
+        at start-up."""
         config = self.config
         while True:
             retained = await log.retain(
@@ -657,6 +658,11 @@ class Delivery:
                     "event log: %d events were trimmed from Redis before every durable"
                     " recipient had them (recorded in the ledger)",
                     retained.lost,
+                )
+            if self._personal_max_age is not None:
+                # Personal fields have a shorter life than the events (docs/privacy.md).
+                await log.strip_personal(
+                    self._personal_fields, before=self._wall() - self._personal_max_age
                 )
             await trio.sleep(SHARED_RETENTION_EVERY)
 

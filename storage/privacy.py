@@ -25,7 +25,7 @@ from storage.db import immediate
 from storage.events import _last_seq_before
 from storage.logs import redact
 
-__all__ = ["USER_FIELDS", "USER_NAME_FIELDS", "Forgotten", "forget", "strip_personal"]
+__all__ = ["USER_FIELDS", "USER_NAME_FIELDS", "Erasure", "Forgotten", "forget", "strip_personal"]
 
 #: Payload keys whose value names a user (seed 000: ``owner_id``, ``tier_rewards[].user_id``).
 USER_FIELDS = ("owner_id", "user_id")
@@ -146,6 +146,57 @@ def _parsed(text: str) -> Any:
         return None
 
 
+@attrs.frozen
+class Erasure:
+    """What ``forget`` looks for and what it removes, apart from where the texts are
+    kept: the SQLite file here, the cluster's Redis in catsock/eventlog/privacy.py."""
+
+    #: (casefolded names, value) pairs from ``--field``.
+    wanted: tuple[tuple[frozenset[str], str], ...]
+    user_id: str | None
+    #: The field names a match loses (the personal fields, the named ones, ...).
+    erase: frozenset[str]
+
+    @classmethod
+    def of(
+        cls,
+        personal_fields: Iterable[str],
+        fields: Iterable[tuple[str, str]] = (),
+        user_id: str | None = None,
+    ) -> Erasure:
+        fields = tuple(fields)
+        erase = set(personal_fields) | {name for name, _ in fields}
+        if user_id is not None:
+            erase |= set(USER_NAME_FIELDS)
+        wanted = tuple((fold([name]), value) for name, value in fields)
+        return cls(wanted, user_id, frozenset(erase))
+
+    def matches(self, text: str) -> bool:
+        """Whether the JSON ``text`` names the person (a key with its value, any depth)."""
+        needles = [value for _, value in self.wanted]
+        if self.user_id is not None:
+            needles.append(self.user_id)
+        # Cheap: a value that is not in the text (nor hidden by an escape) cannot match.
+        if "\\" not in text and not any(needle in text for needle in needles):
+            return False
+        root = _parsed(text)
+        if any(_names(root, keys, value) for keys, value in self.wanted):
+            return True
+        return self.user_id is not None and _names(root, fold(USER_FIELDS), self.user_id)
+
+    def routed(self, channels: Iterable[str]) -> bool:
+        """Whether an event on ``channels`` was routed to the user forgotten."""
+        return self.user_id is not None and f"user:{self.user_id}" in channels
+
+    def event(self, body: str) -> str:
+        """A matching event's body without the erased fields (``body`` itself if none)."""
+        return project(body, Projection(deny=fold(self.erase)))
+
+    def text(self, payload: str) -> str:
+        """A matching log row's or refused event's text, the erased values "[redacted]"."""
+        return redact(payload, self.erase)
+
+
 def forget(
     db: sqlite_utils.Database,
     personal_fields: Iterable[str],
@@ -164,34 +215,17 @@ def forget(
     ``user_id``, the addresses its user-bound tokens connected from are redacted too.
     Afterwards the write-ahead log is checkpointed and emptied, if no reader holds it.
     """
-    wanted = [(fold([name]), value) for name, value in fields]
-    users = fold(USER_FIELDS)
-    erase = set(personal_fields) | {name for name, _ in fields}
-    if user_id is not None:
-        erase |= set(USER_NAME_FIELDS)
-    folded = fold(erase)
-    needles = [value for _, value in wanted] + ([user_id] if user_id is not None else [])
-    channel = f"user:{user_id}"
-
-    def matches(root: Any) -> bool:
-        if any(_names(root, keys, value) for keys, value in wanted):
-            return True
-        return user_id is not None and _names(root, users, user_id)
-
-    def candidate(text: str) -> bool:
-        # Cheap: a value that is not in the text (nor hidden by an escape) cannot match.
-        return "\\" in text or any(needle in text for needle in needles)
-
+    erasure = Erasure.of(personal_fields, fields, user_id)
+    matches = erasure.matches
     conn = db.conn
     with _secure_delete(conn):
         with immediate(conn):
             events = 0
             changed = []
             for seq, body, channels in conn.execute("SELECT seq, body, channels FROM events"):
-                routed = user_id is not None and channel in channels.split()
-                if routed or (candidate(body) and matches(_parsed(body))):
+                if erasure.routed(channels.split()) or matches(body):
                     events += 1
-                    stripped = project(body, Projection(deny=folded))
+                    stripped = erasure.event(body)
                     if stripped is not body:
                         changed.append((stripped, seq))
             conn.executemany("UPDATE events SET body = ? WHERE seq = ?", changed)
@@ -199,8 +233,8 @@ def forget(
             for row_id, payload in conn.execute(
                 "SELECT id, payload FROM messages WHERE payload IS NOT NULL"
             ):
-                if candidate(payload) and matches(_parsed(payload)):
-                    messages.append((redact(payload, frozenset(erase)), row_id))
+                if matches(payload):
+                    messages.append((erasure.text(payload), row_id))
             conn.executemany("UPDATE messages SET payload = ? WHERE id = ?", messages)
             # The refused-event store (storage/refused.py) keeps texts like the log.
             refused = []
@@ -208,8 +242,8 @@ def forget(
                 "SELECT id, body, user_id FROM refused WHERE body IS NOT NULL"
             ):
                 by_user = user_id is not None and refused_user == user_id
-                if by_user or (candidate(body) and matches(_parsed(body))):
-                    refused.append((redact(body, frozenset(erase)), row_id))
+                if by_user or matches(body):
+                    refused.append((erasure.text(body), row_id))
             conn.executemany("UPDATE refused SET body = ? WHERE id = ?", refused)
             connections = 0
             if user_id is not None:

@@ -130,6 +130,10 @@ class SharedEventLog(EventLog, Protocol):
     async def retain(self, *, max_age: float, max_rows: int, now: float) -> Retained | None:
         """One retention pass (soft limits, recorded losses); None if it failed."""
 
+    async def strip_personal(self, fields: Collection[str], *, before: float) -> int | None:
+        """Remove ``fields`` from events created before ``before`` (docs/privacy.md);
+        how many changed, None if it did not run."""
+
     async def probe(self) -> str | None:
         """Why the log cannot be reached (None: it answers); for start-up."""
 

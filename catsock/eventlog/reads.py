@@ -4,7 +4,8 @@ Never on delivery's path: ``GET /api/history``'s window (``recent``), the
 ledger's explanation of one message_id (``events_by_message_id``,
 ``ledger_since``, ``cursors_all``) and the recipients' lag (``behind``,
 ``ledger_newest``). Each is the Redis counterpart of a query the embedded
-views run on the SQLite file (named in its docstring), bounded the same way.
+views run on the SQLite file (named in its docstring), bounded the same way,
+over the stream and the events moved out of it (catsock/eventlog/moved.py).
 ``RedisEventLog`` exposes them as methods (``SharedEventLog``); each read goes
 through its ``guarded`` so it waits for, or fails on, an outage as the log does.
 """
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import storage
 
+from . import moved
 from .packing import seq_of, unpack
 
 if TYPE_CHECKING:
@@ -37,12 +39,11 @@ async def recent(
     """As ``storage.recent_events``: the stream newest first by seq."""
     wanted = set(channels)
     found: list[storage.Recent] = []
-    top, looked = "+", 0
+    top: int | None = None
+    looked = 0
     while looked < scan:
         entries = await log.guarded(
-            functools.partial(
-                log.client.xrevrange, log.key("log"), top, "-", count=min(PAGE, scan - looked)
-            )
+            functools.partial(moved.backward, log, top, None, min(PAGE, scan - looked))
         )
         if not entries:
             return found[::-1], False
@@ -55,7 +56,7 @@ async def recent(
                 found.append(storage.Recent(seq_of(entry.identifier), created_at, kind, body))
                 if len(found) >= limit:
                     return found[::-1], True
-        top = f"({entries[-1].identifier}"
+        top = seq_of(entries[-1].identifier) - 1
     return found[::-1], True
 
 
@@ -69,10 +70,8 @@ async def events_by_message_id(log: RedisEventLog, message_id: str) -> list[stor
         stored = await log.guarded(functools.partial(log.client.get, key))
         if not stored:
             continue
-        seq = stored.partition(" ")[0]
-        entries = await log.guarded(
-            functools.partial(log.client.xrange, log.key("log"), f"{seq}-0", f"{seq}-0")
-        )
+        seq = int(stored.partition(" ")[0])
+        entries = await log.guarded(functools.partial(moved.forward, log, seq, seq, 1))
         rows += [_event_row(entry) for entry in entries]
     return sorted(rows, key=lambda r: r.seq)
 
@@ -119,12 +118,10 @@ async def behind(
     lowest position (past that the count is "at least": capped)."""
     if not positions:
         return storage.Behind(0, None, False)
-    after, count, oldest, looked = f"{min(positions.values())}-0", 0, None, 0
+    after, count, oldest, looked = min(positions.values()), 0, None, 0
     while looked < scan:
         entries = await log.guarded(
-            functools.partial(
-                log.client.xrange, log.key("log"), f"({after}", "+", count=min(PAGE, scan - looked)
-            )
+            functools.partial(moved.forward, log, after + 1, None, min(PAGE, scan - looked))
         )
         if not entries:
             return storage.Behind(count, oldest, False)
@@ -139,7 +136,7 @@ async def behind(
                 oldest = created_at if oldest is None else oldest
                 if count > cap:
                     return storage.Behind(cap, oldest, True)
-        after = entries[-1].identifier
+        after = seq_of(entries[-1].identifier)
     return storage.Behind(count, oldest, True)
 
 

@@ -36,7 +36,7 @@ import trio
 import storage
 from catsock.config import ClusterConfig, redacted_url
 
-from . import Committed, LogUnavailable, reads
+from . import Committed, LogUnavailable, moved, privacy, reads
 from .packing import pack, seq_of, unpack
 from .retention import Retained, retain
 
@@ -217,9 +217,7 @@ class RedisEventLog:
         return f"{self._tag}:{name}"
 
     async def head(self) -> int:
-        last = await self._guarded(
-            functools.partial(self._redis().xrevrange, self._log_key, "+", "-", count=1)
-        )
+        last = await self._guarded(functools.partial(moved.backward, self, None, None, 1))
         return seq_of(str(last[0].identifier)) if last else 0
 
     async def commit(
@@ -280,7 +278,7 @@ class RedisEventLog:
         return {channel: int(seq) for channel, seq in stored.items()}
 
     async def first_seq(self) -> int | None:
-        first = await self._guarded(lambda: self._redis().xrange(self._log_key, "-", "+", count=1))
+        first = await self._guarded(functools.partial(moved.forward, self, 0, None, 1))
         return seq_of(str(first[0].identifier)) if first else None
 
     async def read_after(
@@ -297,13 +295,7 @@ class RedisEventLog:
         scanned = start
         while scanned < upto and len(found) < limit:
             entries = await self._guarded(
-                functools.partial(
-                    self._redis().xrange,
-                    self._log_key,
-                    f"{scanned + 1}-0",
-                    f"{upto}-0",
-                    count=max(limit, 256),
-                )
+                functools.partial(moved.forward, self, scanned + 1, upto, max(limit, 256))
             )
             if not entries:
                 scanned = upto
@@ -334,6 +326,16 @@ class RedisEventLog:
         except (*_ERRORS, LogUnavailable) as exc:
             # Not an outage of its own: commits and reads notice those.
             logger.info("event log: retention pass skipped: %s", _why(exc))
+            return None
+
+    async def strip_personal(self, fields: Collection[str], *, before: float) -> int | None:
+        """The personal fields' lifetime (catsock/eventlog/privacy.py): how many
+        events changed; None if Redis did not answer or another node ran it."""
+        try:
+            with trio.fail_after(100 * (self._timeout + 1)):
+                return await privacy.strip_personal(self, fields, before=before)
+        except (*_ERRORS, LogUnavailable) as exc:
+            logger.info("event log: personal-field lifetime skipped: %s", _why(exc))
             return None
 
     async def start_cursors(self, identity: str, positions: Mapping[str, int]) -> None:
@@ -403,6 +405,12 @@ class RedisEventLog:
                     found = await follower.xread(
                         {self._log_key: f"{last}-0"}, count=READ_COUNT, block=FOLLOW_BLOCK_MS
                     )
+                entries = list(found.get(self._log_key) or ()) if found else None
+                if entries:
+                    # Events moved out of the stream meanwhile (docs/privacy.md) leave
+                    # a gap in the seqs: filled from where they went.
+                    with trio.fail_after(self._timeout + 1):
+                        entries = await moved.fill_gaps(self, last, entries)
             except _ERRORS as exc:
                 if self._down(exc):
                     state(self._problem)
@@ -412,7 +420,6 @@ class RedisEventLog:
                 self._problem = None
                 logger.warning("event log: Redis at %s answers again", self.where)
                 state(None)
-            entries = found.get(self._log_key) if found else None
             if entries:
                 events = [_stored(entry) for entry in entries]
                 last = events[-1].seq

@@ -13,6 +13,9 @@ this pass, run by every node now and then, does the rest:
   (detail ``retention``) for the range, written once across all nodes (a marker
   per identity in ``{prefix}:lost``, checked and set in one script).
 
+The log is the stream and the events moved out of it (catsock/eventlog/moved.py):
+both are trimmed at the same seq.
+
 Cursors are per channel and the stream is no longer there to say which of the
 lost events were routed to whom, so a loss row names the whole range the
 identity's lowest cursor had not reached: "up to", where the embedded log is exact.
@@ -28,12 +31,13 @@ from coredis.tokens import PureToken
 
 from storage.events import RETENTION
 
+from . import moved
 from .packing import seq_of, unpack
 
 if TYPE_CHECKING:
     from .redis import RedisEventLog
 
-__all__ = ["Retained", "retain"]
+__all__ = ["Retained", "last_created_before", "retain"]
 
 # KEYS: ledger stream, lost markers. ARGV: ledger maxlen, identity, first, last,
 # at, detail. Returns how many seqs it recorded as lost (0: recorded before).
@@ -63,13 +67,14 @@ async def retain(
     """One pass over the shared log (raises what the client raises if Redis fails)."""
     client = log.client
     stream = log.key("log")
-    ends = await _ends(client, stream)
+    ends = await moved.ends(log)
     cursors = await _lowest_cursors(client, log.key("cursors:"))
     trimmed = 0
     if ends is not None:
         first, last = ends
+        await _hard_bound(log, last - ledger_maxlen)  # the log's MAXLEN is the ledger's
         cut = last - max(max_rows, 1)  # seqs are dense: a duplicate takes no number
-        aged = await _last_created_before(client, stream, first, last, now - max_age)
+        aged = await last_created_before(log, first, last, now - max_age)
         if aged is not None:
             cut = max(cut, aged)
         if cursors:
@@ -77,8 +82,9 @@ async def retain(
         cut = min(cut, last - 1)  # the newest stays: the head is never lost
         if cut >= first:
             trimmed = int(await client.xtrim(stream, PureToken.MINID, cut + 1))
+            trimmed += int(await client.zremrangebyscore(log.key(moved.REDACTED), 0, cut))
     lost = 0
-    oldest = await _ends(client, stream)
+    oldest = await moved.ends(log)
     if oldest is not None and cursors:
         script = client.register_script(_RECORD_LOSS)
         first = oldest[0]
@@ -96,12 +102,16 @@ async def retain(
     return Retained(trimmed, lost)
 
 
-async def _ends(client: Any, stream: str) -> tuple[int, int] | None:
-    first = await client.xrange(stream, "-", "+", count=1)
-    last = await client.xrevrange(stream, "+", "-", count=1)
-    if not first or not last:
-        return None
-    return seq_of(first[0].identifier), seq_of(last[0].identifier)
+async def _hard_bound(log: RedisEventLog, cut: int) -> None:
+    """Past ``retention_hard_rows`` seqs from the head, the events moved out of the
+    stream go too: the commit script's ``MAXLEN`` bounds only the stream. Then the
+    stream is cut at the same seq, so the log never has a hole (``MAXLEN`` counts
+    entries, and with events moved out it may keep some older than the cut)."""
+    client = log.client
+    if cut < 1 or not await client.zcard(log.key(moved.REDACTED)):
+        return  # nothing moved: ``MAXLEN`` alone bounds the log, as it always did
+    await client.zremrangebyscore(log.key(moved.REDACTED), 0, cut)
+    await client.xtrim(log.key("log"), PureToken.MINID, cut + 1)
 
 
 async def _lowest_cursors(client: Any, prefix: str) -> dict[str, int]:
@@ -114,11 +124,12 @@ async def _lowest_cursors(client: Any, prefix: str) -> dict[str, int]:
     return out
 
 
-async def _last_created_before(
-    client: Any, stream: str, first: int, last: int, cut: float
+async def last_created_before(
+    log: RedisEventLog, first: int, last: int, cut: float, *, stream_only: bool = False
 ) -> int | None:
-    """The highest seq created before ``cut``, bisecting seq (times rise with seq)."""
-    entry_at = functools.partial(_entry_at, client, stream)
+    """The highest seq created before ``cut``, bisecting seq (times rise with seq);
+    ``stream_only``: of the entries still in the stream."""
+    entry_at = functools.partial(_entry_at, log, stream_only)
     best = None
     lo, hi = first, last
     while lo <= hi:
@@ -135,9 +146,12 @@ async def _last_created_before(
     return best
 
 
-async def _entry_at(client: Any, stream: str, seq: int) -> tuple[int, float] | None:
+async def _entry_at(log: RedisEventLog, stream_only: bool, seq: int) -> tuple[int, float] | None:
     """The first entry at or after ``seq``: its seq and creation time."""
-    entries = await client.xrange(stream, f"{seq}-0", "+", count=1)
+    if stream_only:
+        entries = list(await log.client.xrange(log.key("log"), f"{seq}-0", "+", count=1))
+    else:
+        entries = await moved.forward(log, seq, None, 1)
     if not entries:
         return None
-    return seq_of(entries[0].identifier), unpack(entries[0].field_values["e"])[5]
+    return seq_of(entries[0].identifier), unpack(str(entries[0].field_values["e"]))[5]

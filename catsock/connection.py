@@ -168,6 +168,8 @@ class Connection(Session):
             or self._bytes + run.size > ctx.send_queue_bytes
         ):
             # Rare: its own events are in the run, or the queue is (nearly) full.
+            if self._shed_whole(run):
+                return
             for entry in run.entries:
                 self._offer_entry(entry)
             return
@@ -176,6 +178,40 @@ class Connection(Session):
         if self._dropping is not None:
             self._note_drops()
         self._urgent = self._urgent or run.priority <= CRITICAL
+
+    def _shed_whole(self, run: Run) -> bool:
+        """Shed all of ``run`` at once, if that is what offering its entries one by
+        one would do: a live-only queue full by count, and nothing in the run more
+        important than the least important queued (one priority, so one reason).
+        Each event of a run would otherwise cost every full dashboard a call: under
+        overload a thousand dashboards fell behind together (issue 19)."""
+        ctx = self.ctx
+        if (
+            self._durable
+            or self._events < ctx.send_queue
+            or self._identity in run.senders
+            or run.levels[run.priority] != len(run.entries)
+        ):
+            return False
+        least = max(level for level in range(LOW + 1) if self._levels[level] or level == 0)
+        if run.priority < least:
+            return False
+        now = trio.current_time()
+        if self._full_since is None:
+            self._full_since = now
+        if now - self._full_since >= ctx.queue_full_grace:
+            self._slow_consumer()
+            return True
+        self.delivery.count_dropped(len(run.entries))
+        why = f"queue full: shed {PRIORITY_NAMES.get(run.priority, '?')} priority first"
+        first, last = run.entries[0].seq, run.entries[-1].seq
+        dropping = self._dropping
+        if dropping is not None and dropping[2] == why and now - dropping[3] < LEDGER_SPAN:
+            self._dropping = (dropping[0], last, why, dropping[3])
+        else:
+            self._note_drops()
+            self._dropping = (first, last, why, now)
+        return True
 
     def _offer_entry(self, entry: Entry) -> None:
         if self.closing or self._positions is not None:

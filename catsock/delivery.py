@@ -311,9 +311,9 @@ class Delivery:
         self.expired += 1
         self.note(identity, "expired", entry.seq, entry.seq, connection_id)
 
-    def count_dropped(self) -> None:
-        """An event was shed for a recipient (its ledger row is the connection's)."""
-        self.dropped += 1
+    def count_dropped(self, events: int = 1) -> None:
+        """Events were shed for a recipient (its ledger row is the connection's)."""
+        self.dropped += events
 
     def count_catchup(self) -> None:
         """A live recipient fell behind and reads from the log again."""

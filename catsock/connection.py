@@ -168,9 +168,11 @@ class Connection(Session):
             or self._bytes + run.size > ctx.send_queue_bytes
         ):
             # Rare: its own events are in the run, or the queue is (nearly) full.
-            if self._shed_whole(run):
-                return
-            for entry in run.entries:
+            # What fits is queued one by one; once full, the rest is shed at once
+            # when one by one would shed each of it anyway (``_shed_whole``).
+            for i, entry in enumerate(run.entries):
+                if self._events >= ctx.send_queue and self._shed_whole(run, i):
+                    return
                 self._offer_entry(entry)
             return
         self._queue.append(run)
@@ -179,16 +181,15 @@ class Connection(Session):
             self._note_drops()
         self._urgent = self._urgent or run.priority <= CRITICAL
 
-    def _shed_whole(self, run: Run) -> bool:
-        """Shed all of ``run`` at once, if that is what offering its entries one by
+    def _shed_whole(self, run: Run, start: int) -> bool:
+        """Shed ``run.entries[start:]`` at once, if that is what offering them one by
         one would do: a live-only queue full by count, and nothing in the run more
         important than the least important queued (one priority, so one reason).
         Each event of a run would otherwise cost every full dashboard a call: under
         overload a thousand dashboards fell behind together (issue 19)."""
-        ctx = self.ctx
         if (
             self._durable
-            or self._events < ctx.send_queue
+            or self.closing
             or self._identity in run.senders
             or run.levels[run.priority] != len(run.entries)
         ):
@@ -199,12 +200,12 @@ class Connection(Session):
         now = trio.current_time()
         if self._full_since is None:
             self._full_since = now
-        if now - self._full_since >= ctx.queue_full_grace:
+        if now - self._full_since >= self.ctx.queue_full_grace:
             self._slow_consumer()
             return True
-        self.delivery.count_dropped(len(run.entries))
+        self.delivery.count_dropped(len(run.entries) - start)
         why = f"queue full: shed {PRIORITY_NAMES.get(run.priority, '?')} priority first"
-        first, last = run.entries[0].seq, run.entries[-1].seq
+        first, last = run.entries[start].seq, run.entries[-1].seq
         dropping = self._dropping
         if dropping is not None and dropping[2] == why and now - dropping[3] < LEDGER_SPAN:
             self._dropping = (dropping[0], last, why, dropping[3])

@@ -337,6 +337,9 @@ class Runner:
             async def rss() -> dict[str, Any]:
                 return {"server_rss_kib": server.rss_kib()}
 
+            # The previous step's clients were just cut: its thousands of closes
+            # must not be timed as this step's connects (every peer alike).
+            await _settled_cpu(server)
             return await loadgen.storm(
                 target,
                 clients=params["clients"],
@@ -509,6 +512,21 @@ def _explain(exc: BaseException) -> str:
     if not isinstance(exc, (ConnectFailed, ServerFailed, OSError)):
         text = f"{type(exc).__name__}: {text}"
     return text
+
+
+#: A server is idle when it used under this share of a core over ``IDLE_WINDOW`` s.
+IDLE_SHARE = 0.05
+IDLE_WINDOW = 0.2
+
+
+async def _settled_cpu(server: Server, within: float = 10.0) -> None:
+    """Return once the server is idle (or after ``within`` seconds)."""
+    deadline = time.perf_counter() + within
+    while time.perf_counter() < deadline:
+        before = server.cpu_seconds()
+        await trio.sleep(IDLE_WINDOW)
+        if server.cpu_seconds() - before < IDLE_SHARE * IDLE_WINDOW:
+            return
 
 
 async def _settled_rss(server: Server, quick: bool) -> int:

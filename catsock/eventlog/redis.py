@@ -74,31 +74,54 @@ _COMMIT = """
 local floor = tonumber(ARGV[1])
 local maxlen, ttl, ledger_maxlen = ARGV[2], ARGV[3], ARGV[4]
 local dedup, cursors = ARGV[5], ARGV[6]
-local i = 7
 local out = {}
-local n = tonumber(ARGV[i]); i = i + 1
+local n = tonumber(ARGV[7])
+local base = 8
+local keys = {}
 for r = 1, n do
-  local sender, mid, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local key = dedup .. sender .. '\\n' .. mid
-  local stored = redis.call('GET', key)
-  if stored then
-    local earlier, by = string.match(stored, '^(%d+) (.*)$')
-    if by == attempt then out[r] = tonumber(earlier) else out[r] = -tonumber(earlier) end
+  local j = base + (r - 1) * 4
+  keys[r] = dedup .. ARGV[j] .. '\\n' .. ARGV[j + 1]
+end
+-- Which events were published before: one MGET per thousand, not a GET each.
+local stored = {}
+for from = 1, n, 1000 do
+  local part = redis.call('MGET', unpack(keys, from, math.min(n, from + 999)))
+  for k = 1, #part do stored[from + k - 1] = part[k] end
+end
+-- The new ones are numbered with one INCRBY (a repeat within the batch is not new).
+local new, seen = 0, {}
+for r = 1, n do
+  if not stored[r] and not seen[keys[r]] then new = new + 1; seen[keys[r]] = true end
+end
+local seq = 0
+if new > 0 then
+  seq = redis.call('INCRBY', KEYS[1], new) - new
+  if seq < floor then
+    -- Redis lost its data (restarted without AOF): never reuse a seq a node has seen.
+    seq = floor
+    redis.call('SET', KEYS[1], floor + new)
+  end
+end
+local batch = {}
+for r = 1, n do
+  local j = base + (r - 1) * 4
+  local key, attempt = keys[r], ARGV[j + 2]
+  local earlier = stored[r] or batch[key]
+  if earlier then
+    local at, by = string.match(earlier, '^(%d+) (.*)$')
+    if by == attempt then out[r] = tonumber(at) else out[r] = -tonumber(at) end
   else
-    local seq = redis.call('INCR', KEYS[1])
-    if seq <= floor then
-      -- Redis lost its data (restarted without AOF): never reuse a seq a node has seen.
-      seq = floor + 1
-      redis.call('SET', KEYS[1], seq)
-    end
-    local id = string.format('%d-0', seq)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id,
-      's', sender, 'm', mid, 'e', ARGV[i + 3])
-    redis.call('SET', key, string.format('%d ', seq) .. attempt, 'EX', ttl)
+    seq = seq + 1
+    redis.call('XADD', KEYS[2], string.format('%d-0', seq),
+      's', ARGV[j], 'm', ARGV[j + 1], 'e', ARGV[j + 3])
+    local value = string.format('%d ', seq) .. attempt
+    redis.call('SET', key, value, 'EX', ttl)
+    batch[key] = value
     out[r] = seq
   end
-  i = i + 4
 end
+if new > 0 then redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen) end
+local i = base + n * 4
 n = tonumber(ARGV[i]); i = i + 1
 for r = 1, n do
   local key, channel, seq = cursors .. ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])

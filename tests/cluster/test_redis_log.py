@@ -95,6 +95,27 @@ async def test_duplicates_get_the_first_seq(redis: RedisServer) -> None:
             assert await log.head() == 3
 
 
+async def test_a_batch_of_thousands_is_numbered_and_deduplicated_in_one_script(
+    redis: RedisServer,
+) -> None:
+    """The script reads the batch's dedup keys a thousand at a time and numbers the
+    new events with one INCRBY: a repeat far apart in a batch of 2,500, and one of
+    the previous batch, still get the first seq."""
+    with trio.fail_after(20):
+        async with opened(redis.url) as log:
+            await log.commit(commits(), [row("old")], {}, [], 0)
+            rows = [row(f"m{i}") for i in range(2500)]
+            rows[1500] = row("m10")
+            rows[2400] = row("old")
+            done = await log.commit(commits(), rows, {}, [], 0)
+            seqs = list(done.seqs or ())
+            assert seqs[1500] == -seqs[10]
+            assert seqs[2400] == -1
+            new = [s for i, s in enumerate(seqs) if i not in (1500, 2400)]
+            assert new == list(range(2, 2500))
+            assert await log.head() == 2499
+
+
 async def test_a_batch_sent_again_after_a_lost_answer_gets_its_own_seqs(
     redis: RedisServer,
 ) -> None:

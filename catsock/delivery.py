@@ -602,10 +602,22 @@ class Delivery:
 
     def _answer(self, batch: list[Entry], committed: Committed) -> None:
         """A shared log has the batch: answer its publishers. Its events reach local
-        recipients when ``_follow`` reads them back, in the log's order."""
+        recipients at once when nothing is unread before them, else when ``_follow``
+        reads them back, in the log's order."""
         assert committed.seqs is not None
+        seqs = committed.seqs
+        if seqs and seqs[0] == self.head + 1 and min(seqs) > 0:
+            # Nothing of the log is still unread before the batch (its seqs are
+            # consecutive: one script numbered them): fan it out now, as the
+            # embedded log does, instead of after reading it back (``_follow``
+            # skips it then). It saved the read-back's wait on every commit.
+            for entry, seq in zip(batch, seqs, strict=True):
+                entry.seq = seq
+            self._after_commit(batch, {})
+            self._log_state(None)
+            return
         publishers: dict[Publisher, None] = {}
-        for entry, seq in zip(batch, committed.seqs, strict=True):
+        for entry, seq in zip(batch, seqs, strict=True):
             if seq > 0:
                 entry.seq = seq
             else:
@@ -624,6 +636,11 @@ class Delivery:
     def _follow(self, stored: list[storage.StoredEvent]) -> None:
         # Events of every node, read back from the shared log in seq order: fanned
         # out as the embedded log fans out a commit (head, runs, one write each).
+        # This node's own batches may have been fanned out already (``_answer``).
+        if stored and stored[0].seq <= self.head:
+            stored = [event for event in stored if event.seq > self.head]
+            if not stored:
+                return
         entries = _entries(stored)
         # The latency histogram times from acceptance, on whichever node that was:
         # its wall clock, kept in the stream, moved onto this node's trio clock (a

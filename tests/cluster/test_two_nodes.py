@@ -106,3 +106,35 @@ async def test_a_durable_recipient_moves_from_b_to_a_and_misses_nothing(
                 assert [g["message_id"] for g in again] == [f"m{i}" for i in range(5, 20)]
                 assert [g["seq"] for g in again] == seqs[5:]
                 assert await until_pong(afad) == []
+
+
+async def test_a_recipient_gets_both_nodes_events_once_each_in_seq_order(
+    start_gateway: GatewayFactory, redis: RedisServer, tmp_path: Path
+) -> None:
+    """A node fans its own batch out as soon as Redis answers when nothing of the log
+    is unread before it, and skips it when it reads it back: the other node's events,
+    numbered in between, must still come in seq order, and nothing twice."""
+    a, b = await cluster_nodes(start_gateway, redis, tmp_path)
+    per_node = 200
+    with trio.fail_after(60):
+        async with (
+            a.client("AFAD", "afad", extensions=ACKS_RESUME) as afad,
+            a.client("CATS", "cats", extensions=ACKS) as on_a,
+            b.client("CATS", "cats", extensions=ACKS) as on_b,
+        ):
+
+            async def publish(cats: Any, node: str) -> None:
+                for i in range(per_node):
+                    await cats.send(conversion(f"{node}{i}"))
+                    if i % 20 == 19:  # several batches each, interleaved
+                        await accepted(cats, 20)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish, on_a, "a")
+                nursery.start_soon(publish, on_b, "b")
+            got = [json.loads(await afad.recv_text()) for _ in range(2 * per_node)]
+            assert await until_pong(afad) == []
+    seqs = [g["seq"] for g in got]
+    assert seqs == sorted(set(seqs)), "out of order or twice"
+    assert {g["message_id"] for g in got} == {f"{n}{i}" for n in "ab" for i in range(per_node)}
+    assert a.gateway.delivery.head == b.gateway.delivery.head == seqs[-1]

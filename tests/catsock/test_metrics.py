@@ -243,6 +243,20 @@ async def test_abuse_counters_have_fixed_label_sets(start_gateway: GatewayFactor
         assert value(samples, name) == 0, name
 
 
+def slow_lag_reads(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the lag read wait (at the storage boundary, as a database under load
+    does) until the returned event is set."""
+    release = threading.Event()
+    behind = storage.behind
+
+    def slow_behind(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return behind(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "behind", slow_behind)
+    return release
+
+
 async def test_a_slow_lag_read_does_not_hold_up_a_scrape(
     start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,14 +266,7 @@ async def test_a_slow_lag_read_does_not_hold_up_a_scrape(
     made slow at the storage boundary, as a database under load is."""
     gw = await start_gateway()
     gw.token("afad", "AFAD")
-    release = threading.Event()
-    behind = storage.behind
-
-    def slow_behind(*args: Any, **kwargs: Any) -> Any:
-        release.wait(10)
-        return behind(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "behind", slow_behind)
+    release = slow_lag_reads(monkeypatch)
     try:
         with trio.fail_after(5):
             samples = await scrape(gw)  # answered while the read waits
@@ -285,14 +292,7 @@ async def test_once_it_has_a_reading_a_scrape_never_waits_for_the_next(
     with trio.fail_after(10):
         await scrape(gw)  # the first: waits for its reading
     assert [row["identity"] for row in gw.gateway.http.lag.rows] == ["afad"]
-    release = threading.Event()
-    behind = storage.behind
-
-    def slow_behind(*args: Any, **kwargs: Any) -> Any:
-        release.wait(10)
-        return behind(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "behind", slow_behind)
+    release = slow_lag_reads(monkeypatch)
     answered: list[Samples] = []
     try:
         async with trio.open_nursery() as nursery:

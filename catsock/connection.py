@@ -288,6 +288,11 @@ class Connection(Session):
     def defer(self) -> None:
         self.delivery.later(self)
 
+    def paced(self) -> bool:
+        # A live-only recipient's writes go on only in the pacer's rounds, never in a
+        # task of their own; a durable one's, and a close, as soon as there is room.
+        return not (self._durable or self.closing)
+
     def written(self, token: object) -> None:
         if token is not None:
             written: Written = token  # type: ignore[assignment]

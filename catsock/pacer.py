@@ -6,7 +6,11 @@ matter, and a thousand of them writing after every commit would take the core
 that the durable ones need. ``Pacer.later`` puts a connection on the list; the
 ``run`` task pumps everyone on it once per ``interval``, a slice at a time so
 that nothing else waits behind a thousand writes (docs/delivery.md, "Who goes
-first").
+first"). A slice ends after ``SLICE`` recipients or ``SLICE_SECONDS`` of work,
+whichever comes first: the rest of the gateway (publishers, durable recipients,
+``/health``) runs between two slices, so under overload its rounds stay short
+and the dashboards get the core that is left. Live-only writes the kernel does
+not take whole go on here too, never in a task of their own (``Link.resume``).
 
 While the gateway runs behind (the event loop's lag, catsock/admission.py, over
 half of ``delivery.admission_lag``), live-only recipients get a *budget*: the
@@ -21,6 +25,7 @@ its queue is shed for it and recorded, as for any dashboard that falls behind
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,6 +35,9 @@ __all__ = ["Pacer", "Pumpable"]
 
 #: Recipients pumped between two checkpoints of the pacer's task.
 SLICE = 100
+#: Seconds of work between two checkpoints of the pacer's task, at most (plus one
+#: recipient's writes).
+SLICE_SECONDS = 0.005
 #: The budget a recipient gets in the first round behind, and the least it falls to.
 START_BUDGET = 256 * 1024
 MIN_BUDGET = 4 * 1024
@@ -88,18 +96,29 @@ class Pacer:
 
     async def run(self) -> None:
         """Pump what is due, once per interval, until cancelled."""
+        started = -math.inf
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            await trio.sleep(self.interval)
+            # An interval from the last round's start: a round that took longer than
+            # the interval (overload) is followed by the next at once.
+            await trio.sleep_until(max(started + self.interval, trio.current_time()))
+            started = trio.current_time()
             due, self._due = self._due, {}
             self._pumping_since, self._gathering_since = self._gathering_since, math.inf
             self.rounds += 1
             self._adapt()
             try:
-                for i, recipient in enumerate(due):
-                    recipient.pump()
-                    if i % SLICE == SLICE - 1:
-                        await trio.lowlevel.checkpoint()
+                await self._pump(due)
             finally:
                 self._pumping_since = math.inf
+
+    @staticmethod
+    async def _pump(due: dict[Pumpable, None]) -> None:
+        clock = time.perf_counter
+        until = clock() + SLICE_SECONDS
+        for i, recipient in enumerate(due, 1):
+            recipient.pump()
+            if i % SLICE == 0 or clock() > until:
+                await trio.lowlevel.checkpoint()
+                until = clock() + SLICE_SECONDS

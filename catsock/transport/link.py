@@ -9,6 +9,13 @@ write and then calls ``on_drained``. An idle connection therefore has one task
 (its reader) and a busy one pays no task switch per write. Reads go through one
 256 KiB buffer shared by every link (each read is copied out before any await).
 
+A *paced* write (a live-only recipient's, catsock/pacer.py) is not finished by a
+drain task: the task only waits until the socket has room and calls
+``on_writable``, and the owner goes on with ``resume`` from its pacer's round.
+Under overload a thousand dashboards' sockets become writable together, and a
+drain task each meant a round of a thousand writes before anything else ran
+(issue 19: rounds of 200-400 ms, every step a drain).
+
 A TLS connection keeps its ``trio.SSLStream`` and every write goes through a
 drain task, since encryption happens inside the stream.
 
@@ -72,6 +79,7 @@ class Link:
         "_write_sent",
         "broken",
         "on_drained",
+        "on_writable",
         "received_eof",
         "sent",
     )
@@ -90,6 +98,8 @@ class Link:
         self._nursery: trio.Nursery | None = None
         #: Called (from the drain task) when a ``PENDING`` write has fully gone out.
         self.on_drained: Callable[[], None] = _nothing
+        #: Called (from a waiting task) when a paced ``PENDING`` write can go on.
+        self.on_writable: Callable[[], None] = _nothing
         #: The peer reset the connection, or a write failed: nothing more goes out.
         self.broken = False
         self.received_eof = False
@@ -160,9 +170,10 @@ class Link:
 
     # -- writing ------------------------------------------------------------------------
 
-    def send(self, data: bytes | memoryview) -> int:
+    def send(self, data: bytes | memoryview, *, paced: bool = False) -> int:
         """Write ``data``: ``SENT`` (the kernel took it all), ``PENDING`` (a drain task
-        finishes it, then calls ``on_drained``) or ``BROKEN`` (the connection is gone)."""
+        finishes it, then calls ``on_drained``; ``paced``: a task waits for room and
+        calls ``on_writable``, see ``resume``) or ``BROKEN`` (the connection is gone)."""
         assert self._pending is None, "one write at a time"
         if self.broken:
             return BROKEN
@@ -186,10 +197,53 @@ class Link:
             self._pending = self._write[sent:]
         else:
             self._pending = data
+        self._wait(paced)
+        return PENDING
+
+    def resume(self, *, paced: bool = True) -> int:
+        """Go on with a paced write: ``SENT`` once it is all out, ``BROKEN``, or
+        ``PENDING``: the rest waits as ``send`` says (``paced`` False: a drain task
+        finishes it). While a task already waits or drains, ``PENDING`` at once."""
+        if self.broken:
+            return BROKEN
+        pending = self._pending
+        if pending is None:
+            self._write = None
+            return SENT
+        if self._draining:
+            return PENDING
+        sock = self._sock
+        if sock is not None:
+            try:
+                sent = sock.send(pending)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.broken = True
+                self._pending = None
+                return BROKEN
+            self.sent += sent
+            self._write_sent += sent
+            if sent == len(pending):
+                self._pending = self._write = None
+                return SENT
+            self._pending = pending[sent:]
+        self._wait(paced)
+        return PENDING
+
+    def _wait(self, paced: bool) -> None:
         self._draining = True
         assert self._nursery is not None, "start() the link before writing"
-        self._nursery.start_soon(self._drain)
-        return PENDING
+        paced = paced and self._sock is not None  # TLS: encryption is the stream's
+        self._nursery.start_soon(self._until_writable if paced else self._drain)
+
+    async def _until_writable(self) -> None:
+        assert self._sock is not None
+        try:
+            await trio.lowlevel.wait_writable(self._sock)
+        finally:
+            self._draining = False
+        self.on_writable()
 
     async def _drain(self) -> None:
         try:
@@ -276,7 +330,7 @@ class Link:
         # A closed link never drains: dropping the owner's callback also ends the
         # reference cycle through it, so the connection is freed at once, not by a
         # garbage collection that walks every live connection (issue 10's storm).
-        self.on_drained = _nothing
+        self.on_drained = self.on_writable = _nothing
         sock, stream = self._sock, self._stream
         if sock is not None:
             self._sock = None

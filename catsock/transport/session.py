@@ -43,6 +43,9 @@ FRAME_BUDGET: Final = 1000
 #: At most this many bytes go to the link in one write (more only for a single
 #: message larger than this), so a close frame never waits behind megabytes.
 MAX_WRITE: Final = 256 * 1024
+#: The same for a paced write (``paced``): what the kernel does not take of it waits
+#: in memory until the pacer comes back, for each of a thousand dashboards at once.
+PACED_WRITE: Final = 64 * 1024
 #: Bytes of replies (pongs, errors, acknowledgements) a peer may leave unread
 #: before the session stops reading from it.
 MAX_UNREAD_REPLIES: Final = 256 * 1024
@@ -55,6 +58,7 @@ class Session:
         self.link = link
         self._reader = FrameReader(max_size=max_size, max_fragments=max_fragments)
         link.on_drained = self._drained
+        link.on_writable = self._writable
         self._queue: deque[Any] = deque()
         self._replies = 0  # bytes of replies in the queue
         self._inflight: object = None  # what the link is writing now (``render``'s token)
@@ -118,7 +122,13 @@ class Session:
         return None
 
     def defer(self) -> None:
-        """Messages are left that the budget did not allow: arrange a later ``pump``."""
+        """Messages are left that the budget did not allow, or a paced write can go
+        on: arrange a later ``pump``."""
+
+    def paced(self) -> bool:
+        """Writes the kernel does not take whole wait for ``defer``'s ``pump`` to go
+        on (catsock/transport/link.py), instead of a drain task finishing them."""
+        return False
 
     # -- queue and writes ----------------------------------------------------------------
 
@@ -132,11 +142,15 @@ class Session:
         """Hand queued frames to the link, as far as it takes them without waiting
         (and the ``write_budget`` allows)."""
         link = self.link
-        if self._busy or self._close_sent or self._nursery is None:
+        if self._close_sent or self._nursery is None:
+            return
+        paced = self.paced()
+        if self._busy and not self._resume(paced):
             return
         queue = self._queue
         budget = self.write_budget()
-        room = MAX_WRITE if budget is None else max(1, min(MAX_WRITE, budget))
+        most = PACED_WRITE if paced else MAX_WRITE
+        room = most if budget is None else max(1, min(most, budget))
         while queue:
             if budget is not None and budget <= 0 and not self._replies:
                 self.defer()
@@ -165,7 +179,7 @@ class Session:
             if not frames:
                 self.written(token)
                 continue
-            result = link.send(frames[0] if len(frames) == 1 else b"".join(frames))
+            result = link.send(frames[0] if len(frames) == 1 else b"".join(frames), paced=paced)
             if result == SENT:
                 self.written(token)
             elif result == BROKEN:
@@ -185,6 +199,25 @@ class Session:
                 self._scope.cancel()
         else:
             self.idle()
+
+    def _resume(self, paced: bool) -> bool:
+        """Go on with a paced write; True once it is all out (``written`` told)."""
+        result = self.link.resume(paced=paced)
+        if result == BROKEN:
+            self._scope.cancel()
+        if result != SENT:
+            return False
+        self._busy = False
+        token, self._inflight = self._inflight, None
+        if token is not None:
+            self.written(token)
+        return True
+
+    def _writable(self) -> None:
+        if self.paced():
+            self.defer()
+        else:
+            self.pump()  # closing, or no longer paced: go on now, with a drain task
 
     def _drained(self) -> None:
         self._busy = False

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
+import trio.testing
 
 from catsock.transport.frames import CLOSE, TEXT, close_frame, frame
 from catsock.transport.link import PENDING, SENT, Link
@@ -69,5 +71,56 @@ async def test_a_write_cut_short_ends_at_the_frame_in_progress_then_the_close_fo
     # Whole frames, the first ones of the write, and fewer than all of them.
     assert 0 < len(events) < len(frames)
     assert [frame(TEXT, payload) for _, payload in events] == frames[: len(events)]
+    ours.close()
+    peer.close()
+
+
+async def test_a_paced_write_goes_on_only_when_its_owner_resumes_it() -> None:
+    ours, peer = socket.socketpair()
+    for sock in (ours, peer):
+        sock.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    data = b"".join(frame(TEXT, bytes([65 + i % 26]) * 3000) for i in range(40))
+    link = Link(ours, None, b"")
+    writable = trio.Event()
+    link.on_writable = writable.set
+    link.on_drained = lambda: pytest.fail("a paced write has no drain task")
+    got = bytearray()
+
+    def read_what_is_there() -> None:
+        while True:
+            try:
+                chunk = peer.recv(65536)
+            except BlockingIOError:
+                return
+            got.extend(chunk)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            link.start(nursery)
+            assert link.send(data, paced=True) == PENDING
+            sent = link.sent
+            assert 0 < sent < len(data)
+            assert link.resume() == PENDING  # the kernel has no room yet: still waiting
+            read_what_is_there()
+            await writable.wait()
+            # Room came, and nothing was written for it: the owner decides when.
+            await trio.testing.wait_all_tasks_blocked()
+            assert link.sent == sent
+            assert link.busy
+            while True:
+                writable = trio.Event()
+                link.on_writable = writable.set
+                result = link.resume()
+                if result == SENT:
+                    break
+                assert result == PENDING
+                read_what_is_there()
+                await writable.wait()
+            assert not link.busy
+            assert link.sent == len(data)
+            read_what_is_there()
+    assert bytes(got) == data
     ours.close()
     peer.close()

@@ -16,7 +16,9 @@ the original frames serve, as before.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
+from itertools import accumulate
 from typing import Protocol
 
 import attrs
@@ -72,8 +74,9 @@ def events_json(events: Iterable[Stored], projector: Projector | None) -> bytes:
     ``projector``'s class is sent them (None: as published). The HTTP long-poll and
     the dashboard's history answer with it; a WebSocket uses ``Entry.view``."""
     return b",".join(
-        with_seq_first(e.seq, e.body if projector is None else projector.body(e.type, e.body))
-        .encode()
+        with_seq_first(
+            e.seq, e.body if projector is None else projector.body(e.type, e.body)
+        ).encode()
         for e in events
     )
 
@@ -171,6 +174,11 @@ class Run:
     #: ``split`` results by (room, with_seq, projector): every recipient of a run cuts
     #: it at the same places, so a thousand dashboards share one cut (and its tail's).
     _splits: dict[tuple[int, bool, Projector | None], tuple[Run, Run | None]] | None = None
+    #: Where each entry's frame ends in the joined frames, by (with_seq, projector),
+    #: and where each entry's body ends counting bodies: ``Offsets`` into the lists of
+    #: the run this one was cut from, so that no cut measures an entry twice.
+    _ends: dict[tuple[bool, Projector | None], Offsets] | None = None
+    _body_ends: Offsets | None = None
 
     @classmethod
     def of(cls, entries: list[Entry]) -> Run:
@@ -255,31 +263,51 @@ class Run:
         self, room: int, with_seq: bool, projector: Projector | None
     ) -> tuple[Run, Run | None]:
         entries = self.entries
-        cut = 0
-        k = 0
-        for entry in entries:
-            size = len(entry.view(projector, with_seq))
-            if k and cut + size > room:
-                break
-            cut += size
-            k += 1
-        if k >= len(entries):
+        n = len(entries)
+        ends = self._frame_ends(with_seq, projector)
+        k = max(1, ends.count_within(room, n))
+        if k >= n:
             return self, None
-        head = Run.of(entries[:k])
-        types = dict(self.types)
-        for type_, n in head.types.items():
-            types[type_] -= n
-            if not types[type_]:
-                del types[type_]
+        cut = ends.at(k - 1)
+        bodies = self._bodies()
+        head_size = bodies.at(k - 1)
+        head_entries = entries[:k]
+        if len(self.types) == 1 and self.levels[self.priority] == n:
+            # One type and one priority (the common case): counted without a walk.
+            (type_,) = self.types
+            head_types, tail_types = {type_: k}, {type_: n - k}
+            head_levels = tuple(k if i == self.priority else 0 for i in range(len(self.levels)))
+        else:
+            head_types, head_levels = _figures(head_entries, len(self.levels))
+            tail_types = dict(self.types)
+            for type_, count in head_types.items():
+                tail_types[type_] -= count
+                if not tail_types[type_]:
+                    del tail_types[type_]
+        # Senders, earliest expiry and priority stay this run's for both parts: a
+        # superset, an earlier-or-equal time and a more-or-equal importance only make
+        # a recipient look closer (``_frames`` then checks each entry's expiry).
+        head = Run(
+            head_entries,
+            self.senders,
+            self.expires_at,
+            head_types,
+            head_size,
+            self.priority,
+            head_levels,
+        )
         tail = Run(
             entries[k:],
             self.senders,
             self.expires_at,
-            types,
-            self.size - head.size,
+            tail_types,
+            self.size - head_size,
             self.priority,
-            tuple(a - b for a, b in zip(self.levels, head.levels, strict=True)),
+            tuple(a - b for a, b in zip(self.levels, head_levels, strict=True)),
         )
+        variant = (with_seq, projector)
+        head._ends, tail._ends = {variant: ends}, {variant: ends.after(k)}
+        head._body_ends, tail._body_ends = bodies, bodies.after(k)
         data = memoryview(self.frames(with_seq, projector))
         if projector is not None:
             head._views = {(projector, with_seq): data[:cut]}
@@ -289,3 +317,49 @@ class Run:
         else:
             head._frames, tail._frames = data[:cut], data[cut:]
         return head, tail
+
+    def _frame_ends(self, with_seq: bool, projector: Projector | None) -> Offsets:
+        key = (with_seq, projector)
+        if self._ends is None:
+            self._ends = {}
+        elif key in self._ends:
+            return self._ends[key]
+        sizes = (len(e.view(projector, with_seq)) for e in self.entries)
+        self._ends[key] = ends = Offsets(list(accumulate(sizes)), 0, 0)
+        return ends
+
+    def _bodies(self) -> Offsets:
+        if self._body_ends is None:
+            sizes = (len(e.body) for e in self.entries)
+            self._body_ends = Offsets(list(accumulate(sizes)), 0, 0)
+        return self._body_ends
+
+
+@attrs.frozen
+class Offsets:
+    """Cumulative byte counts of a run's entries, in a list shared with the runs it
+    was cut from: entry ``i`` of this run ends ``at(i)`` bytes into it."""
+
+    ends: list[int]
+    start: int
+    base: int
+
+    def at(self, i: int) -> int:
+        return self.ends[self.start + i] - self.base
+
+    def count_within(self, room: int, n: int) -> int:
+        """How many of the first ``n`` entries end within ``room`` bytes."""
+        return bisect_right(self.ends, self.base + room, self.start, self.start + n) - self.start
+
+    def after(self, k: int) -> Offsets:
+        """The offsets of the entries from ``k`` on, counted from there."""
+        return Offsets(self.ends, self.start + k, self.base + self.at(k - 1))
+
+
+def _figures(entries: list[Entry], levels: int) -> tuple[dict[str, int], tuple[int, ...]]:
+    types: dict[str, int] = {}
+    counts = [0] * levels
+    for entry in entries:
+        types[entry.type] = types.get(entry.type, 0) + 1
+        counts[entry.priority] += 1
+    return types, tuple(counts)

@@ -67,14 +67,17 @@ def test_seq_goes_first_and_the_rest_is_the_published_text() -> None:
     assert json.loads(with_seq_first(3, "{}")) == {"seq": 3}
 
 
-@given(st.lists(st.integers(0, 400), min_size=1, max_size=60), st.integers(1, 3000))
-def test_draining_a_run_in_slices_keeps_every_figure_right(sizes: list[int], room: int) -> None:
+@given(st.lists(st.integers(0, 400), min_size=1, max_size=60), st.integers(1, 3000), st.booleans())
+def test_draining_a_run_in_slices_keeps_every_figure_right(
+    sizes: list[int], room: int, mixed: bool
+) -> None:
+    """Mixed types and priorities, or one of each (counted without a walk)."""
     entries = [
-        entry(i + 1, json.dumps({"pad": "x" * n}), ("click", "conversion")[n % 2])
+        entry(i + 1, json.dumps({"pad": "x" * n}), ("click", "conversion")[n % 2 * mixed])
         for i, n in enumerate(sizes)
     ]
     for e, n in zip(entries, sizes, strict=True):
-        e.priority = 1 + n % 4
+        e.priority = 1 + n % 4 if mixed else 2
     run: Run | None = Run.of(entries)
     assert run is not None
     whole = bytes(run.frames(False))

@@ -128,9 +128,9 @@ class SoakTokens:
 def soak_env(dashboards: int) -> dict[str, str]:
     """The limits the soak lifts, on top of catsock's defaults (``Server.start``'s
     ``limits``, instead of the other scenarios' ``CATSOCK_BENCH_ENV``): rate limits
-    and the connection caps. ``limits.send_queue`` stays at its default (10,000):
-    the bound is what makes catsock shed dashboards and send durable recipients to
-    the log."""
+    and the connection caps. ``limits.send_queue`` and ``limits.live_send_queue``
+    stay at their defaults (10,000; 2,000 for dashboards): the bounds are what make
+    catsock shed dashboards and send durable recipients to the log."""
     return {
         "CATSOCK_LIMITS__RATE_LIMITS_ENABLED": "false",
         "CATSOCK_LIMITS__PER_IDENTITY_DEFAULT": "1000000",

@@ -116,6 +116,7 @@ class Connection(Session):
         self._identity: str | None = None
         self._channels: tuple[str, ...] = ()
         self._durable = False
+        self._room_for = ctx.live_send_queue  # events the queue may hold (set at auth)
         self._acks = False
         self._with_seq = False
         # What this recipient's class is sent of each event (None: everything as
@@ -164,14 +165,14 @@ class Connection(Session):
         ctx = self.ctx
         if (
             self._identity in run.senders
-            or self._events + len(run.entries) > ctx.send_queue
+            or self._events + len(run.entries) > self._room_for
             or self._bytes + run.size > ctx.send_queue_bytes
         ):
             # Rare: its own events are in the run, or the queue is (nearly) full.
             # What fits is queued one by one; once full, the rest is shed at once
             # when one by one would shed each of it anyway (``_shed_whole``).
             for i, entry in enumerate(run.entries):
-                if self._events >= ctx.send_queue and self._shed_whole(run, i):
+                if self._events >= self._room_for and self._shed_whole(run, i):
                     return
                 self._offer_entry(entry)
             return
@@ -220,7 +221,7 @@ class Connection(Session):
         if entry.sender == self._identity:
             return  # nobody receives its own events
         if (
-            self._events >= self.ctx.send_queue
+            self._events >= self._room_for
             or self._bytes + len(entry.body) > self.ctx.send_queue_bytes
         ):
             self._overflow(entry)
@@ -453,6 +454,7 @@ class Connection(Session):
         self._identity = principal.identity
         self._channels = next((a.channels for a in actions if isinstance(a, Subscribe)), ())
         self._durable = delivery.is_durable(principal)
+        self._room_for = self.ctx.send_queue if self._durable else self.ctx.live_send_queue
         self._acks = "acks" in extensions
         self._with_seq = self._acks or "resume" in extensions
         self._projector = self.ctx.projections.for_recipient(

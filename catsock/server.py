@@ -225,6 +225,7 @@ class Gateway:
             record_log=self.record_log,
             auth_timeout=config.auth_timeout,
             send_queue=limits.send_queue,
+            live_send_queue=min(limits.send_queue, limits.live_send_queue),
             send_queue_bytes=limits.send_queue_bytes,
             queue_full_grace=config.delivery.queue_full_grace,
             replay_batch=config.delivery.replay_batch,

@@ -117,6 +117,8 @@ class ConnectionContext:
     #: and this one the peer gets a MESSAGE_TOO_LARGE error first.
     max_frame_size: int
     max_fragments: int = 1000
+    #: Events a live-only recipient's queue may hold (``send_queue`` if smaller).
+    live_send_queue: int = 2_000
     #: Bytes of events (their text) one connection's queue may hold.
     send_queue_bytes: int = 8 * 1024 * 1024
     #: Published events are in the event log: the message log does not copy them.

@@ -48,8 +48,13 @@ def _limits(**limits: Any) -> dict[str, Any]:
         (_limits(abuse_limit=-5), "limits.abuse_limit must be at least 1 rejection, not -5"),
         (
             _limits(send_queue_bytes=1000),
-            "limits.send_queue must be at least 1 and limits.send_queue_bytes at least"
-            " limits.max_message_size (65536)",
+            "limits.send_queue and limits.live_send_queue must be at least 1 and"
+            " limits.send_queue_bytes at least limits.max_message_size (65536)",
+        ),
+        (
+            _limits(live_send_queue=0),
+            "limits.send_queue and limits.live_send_queue must be at least 1 and"
+            " limits.send_queue_bytes at least limits.max_message_size (65536)",
         ),
     ],
     ids=[
@@ -60,6 +65,7 @@ def _limits(**limits: Any) -> dict[str, Any]:
         "abuse-zero",
         "abuse-negative",
         "send-queue-bytes-under-a-message",
+        "live-send-queue-zero",
     ],
 )
 def test_a_limit_that_cannot_work_is_refused(overrides: dict[str, Any], message: str) -> None:

@@ -228,6 +228,45 @@ async def test_a_slow_dashboard_sheds_low_priority_events_first(
     assert any("dropped" in fact and "LOW" in fact for fact in story.recipients["dashboard"])
 
 
+async def test_a_dashboard_queue_holds_live_send_queue_a_durable_one_send_queue(
+    start_gateway: GatewayFactory,
+) -> None:
+    """The same flood for a dashboard and an AFAD that read nothing meanwhile: the
+    dashboard's queue stops at ``limits.live_send_queue`` and sheds the rest; the
+    AFAD's takes up to ``limits.send_queue`` before it catches up from the log."""
+    gw = await start_gateway(
+        limits={"send_queue": 40, "live_send_queue": 4, "rate_limits_enabled": False},
+        delivery={"queue_full_grace": 3600},
+    )
+    pad = "x" * 20_000
+    texts = [conversion(f"m{i}", pad=pad) for i in range(200)]
+    most: dict[str, int] = {"afad": 0, "dashboard": 0}
+
+    async def watch() -> None:
+        while True:
+            for c in gw.gateway.connections:
+                if c.principal is not None and c.principal.identity in most:
+                    name = c.principal.identity
+                    most[name] = max(most[name], c.queued)
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(60):
+        async with (
+            trio.open_nursery() as nursery,
+            gw.client("CATS") as cats,
+            gw.client("AFAD") as afad,
+            gw.client("DASHBOARD") as dash,
+        ):
+            nursery.start_soon(watch)
+            await publish_all(cats, texts)
+            assert [await afad.recv_text() for _ in texts] == texts
+            got = await until_pong(dash)
+            nursery.cancel_scope.cancel()
+    assert 0 < most["dashboard"] <= 4
+    assert 4 < most["afad"] <= 40
+    assert gw.gateway.delivery.dropped == len(texts) - len(got) > 0
+
+
 async def test_a_dashboard_queue_is_bounded_in_bytes_too(
     start_gateway: GatewayFactory,
 ) -> None:

@@ -351,7 +351,7 @@ async def measure_capacity(
     floor = plan.capacity_start / plan.capacity_factor**6
     while floor <= rate <= plan.capacity_max:
         if steps[-1].get("pass") is False:
-            await _wait_settled(crowd, plan.drain_limit)
+            await _wait_settled(crowd, plan)
         step = await _ramp_step(crowd, plan, rate, server_cpu)
         steps.append(step)
         if step["pass"]:
@@ -365,7 +365,7 @@ async def measure_capacity(
                 break
             rate /= plan.capacity_factor
     if plan.capacity_refine and best is not None and failed is not None:
-        await _wait_settled(crowd, plan.drain_limit)
+        await _wait_settled(crowd, plan)
         mid = (best * failed) ** 0.5
         step = await _ramp_step(crowd, plan, mid, server_cpu)
         step["refinement"] = True
@@ -378,7 +378,7 @@ async def measure_capacity(
     if plan.capacity_hold > 0 and best is not None:
         held = False
         for _ in range(MAX_HOLDS):
-            await _wait_settled(crowd, plan.drain_limit)
+            await _wait_settled(crowd, plan)
             step = await _ramp_step(crowd, plan, best, server_cpu, plan.capacity_hold)
             step["hold"] = True
             steps.append(step)
@@ -405,11 +405,12 @@ async def measure_capacity(
 MAX_HOLDS = 4
 
 
-async def _wait_settled(crowd: Crowd, limit: float) -> None:
-    """Let a failed step's backlog drain before the next step starts."""
-    with trio.move_on_after(limit):
-        while not _settled(crowd):
-            await crowd.progress.wait(0.1)
+async def _wait_settled(crowd: Crowd, plan: SoakPlan) -> None:
+    """Let a failed step's backlog drain before the next step starts: as a level's
+    drain, it also ends once nothing moved for ``drain_idle`` (events the gateway
+    shed for a dashboard never arrive; waiting for them took ``drain_limit``, five
+    minutes, per failed step once dashboards shed at 2,000 queued)."""
+    await _drain(crowd, plan)
 
 
 # -- a load level ------------------------------------------------------------------

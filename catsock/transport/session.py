@@ -288,11 +288,17 @@ class Session:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self.link.start(nursery)
-                    self.pump()  # anything queued before the run began (a close)
-                    await self._read()
-                    while self._close_pending():
-                        await self._room.park()
-                    nursery.cancel_scope.cancel()
+                    try:
+                        self.pump()  # anything queued before the run began (a close)
+                        await self._read()
+                        while self._close_pending():
+                            await self._room.park()
+                        nursery.cancel_scope.cancel()
+                    finally:
+                        # Before the nursery closes: trio lets other tasks run between
+                        # its closing and our ``finally``, and a pump (the pacer's) must
+                        # then start nothing in it.
+                        self._nursery = None
         finally:
             self._nursery = None
             self.ended()

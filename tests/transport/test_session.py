@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import struct
 
 import trio
+import trio.testing
 
 from catsock.transport.frames import BINARY, CLOSE, PING, PONG
+from catsock.transport.link import Link
+from catsock.transport.session import Session
 from tests.wsframes import client_frame
 
 from .autobahn_echo import serve
@@ -82,3 +86,49 @@ async def test_replies_read_with_the_close_go_out_before_the_answer() -> None:
             await stream.send_all(client_frame(PING, b"p") + client_frame(CLOSE, b""))
             assert await _frames(stream, buf) == [(PONG, b"p"), (CLOSE, b"")]
         nursery.cancel_scope.cancel()
+
+
+class _Paced(Session):
+    """A session whose writes are paced and whose messages mean nothing."""
+
+    async def on_message(self, message: str | bytes) -> None:
+        pass
+
+    def paced(self) -> bool:
+        return True
+
+
+async def test_a_pump_while_the_session_ends_starts_no_task_in_its_closed_nursery() -> None:
+    """A paced write waits in the session's nursery for room; the pacer may pump the
+    session at any time, also between that nursery's closing and the end of ``run``
+    (a schedule point of trio's): nothing may be started in it then (the 2× soak's
+    server died of "Nursery is closed to new arrivals")."""
+    ours, peer = socket.socketpair()
+    for sock in (ours, peer):
+        sock.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    session = _Paced(Link(ours, None, b""), max_size=1 << 20, max_fragments=10)
+    ended = trio.Event()
+
+    async def run() -> None:
+        await session.run()
+        ended.set()
+
+    async def pacer() -> None:
+        while True:
+            session.pump()
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await trio.testing.wait_all_tasks_blocked()
+            session.send_reply(b"x" * 200_000)  # far more than the buffers hold
+            session.pump()
+            assert session.link.busy
+            nursery.start_soon(pacer)
+            session._scope.cancel()
+            await ended.wait()
+            nursery.cancel_scope.cancel()
+    peer.close()

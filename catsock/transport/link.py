@@ -183,14 +183,9 @@ class Link:
             return PENDING
         sock = self._sock
         if sock is not None:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.broken = True
+            sent = self._try_send(sock, data)
+            if sent < 0:
                 return BROKEN
-            self.sent += sent
             if sent == len(data):
                 return SENT
             self._write, self._write_sent = memoryview(data), sent
@@ -214,15 +209,10 @@ class Link:
             return PENDING
         sock = self._sock
         if sock is not None:
-            try:
-                sent = sock.send(pending)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.broken = True
+            sent = self._try_send(sock, pending)
+            if sent < 0:
                 self._pending = None
                 return BROKEN
-            self.sent += sent
             self._write_sent += sent
             if sent == len(pending):
                 self._pending = self._write = None
@@ -230,6 +220,18 @@ class Link:
             self._pending = pending[sent:]
         self._wait(paced)
         return PENDING
+
+    def _try_send(self, sock: socket.socket, data: bytes | memoryview) -> int:
+        """What the kernel took of ``data`` now (0: nothing), or -1: the link broke."""
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.broken = True
+            return -1
+        self.sent += sent
+        return sent
 
     def _wait(self, paced: bool) -> None:
         self._draining = True

@@ -28,6 +28,16 @@ async def _read_all(sock: socket.socket, until: trio.Event) -> bytes:
         data += chunk
 
 
+def small_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected, non-blocking socket pair whose buffers fill after a few KiB."""
+    ours, peer = socket.socketpair()
+    for sock in (ours, peer):
+        sock.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return ours, peer
+
+
 def _frames(data: bytes) -> list[tuple[int, bytes]]:
     out, pos = [], 0
     while pos < len(data):
@@ -42,11 +52,7 @@ def _frames(data: bytes) -> list[tuple[int, bytes]]:
 
 
 async def test_a_write_cut_short_ends_at_the_frame_in_progress_then_the_close_follows() -> None:
-    ours, peer = socket.socketpair()
-    for sock in (ours, peer):
-        sock.setblocking(False)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ours, peer = small_pair()
     frames = [frame(TEXT, bytes([65 + i]) * 3000) for i in range(40)]
     link = Link(ours, None, b"")
     drained, closed = trio.Event(), trio.Event()
@@ -76,11 +82,7 @@ async def test_a_write_cut_short_ends_at_the_frame_in_progress_then_the_close_fo
 
 
 async def test_a_paced_write_goes_on_only_when_its_owner_resumes_it() -> None:
-    ours, peer = socket.socketpair()
-    for sock in (ours, peer):
-        sock.setblocking(False)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ours, peer = small_pair()
     data = b"".join(frame(TEXT, bytes([65 + i % 26]) * 3000) for i in range(40))
     link = Link(ours, None, b"")
     writable = trio.Event()

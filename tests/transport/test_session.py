@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import struct
 
 import trio
@@ -21,6 +20,7 @@ from catsock.transport.session import Session
 from tests.wsframes import client_frame
 
 from .autobahn_echo import serve
+from .test_link import small_pair
 
 
 async def _open(port: int) -> tuple[trio.SocketStream, bytearray]:
@@ -103,11 +103,7 @@ async def test_a_pump_while_the_session_ends_starts_no_task_in_its_closed_nurser
     session at any time, also between that nursery's closing and the end of ``run``
     (a schedule point of trio's): nothing may be started in it then (the 2× soak's
     server died of "Nursery is closed to new arrivals")."""
-    ours, peer = socket.socketpair()
-    for sock in (ours, peer):
-        sock.setblocking(False)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ours, peer = small_pair()
     session = _Paced(Link(ours, None, b""), max_size=1 << 20, max_fragments=10)
     ended = trio.Event()
 

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import storage
+from storage.db import keep_newest
 from storage.events import (
     LOG_START,
     EventRow,
@@ -293,3 +294,23 @@ def test_the_hard_bound_prunes_past_a_cursor_and_records_the_loss(
     ]
     assert losses == [("afad", 3, 6), ("afad", 7, 9), ("afad-2", 8, 9)]
     assert storage.first_seq(db) == 10
+
+
+def test_keep_newest_keeps_that_many_reading_only_the_ends_of_the_key(
+    db: sqlite_utils.Database,
+) -> None:
+    """The message log's retention (storage/logs.py) the same way as the events'."""
+    conn = db.conn
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)")
+    conn.executemany("INSERT INTO t (x) VALUES (?)", [("x",)] * 50)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        assert keep_newest(conn, "t", "id", 60) == 0
+        assert keep_newest(conn, "t", "id", 20) == 30
+    finally:
+        conn.set_trace_callback(None)
+    assert [r[0] for r in conn.execute("SELECT id FROM t ORDER BY id")] == list(range(31, 51))
+    for sql in statements:
+        plan = [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+        assert not any(step.startswith("SCAN t") for step in plan), (sql, plan)

@@ -22,6 +22,7 @@ __all__ = [
     "insert_rows",
     "iso",
     "keep_newest",
+    "key_ends",
     "migrate",
     "open_db",
 ]
@@ -349,6 +350,15 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+def key_ends(conn: sqlite3.Connection, table: str, key: str) -> tuple[int | None, int | None]:
+    """The lowest and highest ``key`` of ``table``, each read from its end of the index
+    (one ``SELECT MIN(k), MAX(k)`` walks the table: SQLite's shortcut is for a lone one)."""
+    low, high = conn.execute(
+        f"SELECT (SELECT MIN({key}) FROM {table}), (SELECT MAX({key}) FROM {table})"
+    ).fetchone()
+    return low, high
+
+
 def keep_newest(conn: sqlite3.Connection, table: str, key: str, rows: int) -> int:
     """Delete all but the ``rows`` rows of ``table`` with the highest ``key`` (which
     grows with insertion); returns how many went. Fewer rows than that: none."""
@@ -357,9 +367,7 @@ def keep_newest(conn: sqlite3.Connection, table: str, key: str, rows: int) -> in
     # Read at the ends of the key, each on its own (a MIN and a MAX in one SELECT, or
     # ORDER BY ... OFFSET rows, walk the table: a second or so under the write lock,
     # once a minute, in issue 19's soak). Where ids have gaps, fewer are kept.
-    low, high = conn.execute(
-        f"SELECT (SELECT MIN({key}) FROM {table}), (SELECT MAX({key}) FROM {table})"
-    ).fetchone()
+    low, high = key_ends(conn, table, key)
     if high is None or high - rows < low:
         return 0
     return conn.execute(f"DELETE FROM {table} WHERE {key} <= ?", (high - rows,)).rowcount

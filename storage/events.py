@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import sqlite_utils
 
-from storage.db import immediate, insert_rows
+from storage.db import immediate, insert_rows, key_ends
 
 __all__ = [
     "LOG_START",
@@ -317,11 +317,6 @@ def prune_events(
     return Pruned(deleted, lost)
 
 
-#: The oldest and newest seq, each from its end of the key. One ``SELECT MIN(seq),
-#: MAX(seq)`` walks the whole table: SQLite's shortcut takes a lone MIN or MAX only.
-_ENDS = "SELECT (SELECT MIN(seq) FROM events), (SELECT MAX(seq) FROM events)"
-
-
 def _nth_newest(conn: sqlite3.Connection, n: int) -> int | None:
     """The seq ``n - 1`` below the newest: deleting up to it keeps at most ``n - 1``
     events (exactly that many unless duplicates left gaps in the seqs). None when the
@@ -331,7 +326,7 @@ def _nth_newest(conn: sqlite3.Connection, n: int) -> int | None:
     n - 1`` walked the whole log while it was smaller than ``n`` (a million, the
     default), in every prune, under the write lock: 0.4 s at 800,000 events, once a
     minute, and each time the commits and every AFAD waited (issue 19's soak)."""
-    low, high = conn.execute(_ENDS).fetchone()
+    low, high = key_ends(conn, "events", "seq")
     if high is None or high - (n - 1) < low:
         return None
     return int(high - (n - 1))
@@ -403,7 +398,7 @@ def _last_seq_before(db: sqlite_utils.Database, cut: float) -> int | None:
     clock stepped back can blur the edge by the size of the step). A few primary-key
     lookups, where an index on created_at would cost every insert."""
     conn = db.conn
-    low, high = conn.execute(_ENDS).fetchone()
+    low, high = key_ends(conn, "events", "seq")
     if low is None:
         return None
     found = None

@@ -350,13 +350,14 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def key_ends(conn: sqlite3.Connection, table: str, key: str) -> tuple[int | None, int | None]:
-    """The lowest and highest ``key`` of ``table``, each read from its end of the index
-    (one ``SELECT MIN(k), MAX(k)`` walks the table: SQLite's shortcut is for a lone one)."""
+def key_ends(conn: sqlite3.Connection, table: str, key: str) -> tuple[int, int] | None:
+    """The lowest and highest ``key`` of ``table`` (None: it is empty), each read from
+    its end of the index (one ``SELECT MIN(k), MAX(k)`` walks the table: SQLite's
+    shortcut is for a lone MIN or MAX)."""
     low, high = conn.execute(
         f"SELECT (SELECT MIN({key}) FROM {table}), (SELECT MAX({key}) FROM {table})"
     ).fetchone()
-    return low, high
+    return None if low is None else (int(low), int(high))
 
 
 def keep_newest(conn: sqlite3.Connection, table: str, key: str, rows: int) -> int:
@@ -367,9 +368,10 @@ def keep_newest(conn: sqlite3.Connection, table: str, key: str, rows: int) -> in
     # Read at the ends of the key, each on its own (a MIN and a MAX in one SELECT, or
     # ORDER BY ... OFFSET rows, walk the table: a second or so under the write lock,
     # once a minute, in issue 19's soak). Where ids have gaps, fewer are kept.
-    low, high = key_ends(conn, table, key)
-    if high is None or high - rows < low:
+    ends = key_ends(conn, table, key)
+    if ends is None or ends[1] - rows < ends[0]:
         return 0
+    high = ends[1]
     return conn.execute(f"DELETE FROM {table} WHERE {key} <= ?", (high - rows,)).rowcount
 
 

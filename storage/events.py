@@ -326,10 +326,10 @@ def _nth_newest(conn: sqlite3.Connection, n: int) -> int | None:
     n - 1`` walked the whole log while it was smaller than ``n`` (a million, the
     default), in every prune, under the write lock: 0.4 s at 800,000 events, once a
     minute, and each time the commits and every AFAD waited (issue 19's soak)."""
-    low, high = key_ends(conn, "events", "seq")
-    if high is None or high - (n - 1) < low:
+    ends = key_ends(conn, "events", "seq")
+    if ends is None or ends[1] - (n - 1) < ends[0]:
         return None
-    return int(high - (n - 1))
+    return ends[1] - (n - 1)
 
 
 def _first_needed(
@@ -398,9 +398,10 @@ def _last_seq_before(db: sqlite_utils.Database, cut: float) -> int | None:
     clock stepped back can blur the edge by the size of the step). A few primary-key
     lookups, where an index on created_at would cost every insert."""
     conn = db.conn
-    low, high = key_ends(conn, "events", "seq")
-    if low is None:
+    ends = key_ends(conn, "events", "seq")
+    if ends is None:
         return None
+    low, high = ends
     found = None
     while low <= high:
         middle = (low + high) // 2

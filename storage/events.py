@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import sqlite_utils
 
-from storage.db import immediate, insert_rows, key_ends
+from storage.db import immediate, insert_rows, key_ends, last_key_before
 
 __all__ = [
     "LOG_START",
@@ -307,7 +307,14 @@ def prune_events(
         # Ledger rows go with their events, and by age, except the record of a
         # loss, which stays its full age: it is what explains a gap later.
         if max_age is not None:
-            deleted += conn.execute("DELETE FROM ledger WHERE at < ?", (now - max_age,)).rowcount
+            # Rows are numbered about in the order of their dates (a "written" row is
+            # dated when its range began, a second or so before): bisect the id, then
+            # delete in that id range only. One dated out of order goes next time.
+            last = last_key_before(conn, "ledger", "id", "at", now - max_age)
+            if last is not None:
+                deleted += conn.execute(
+                    "DELETE FROM ledger WHERE id <= ? AND at < ?", (last, now - max_age)
+                ).rowcount
         oldest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
         if oldest is not None:
             deleted += conn.execute(
@@ -393,28 +400,9 @@ def first_seq(db: sqlite_utils.Database) -> int | None:
 
 
 def _last_seq_before(db: sqlite_utils.Database, cut: float) -> int | None:
-    """The highest seq created before ``cut``, found by bisecting seq: events are
-    numbered in the order they are created, so their times rise with seq (a wall
-    clock stepped back can blur the edge by the size of the step). A few primary-key
-    lookups, where an index on created_at would cost every insert."""
-    conn = db.conn
-    ends = key_ends(conn, "events", "seq")
-    if ends is None:
-        return None
-    low, high = ends
-    found = None
-    while low <= high:
-        middle = (low + high) // 2
-        row = conn.execute(
-            "SELECT seq, created_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
-        ).fetchone()
-        if row is None or row[0] > high:
-            high = middle - 1
-        elif row[1] < cut:
-            found, low = row[0], row[0] + 1
-        else:
-            high = middle - 1
-    return found
+    """The highest seq created before ``cut``: events are numbered in the order they
+    are created, so their times rise with seq (storage.db.last_key_before)."""
+    return last_key_before(db.conn, "events", "seq", "created_at", cut)
 
 
 # -- queries for the ledger CLI ---------------------------------------------------------

@@ -144,6 +144,8 @@ def test_a_prune_reads_the_log_at_its_ends_never_walking_it(db: sqlite_utils.Dat
     under the write lock, and walking a log of 800,000 events took 0.4 s each time
     (the commits, and every AFAD, waited; issue 19's soak)."""
     commit(db, [row(s, at=T0 + s) for s in range(1, 51)], {}, [])
+    written = [LedgerRow("afad", "written", s, s, "c", T0 + s, None) for s in range(1, 51)]
+    commit(db, [], {}, written)
     statements: list[str] = []
     db.conn.set_trace_callback(statements.append)
     try:
@@ -154,7 +156,25 @@ def test_a_prune_reads_the_log_at_its_ends_never_walking_it(db: sqlite_utils.Dat
     assert reads
     for sql in reads:
         plan = [r[-1] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
-        assert not any(step.startswith("SCAN events") for step in plan), (sql, plan)
+        assert not any(step.startswith(("SCAN events", "SCAN ledger")) for step in plan), (
+            sql,
+            plan,
+        )
+
+
+def test_the_ledger_is_pruned_by_age_even_a_row_dated_out_of_order(
+    db: sqlite_utils.Database,
+) -> None:
+    """Ledger rows go by their date, found by bisecting their ids (the ledger's dates
+    rise with its ids, give or take the second a "written" range stays open); a row
+    dated before the one inserted ahead of it goes with it."""
+    commit(db, [row(1, at=T0 + 100)], {}, [])
+    dates = [1, 2, 0.5, 3, 8, 9]
+    commit(db, [], {}, [LedgerRow("afad", "written", 1, 1, "c", T0 + d, None) for d in dates])
+    prune_events(db, max_age=10, max_rows=None, now=T0 + 15)  # the cut: T0 + 5
+    assert [r["at"] - T0 for r in db.query("SELECT at FROM ledger ORDER BY id")] == [8, 9]
+    prune_events(db, max_age=10, max_rows=None, now=T0 + 100)
+    assert list(db.query("SELECT at FROM ledger")) == []
 
 
 def test_prune_keeps_the_newest_event_whatever_the_settings(db: sqlite_utils.Database) -> None:

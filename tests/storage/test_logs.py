@@ -315,6 +315,33 @@ def test_prune_by_age(db: sqlite_utils.Database) -> None:
     assert prune(db, max_age=3600, max_rows=None, now=NOW) == 0
 
 
+def test_a_prune_never_walks_a_table(db: sqlite_utils.Database) -> None:
+    """Every statement of a prune reads through a key or an index: it runs once a
+    minute under the write lock (a walk of 3 million ledger rows took 0.4 s in
+    issue 19's soak, and every commit waited)."""
+    _seed_messages(db, [5000, 10])
+    opened = [ConnectionOpened(f"c{n}", None, None, None, NOW - 9000) for n in range(3)]
+    closed = [ConnectionClosed("c0", NOW - 4000, 1000, None)]
+    write_batch(db, [*opened, *closed], policy=LogPolicy.FULL, redact_fields=frozenset())
+    refused = [_refused(n, NOW - age) for n, age in enumerate((5000, 4000, 10))]
+    write_batch(db, refused, policy=LogPolicy.FULL, redact_fields=frozenset())
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        prune(db, max_age=3600, max_rows=100, now=NOW)
+    finally:
+        db.conn.set_trace_callback(None)
+    assert [row["at"] for row in _rows(db, "refused")] == [iso(NOW - 10)]
+    assert [row["id"] for row in _rows(db, "connections")] == ["c1", "c2"]
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "DELETE"))]
+    assert any("refused" in s for s in reads)
+    assert any("connections" in s for s in reads)
+    for sql in reads:
+        plan = [r[-1] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+        walks = [step for step in plan if step.startswith("SCAN") and "CONSTANT" not in step]
+        assert not walks, (sql, plan)
+
+
 def test_prune_by_count_keeps_the_newest(db: sqlite_utils.Database) -> None:
     _seed_messages(db, [float(100 - i) for i in range(10)])
     assert prune(db, max_age=None, max_rows=3, now=NOW) == 7

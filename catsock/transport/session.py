@@ -66,6 +66,7 @@ class Session:
         self._room = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
+        self._waiting: trio.CancelScope | None = None  # the reader's wait for ``deadline``
         # The close frame to send once the queue is written: (code or None, reason).
         self._close: tuple[int | None, str] | None = None
         self._close_sent = False
@@ -109,6 +110,12 @@ class Session:
 
     def deadline_passed(self) -> None:
         """``deadline`` came with nothing read."""
+
+    def wake_at(self, when: float) -> None:
+        """``deadline`` became ``when``, sooner than the one the reader is waiting for
+        (it reads ``deadline`` only when it starts to wait): wake it then."""
+        if self._waiting is not None and when < self._waiting.deadline:
+            self._waiting.deadline = when
 
     def received(self) -> None:
         """Bytes arrived from the peer (a heartbeat's sign of life)."""
@@ -312,8 +319,9 @@ class Session:
         reader = self._reader
         while True:
             data = None
-            with trio.move_on_at(self.deadline()):
+            with trio.CancelScope(deadline=self.deadline()) as self._waiting:
                 data = await self.link.receive()
+            self._waiting = None
             if data is None:
                 self.deadline_passed()
                 continue

@@ -271,15 +271,16 @@ class _CpuMark:
 # -- the capacity ramp ---------------------------------------------------------------
 
 
-def _settled(crowd: Crowd) -> bool:
-    """Every write answered; every AFAD and every open reading dashboard has every
-    accepted event."""
+def _settled(crowd: Crowd, accepted_before: int) -> bool:
+    """Every write answered; every AFAD has every accepted event, and every open
+    reading dashboard every one accepted since the step began (``accepted_before``
+    then; the dashboards' counts start at the step's ``mark``)."""
     if crowd.answered() < crowd.sent():
         return False
     accepted = crowd.accepted()
-    fewest = crowd.dashboards.min_open_reading
+    fewest = crowd.dashboards.min_open_reading_since_mark
     return all(a.received - a.dups >= accepted for a in crowd.afad) and (
-        fewest is None or fewest >= accepted
+        fewest is None or fewest >= accepted - accepted_before
     )
 
 
@@ -295,7 +296,8 @@ async def _ramp_step(
     arrived in time, nobody was cut off and both classes' p99 stayed in bounds."""
     crowd.afad_totals.latency.take()
     await crowd.dashboards.take_latency()
-    sent0, closed0 = crowd.sent(), crowd.dashboards.reading_closed
+    await crowd.dashboards.mark()
+    sent0, closed0, accepted0 = crowd.sent(), crowd.dashboards.reading_closed, crowd.accepted()
     cpu0 = _CpuMark.now(server_cpu, crowd.generator_cpu)
     start = perf() + 0.01
     seconds = plan.capacity_step if seconds is None else seconds
@@ -305,7 +307,7 @@ async def _ramp_step(
         for k, publisher in enumerate(crowd.publishers):
             nursery.start_soon(publisher.run_schedule, per, start + k / rate, stop)
     ended = perf()
-    while not _settled(crowd) and perf() - ended < plan.capacity_settle:
+    while not _settled(crowd, accepted0) and perf() - ended < plan.capacity_settle:
         await crowd.progress.wait(0.05)
     settle = perf() - ended
     usage = _CpuMark.now(server_cpu, crowd.generator_cpu).since(cpu0)
@@ -315,7 +317,7 @@ async def _ramp_step(
     limit = plan.capacity_p99_ms
     passed = (
         written >= 0.98 * rate * seconds
-        and _settled(crowd)
+        and _settled(crowd, accepted0)
         and not cut
         and all(x["p99_ms"] is not None and x["p99_ms"] <= limit for x in (afad, dash))
     )

@@ -81,6 +81,8 @@ class DashboardCrowd:
         self.reading_closed = 0
         #: The fewest events any reading dashboard that is still open has had (None: none open).
         self.min_open_reading: int | None = 0
+        #: The same, counted since the last ``mark``.
+        self.min_open_reading_since_mark: int | None = 0
 
     @classmethod
     async def start(
@@ -142,6 +144,7 @@ class DashboardCrowd:
         self.open = stats["open"]
         self.reading_closed = stats["reading_closed"]
         self.min_open_reading = stats["min_open_reading"]
+        self.min_open_reading_since_mark = stats["min_open_reading_since_mark"]
         if moved:
             self.progress.wake()
 
@@ -158,6 +161,13 @@ class DashboardCrowd:
 
     async def let_idle_read(self, limit: float) -> dict[str, Any]:
         return await self.call({"op": "let_idle_read", "limit": limit})
+
+    async def mark(self) -> None:
+        """Count from here in ``min_open_reading_since_mark``: a dashboard the gateway
+        shed events for never gets them, and without a mark every later count of it
+        falls short too (the capacity ramp's steps failed, one after the other, once
+        one step had shed)."""
+        self._note(await self.call({"op": "mark"}))
 
     async def losses(self, accepted: int) -> dict[str, Any]:
         return await self.call({"op": "losses", "accepted": accepted})
@@ -193,6 +203,7 @@ class _Child:
         self.totals = ClassTotals("DASHBOARD", Progress())
         self.dashboards: list[Dashboard] = []
         self.failures: list[str] = []
+        self.marks: dict[int, int] = {}  # id(dashboard): what it had at the last mark
 
     @property
     def reading(self) -> list[Dashboard]:
@@ -232,14 +243,19 @@ class _Child:
             for i in range(config["dashboards"]):
                 setup.start_soon(one, i)
 
+    def mark(self) -> None:
+        self.marks = {id(d): d.received for d in self.dashboards}
+
     def stats(self, latency: bool) -> dict[str, Any]:
-        open_reading = [d.received for d in self.dashboards if d.reading and not d.conn.closed]
+        open_reading = [d for d in self.dashboards if d.reading and not d.conn.closed]
+        since = [d.received - self.marks.get(id(d), 0) for d in open_reading]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         out: dict[str, Any] = {
             "delivered": self.totals.delivered,
             "open": sum(not d.conn.closed for d in self.dashboards),
             "reading_closed": sum(d.conn.closed for d in self.reading),
-            "min_open_reading": min(open_reading) if open_reading else None,
+            "min_open_reading": min(d.received for d in open_reading) if open_reading else None,
+            "min_open_reading_since_mark": min(since) if since else None,
             "cpu_s": usage.ru_utime + usage.ru_stime,
         }
         if latency:
@@ -322,6 +338,9 @@ class _Child:
                     break
                 if op == "stats":
                     await answer(self.stats(bool(request.get("latency"))), to)
+                elif op == "mark":
+                    self.mark()
+                    await answer(self.stats(False), to)
                 elif op == "let_idle_read":
                     await answer(await self.let_idle_read(float(request["limit"])), to)
                 elif op == "losses":

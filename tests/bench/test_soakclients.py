@@ -1,4 +1,5 @@
-"""The soak's client-side bookkeeping (bench/soakclients.py), fed bytes by hand."""
+"""The soak's client-side bookkeeping (bench/soakclients.py, and the crowd's counts in
+bench/soakcrowd.py), fed bytes by hand."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bench.soakclients import (
     close_frame_code,
     weighted_percentiles,
 )
+from bench.soakcrowd import _Child
 
 
 class FakeConn:
@@ -75,6 +77,23 @@ def test_dashboard_sees_the_slow_consumer_error_and_the_close_code() -> None:
     d.on_end()
     assert d.close_code == 4001
     assert d.closed_at is not None
+
+
+def test_the_crowd_counts_each_dashboard_from_the_mark() -> None:
+    """A dashboard that missed events (the gateway shed them) stays behind for good;
+    counted from the mark, it has everything sent since (the capacity ramp's steps
+    once all failed after the first one that shed)."""
+    child = _Child({})
+    (behind, _, _), (ahead, _, _) = dashboard(), dashboard()
+    child.dashboards = [behind, ahead]
+    behind.on_data(server_frame(event(0, 0, 99.0)))
+    ahead.on_data(b"".join(server_frame(event(0, s, 99.0)) for s in range(3)))
+    assert child.stats(False)["min_open_reading"] == 1
+    child.mark()
+    for d in child.dashboards:
+        d.on_data(b"".join(server_frame(event(0, s, 99.0)) for s in range(3, 5)))
+    stats = child.stats(False)
+    assert (stats["min_open_reading"], stats["min_open_reading_since_mark"]) == (3, 2)
 
 
 def test_close_frame_code() -> None:

@@ -8,8 +8,10 @@ By catsock's default routes every conversion goes to ``type:AFAD`` and
 
 ``measure_capacity`` ramps an open-loop rate up with those recipients until a step
 fails (publishers pushed back, events still missing ``capacity_settle`` seconds
-after the step, a reading dashboard cut off, or a p99 over ``capacity_p99_ms``);
-the capacity is the highest rate that passed. ``run_level`` then offers ``load``
+after the step, a reading dashboard cut off, a p99 over ``capacity_p99_ms``, or
+the dashboards' own process running over ``capacity_reader_lag_ms`` late: with
+two cores, past that the harness cannot read what it would measure); the
+capacity is the highest rate that passed. ``run_level`` then offers ``load``
 times that rate, open loop, for ``duration`` seconds, and samples every
 ``window`` seconds: offered, written, accepted, per-class deliveries and latency
 percentiles, server RSS (its peak, from a sample every 0.5 s) and CPU, the
@@ -69,6 +71,10 @@ class SoakPlan:
     capacity_step: float = 5.0
     capacity_settle: float = 1.0
     capacity_p99_ms: float = 1000.0
+    #: A step also fails when the dashboards' process ran this late (``reader_lag_ms``,
+    #: bench/soakcrowd.py): past it the harness, not the gateway, is what falls
+    #: behind, and a rate it cannot read is not one it can measure.
+    capacity_reader_lag_ms: float = 200.0
     capacity_refine: bool = True
     #: Seconds the rate found is then held (stepping down until a hold passes);
     #: 0: no hold.
@@ -293,7 +299,8 @@ async def _ramp_step(
 ) -> dict[str, Any]:
     """``rate`` events/s for ``seconds`` (``capacity_step``), then up to ``capacity_settle``
     for the rest to arrive. Passes if the publishers kept the schedule, everything
-    arrived in time, nobody was cut off and both classes' p99 stayed in bounds."""
+    arrived in time, nobody was cut off, both classes' p99 stayed in bounds and the
+    dashboards' process kept up (``capacity_reader_lag_ms``)."""
     crowd.afad_totals.latency.take()
     await crowd.dashboards.take_latency()
     await crowd.dashboards.mark()
@@ -320,6 +327,7 @@ async def _ramp_step(
         and _settled(crowd, accepted0)
         and not cut
         and all(x["p99_ms"] is not None and x["p99_ms"] <= limit for x in (afad, dash))
+        and dash["reader_lag_ms"] <= plan.capacity_reader_lag_ms
     )
     return {
         "rate": rate,
@@ -329,6 +337,7 @@ async def _ramp_step(
         "reading_dashboards_cut": cut,
         "afad_latency": afad,
         "dashboard_latency": dash,
+        "reader_lag_ms": dash["reader_lag_ms"],
         "pass": passed,
         **usage,
     }
@@ -400,6 +409,7 @@ async def measure_capacity(
         "first_failed_events_per_s": failed,
         "steps": steps,
         "p99_limit_ms": plan.capacity_p99_ms,
+        "reader_lag_limit_ms": plan.capacity_reader_lag_ms,
     }
 
 

@@ -3,10 +3,12 @@ bench/soakcrowd.py), fed bytes by hand."""
 
 from __future__ import annotations
 
+import time
 from array import array
 from typing import Any
 
 import pytest
+import trio
 
 from bench.soakclients import (
     Afad,
@@ -94,6 +96,21 @@ def test_the_crowd_counts_each_dashboard_from_the_mark() -> None:
         d.on_data(b"".join(server_frame(event(0, s, 99.0)) for s in range(3, 5)))
     stats = child.stats(False)
     assert (stats["min_open_reading"], stats["min_open_reading_since_mark"]) == (3, 2)
+
+
+async def test_the_crowd_notes_how_late_its_own_loop_ran() -> None:
+    """A loop held up for 50 ms (as 300 dashboards' reads in one round hold it) shows
+    as reader lag in the next latency window, and the window after starts afresh."""
+    child = _Child({})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child.watch_lag)
+        await trio.sleep(0.02)
+        time.sleep(0.05)  # noqa: ASYNC251 -- the point: the whole loop blocked
+        await trio.sleep(0.02)
+        first = child.stats(True)["latency"]["reader_lag_ms"]
+        nursery.cancel_scope.cancel()
+    assert first >= 40
+    assert child.stats(True)["latency"]["reader_lag_ms"] == 0
 
 
 def test_close_frame_code() -> None:

@@ -176,6 +176,7 @@ def test_markdown_has_a_table_per_level_and_a_line_per_target() -> None:
             "capacity_events_per_s": 100.0,
             "first_failed_events_per_s": 125.0,
             "p99_limit_ms": 250.0,
+            "reader_lag_limit_ms": 200.0,
             "steps": [
                 {
                     "rate": 100.0,
@@ -184,6 +185,7 @@ def test_markdown_has_a_table_per_level_and_a_line_per_target() -> None:
                     "reading_dashboards_cut": 0,
                     "afad_latency": {"p50_ms": 2.0, "p99_ms": 9.0},
                     "dashboard_latency": {"p50_ms": 30.0, "p99_ms": 80.0},
+                    "reader_lag_ms": 42.0,
                     "pass": True,
                     "server_cpu_pct": 50.0,
                     "generator_cpu_pct": 40.0,
@@ -200,6 +202,8 @@ def test_markdown_has_a_table_per_level_and_a_line_per_target() -> None:
     )  # fmt: skip
     markdown = "\n".join(soak_markdown([capacity, *levels]))
     assert "**Capacity: 100 events/s**" in markdown
+    assert "ran at most 200 ms late" in markdown
+    assert "| 100 | 100 | 0.10 | 2.0 | 9.0 | 30 | 80 | 42 | 50% |" in markdown
     assert "### 1× capacity: 100 events/s" in markdown
     assert "- **2×**: ERROR: server died" in markdown
     assert "PASS AFAD p99 ≤ 1 s throughout" in markdown

@@ -169,9 +169,10 @@ class Connection(Session):
             or self._events + len(run.entries) > self._room_for
             or self._bytes + run.size > ctx.send_queue_bytes
         ):
-            # Rare: its own events are in the run, or the queue is (nearly) full.
-            # What fits is queued one by one; once full, the rest is shed at once
-            # when one by one would shed each of it anyway (``_shed_whole``).
+            # Its own events are in the run (a publisher that also receives), or the
+            # queue is (nearly) full: under overload, every dashboard's case. What
+            # fits is queued one by one; once full, the rest is shed at once when
+            # one by one would shed each of it anyway (``_shed_whole``).
             for i, entry in enumerate(run.entries):
                 if self._events >= self._room_for and self._shed_whole(run, i):
                     return

@@ -235,7 +235,7 @@ _WINDOW_HEADER = [
     "dash p50 ms",
     "dash p99 ms",
     "dash max ms",
-    "reader lag ms",
+    "reader lag p90 ms",
     "RSS MiB (peak)",
     "srv CPU",
     "gen CPU",
@@ -303,7 +303,7 @@ def _capacity_lines(record: dict[str, Any]) -> list[str]:
         "AFAD p99 ms",
         "dash p50 ms",
         "dash p99 ms",
-        "reader lag ms",
+        "reader lag p90 ms",
         "srv CPU",
         "gen CPU",
         "others CPU",
@@ -341,7 +341,8 @@ def _capacity_lines(record: dict[str, Any]) -> list[str]:
         f"{m['p99_limit_ms']:,.0f} ms"
         + (
             f" and the dashboards' process ran at most {m['reader_lag_limit_ms']:,.0f} ms"
-            " late (past that the harness, not the gateway, is what cannot keep up)"
+            " late at its 90th percentile (past that the harness, not the gateway, is"
+            " what cannot keep up)"
             if m.get("reader_lag_limit_ms") is not None
             else ""
         )
@@ -376,10 +377,10 @@ def soak_markdown(records: list[dict[str, Any]]) -> list[str]:
             "the recipient's read; dashboard latencies are sampled (one frame per read, "
             "weighted by the read's frames; max from each read's oldest frame). 'behind': "
             "events the schedule had due that the publishers had not written yet. 'reader "
-            "lag': the most the dashboards' own process ran late (its event loop, which "
-            "reads every dashboard; what it holds back waits in kernel buffers, not in "
-            "catsock). Counters (dropped, 4001 closes, catch-ups) are the gateway's, "
-            "cumulative.",
+            "lag': how late the dashboards' own process ran, 90th percentile (its event "
+            "loop, which reads every dashboard; what it holds back waits in kernel "
+            "buffers, not in catsock). Counters (dropped, 4001 closes, catch-ups) are the "
+            "gateway's, cumulative.",
             "",
         ]
     for r in records:

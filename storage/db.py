@@ -365,13 +365,13 @@ def last_key_before(
     conn: sqlite3.Connection, table: str, key: str, column: str, cut: float | str
 ) -> int | None:
     """The highest ``key`` of ``table`` whose ``column`` (a time: seconds, or ISO text
-    as ``iso`` writes it) is below ``cut``, found
-    by bisecting the key (None: there is none). For tables whose rows are numbered in
-    the order they are dated: a clock stepped back, or a row dated a little before it
-    was inserted, blurs the edge by that much. A few primary-key lookups, where an
-    index on the time would cost every insert and a ``WHERE column < ?`` walks the
-    whole table (the ledger's age prune: 0.4 s at 3 million rows, once a minute
-    under the write lock, in issue 19's soak)."""
+    as ``iso`` writes it) is below ``cut``, found by bisecting the key (None: there is
+    none). For tables whose rows are numbered in the order they are dated: a clock
+    stepped back, or a row dated a little before it was inserted, blurs the edge by
+    that much. A few primary-key lookups, where an index on the time would cost every
+    insert and a ``WHERE column < ?`` walks the whole table (the ledger's age prune:
+    a third of a second at 3 million rows, once a minute under the write lock, in
+    issue 19's soak)."""
     ends = key_ends(conn, table, key)
     if ends is None:
         return None

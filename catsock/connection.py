@@ -687,10 +687,25 @@ class Connection(Session):
         seq = min(seq, self._written)
         if seq <= self._acked or self._identity is None:
             return
+        self._note_range_before(seq)
         self.delivery.note(self._identity, "acked", self._acked + 1, seq, self.id)
         self._acked = seq
         if self._durable:
-            self.delivery.advance(self._identity, self._channels, seq)
+            self._advance(seq)
+
+    def _advance(self, seq: int) -> None:
+        """A durable recipient's cursor moves to ``seq``: after the row that says those
+        events were written (``_note_range_before``)."""
+        assert self._identity is not None
+        self._note_range_before(seq)
+        self.delivery.advance(self._identity, self._channels, seq)
+
+    def _note_range_before(self, seq: int) -> None:
+        """Note the open range now if ``seq`` is in it. A kill -9 loses a range still
+        open; an event whose ack or cursor move was committed is never written again,
+        so its "written" row must be in the ledger first (tests/faults/test_kill.py)."""
+        if self._range is not None and self._range[0] <= seq:
+            self._note_range()
 
     def _frames(
         self, batch: list[bytes | Entry | Run]
@@ -754,7 +769,7 @@ class Connection(Session):
         if not self._durable or self._acks or self._identity is None:
             return
         if self._taken_in is None:
-            self.delivery.advance(self._identity, self._channels, seq)
+            self._advance(seq)
             return
         self._taken_in.written(self.link.sent, seq, events)
         now = trio.current_time()
@@ -768,7 +783,7 @@ class Connection(Session):
         assert self._taken_in is not None
         seq = self._taken_in.check(now, self.link.sent, self.link.peer_progress())
         if seq is not None and self._identity is not None:
-            self.delivery.advance(self._identity, self._channels, seq)
+            self._advance(seq)
         self._confirm_at = now + CONFIRM_EVERY if self._taken_in else math.inf
         self.wake_at(self._confirm_at)
 

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import sqlite_utils
 
-from storage.db import immediate, insert_rows, key_ends, last_key_before
+from storage.db import immediate, insert_rows, last_key_before, nth_newest_key
 
 __all__ = [
     "LOG_START",
@@ -325,18 +325,8 @@ def prune_events(
 
 
 def _nth_newest(conn: sqlite3.Connection, n: int) -> int | None:
-    """The seq ``n - 1`` below the newest: deleting up to it keeps at most ``n - 1``
-    events (exactly that many unless duplicates left gaps in the seqs). None when the
-    log spans fewer than ``n`` seqs, so holds fewer than ``n`` events.
-
-    Read from the ends of the index, not by counting: ``ORDER BY seq DESC OFFSET
-    n - 1`` walked the whole log while it was smaller than ``n`` (a million, the
-    default), in every prune, under the write lock: 0.4 s at 800,000 events, once a
-    minute, and each time the commits and every AFAD waited (issue 19's soak)."""
-    ends = key_ends(conn, "events", "seq")
-    if ends is None or ends[1] - (n - 1) < ends[0]:
-        return None
-    return ends[1] - (n - 1)
+    """The seq ``n - 1`` below the newest (storage.db.nth_newest_key)."""
+    return nth_newest_key(conn, "events", "seq", n)
 
 
 def _first_needed(

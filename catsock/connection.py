@@ -130,7 +130,6 @@ class Connection(Session):
         # Written, not yet in the ledger: first and last seq, and when the first was
         # written (trio time, for the span; wall time, for the row).
         self._range: tuple[int, int, float, float] | None = None
-        self._range_due = math.inf  # when an idle connection's range is noted
         # Shed, not yet in the ledger: first seq, last seq, why, since (see _overflow).
         self._dropping: tuple[int, int, str, float] | None = None
         # A pong answers after everything before it: this connection's earlier
@@ -315,13 +314,13 @@ class Connection(Session):
         if self.machine.state is State.AWAITING_AUTH:
             return self._auth_deadline
         return min(
-            self._ping_at, self._silent_at, self._confirm_at, self._expires_at, self._range_due
+            self._ping_at, self._silent_at, self._confirm_at, self._expires_at, self._range_due()
         )
 
     def deadline_passed(self) -> None:
         now = trio.current_time()
-        if now >= self._range_due:
-            self._note_range_soon()
+        if now >= self._range_due():
+            self._note_range()
         if now >= self._expires_at:
             self._expires_at = math.inf
             for action in self.machine.expired():
@@ -659,19 +658,20 @@ class Connection(Session):
                 self._send(message)
             self.pump()
 
+    def _range_due(self) -> float:
+        """When the open range goes to the ledger however busy or quiet the
+        connection is: ``LEDGER_SPAN`` after it began."""
+        return math.inf if self._range is None else self._range[2] + LEDGER_SPAN
+
     def _note_range_soon(self) -> None:
         """The queue is empty: the open range goes to the ledger once ``LEDGER_SPAN``
-        has passed since it began (now, if it has). A dashboard drains every pacer
-        round: noting its range each time was 20 rows a second per connection, 3
-        million rows in three minutes of issue 19's soak."""
-        self._range_due = math.inf
-        if self._range is None:
-            return
-        due = self._range[2] + LEDGER_SPAN
+        has passed since it began (now, if it has; else the reader wakes for it). A
+        dashboard drains every pacer round: noting its range each time was 20 rows
+        a second per connection, 3 million rows in three minutes of issue 19's soak."""
+        due = self._range_due()
         if trio.current_time() >= due:
             self._note_range()
         else:
-            self._range_due = due
             self.wake_at(due)
 
     def _note_range(self) -> None:

@@ -340,8 +340,6 @@ async def _ramp_step(
         "reading_dashboards_cut": cut,
         "afad_latency": afad,
         "dashboard_latency": dash,
-        "reader_lag_ms": dash["reader_lag_ms"],
-        "reader_lag_max_ms": dash["reader_lag_max_ms"],
         "pass": passed,
         **usage,
     }

@@ -321,7 +321,7 @@ def _capacity_lines(record: dict[str, Any]) -> list[str]:
             _ms(s["afad_latency"]["p99_ms"]),
             _ms(s["dashboard_latency"]["p50_ms"]),
             _ms(s["dashboard_latency"]["p99_ms"]),
-            _ms(s.get("reader_lag_ms")),
+            _ms(s["dashboard_latency"].get("reader_lag_ms")),
             f"{s['server_cpu_pct']:.0f}%",
             f"{s['generator_cpu_pct']:.0f}%",
             f"{s['others_cpu_pct']:.0f}%",

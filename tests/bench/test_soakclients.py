@@ -100,24 +100,29 @@ def test_the_crowd_counts_each_dashboard_from_the_mark() -> None:
 
 async def test_the_crowd_notes_how_late_its_own_loop_ran() -> None:
     """A loop held up for 50 ms (as 300 dashboards' reads in one round hold it) shows
-    in the next latency window: as its max once, as its 90th percentile when most
-    rounds are that long. The window after starts afresh."""
+    in the next latency window; the window after starts afresh."""
     child = _Child({})
     async with trio.open_nursery() as nursery:
         nursery.start_soon(child.watch_lag)
         await trio.sleep(0.02)
         time.sleep(0.05)  # noqa: ASYNC251 -- the point: the whole loop blocked
-        await trio.sleep(0.3)  # then about 30 ticks on time
-        once = child.stats(True)["latency"]
-        for _ in range(10):
-            time.sleep(0.05)  # noqa: ASYNC251
-            await trio.sleep(0.011)  # one tick each
-        busy = child.stats(True)["latency"]
+        await trio.sleep(0.02)
+        first = child.stats(True)["latency"]
         nursery.cancel_scope.cancel()
-    assert once["reader_lag_max_ms"] >= 40
-    assert once["reader_lag_ms"] < 40
-    assert busy["reader_lag_ms"] >= 40
+    assert first["reader_lag_max_ms"] >= 40
     assert child.stats(True)["latency"]["reader_lag_max_ms"] == 0
+
+
+def test_the_reader_lag_is_judged_by_its_90th_percentile() -> None:
+    """One late round (a garbage collection, a long stats call) shows in the max
+    only; late rounds one in five show in the 90th percentile."""
+    child = _Child({})
+    child.lags = [0.001] * 19 + [0.3]
+    once = child.stats(True)["latency"]
+    child.lags = [0.001, 0.001, 0.001, 0.001, 0.2] * 4
+    often = child.stats(True)["latency"]
+    assert (once["reader_lag_ms"], once["reader_lag_max_ms"]) == (1.0, 300.0)
+    assert often["reader_lag_ms"] == 200.0
 
 
 def test_close_frame_code() -> None:

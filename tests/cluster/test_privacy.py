@@ -54,6 +54,8 @@ async def everything(url: str) -> str:
     async with coredis.Redis.from_url(url, decode_responses=True) as r:
         async for key in r.scan_iter(match="{catsock}*", count=1000):
             kind = await r.type(key)
+            if kind == "none":
+                continue  # gone since the SCAN: the privacy lock expires (it has a TTL)
             if kind == "string":
                 out.append(str(await r.get(key)))
             elif kind == "hash":
